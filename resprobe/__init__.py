@@ -1,0 +1,2 @@
+"""resprobe: probe why residual networks work."""
+__version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""Command line: thin wrappers over the Python API. ``resprobe --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import api
+
+def _expected_errors() -> tuple:
+    from .anatomy import AnatomyError
+    from .io.checkpoint import CheckpointError
+    from .io.data import DataError
+    from .models import SpecError
+    return (AnatomyError, CheckpointError, DataError, SpecError, FileNotFoundError)
+
+
+def _model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
+    p.add_argument("--model", required=True, help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, "
+                                                  "package.module:factory, ...")
+    p.add_argument("--weights", required=weights_required, help="checkpoint (state dict, or dict with state_dict/model)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of the checkpoint (can run arbitrary code: only for files you trust)")
+
+
+def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
+    p.add_argument("--data", required=True, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic")
+    p.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
+    p.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
+    p.add_argument("--split", default=split, help=f"split to use (default {split})")
+    p.add_argument("--normalize", default=None, choices=["imagenet", "cifar10", "none"],
+                   help="input normalization (default: the one recorded by resprobe train beside --weights, "
+                        "else imagenet — what the He et al. checkpoints in ../shared need)")
+    p.add_argument("--limit", type=int, help="use a deterministic seeded subset of N images (not the first N)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+
+
+def _normalization(args) -> str:
+    return args.normalize or api.trained_normalization(getattr(args, "weights", None)) or "imagenet"
+
+
+def cmd_info(args) -> int:
+    from .anatomy import anatomy
+    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint)
+    shape = tuple(int(s) for s in args.input_size.split(",")) if args.input_size else api.default_input_shape(model)
+    view = anatomy(model, shape)
+    rows = view.table()
+    if args.json:
+        print(json.dumps(dict(prov, input_shape=list(shape), n_blocks=len(rows), blocks=rows), default=list))
+        return 0
+    print(f"{args.model}: {len(rows)} residual blocks in {view.n_stages} stages, input {shape}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    hdr = f"{'#':>3}  {'block':<16} {'stage':>5} {'idx':>3}  {'in -> out':<28} {'shortcut':<10} {'params':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for i, r in enumerate(rows):
+        io = f"{'x'.join(map(str, r['in_shape']))} -> {'x'.join(map(str, r['out_shape']))}"
+        print(f"{i:>3}  {r['name']:<16} {r['stage']:>5} {r['index_in_stage']:>3}  {io:<28} {r['shortcut']:<10} "
+              f"{r['params']:>10,}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine import evaluate, resolve_device
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
+    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, num_classes=data.num_classes,
+                                 in_channels=data.input_shape[0])
+    dev = resolve_device(args.device)
+    model.to(dev)
+    norm = _normalization(args)
+    t0 = time.time()
+    res = evaluate(model, data, args.batch_size, norm, dev, progress=not args.json)
+    out = dict(res, model=args.model, weights=prov["weights"], weights_sha256=prov["weights_sha256"],
+               data=args.data, split=data.split, normalize=norm, limit=args.limit, device=str(dev),
+               seconds=round(time.time() - t0, 3))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.model} on {args.data} [{data.split}], {res['n_images']} images: error {res['error']:.4%} "
+              f"({res['n_wrong']} wrong), loss {res['loss']:.4f}"
+              + (f", top-5 error {res['top5_error']:.4%}" if "top5_error" in res else ""))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .engine import resolve_device
+    from .training import train
+    torch.manual_seed(args.seed)
+    train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
+    test_data = api.load_data(args.data, "test", args.data_root, args.download, args.test_limit)
+    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
+                                 num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
+    dev = resolve_device(args.device)
+    norm = args.normalize or "imagenet"
+    cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
+               versions=api.versions(), device=str(dev))
+    df = train(model, train_data, test_data, args.epochs, args.out, lr=args.lr, momentum=args.momentum,
+               weight_decay=args.weight_decay, batch_size=args.batch_size, schedule=args.schedule, normalize=norm,
+               augment=not args.no_augment, device=dev, seed=args.seed, resume=args.resume, config=cfg)
+    last = df.iloc[-1]
+    print(f"trained {args.model}: final train error {last.train_error:.4f}, test error {last.test_error:.4f}; "
+          f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resprobe", description="Probe why residual networks work.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    q = sub.add_parser("info", help="table of a model's residual blocks")
+    _model_args(q)
+    q.add_argument("--input-size", help="C,H,W (default 3,32,32; 3,224,224 for torchvision)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("eval", help="error and loss of a model on a data set")
+    _model_args(q)
+    _data_args(q)
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("train", help="train a model (He et al. recipe by default)")
+    _model_args(q)
+    _data_args(q, split="train")
+    q.add_argument("--epochs", type=int, required=True)
+    q.add_argument("--out", required=True, help="folder for last.pt, model.pt, metrics.csv, config.json")
+    q.add_argument("--lr", type=float, default=0.1)
+    q.add_argument("--momentum", type=float, default=0.9)
+    q.add_argument("--weight-decay", type=float, default=1e-4)
+    q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"])
+    q.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    q.add_argument("--test-limit", type=int, help="evaluate on a seeded subset of the test split")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    q.set_defaults(func=cmd_train, batch_size=128)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _expected_errors() as e:
+        print(f"resprobe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

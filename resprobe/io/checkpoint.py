@@ -1,0 +1,126 @@
+"""Checkpoints: read a state dict from the usual containers, load it with one clear error on mismatch."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CheckpointError", "read_state_dict", "load_weights", "sha256_file"]
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _extract(obj, path) -> dict:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if _is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict", "net"):
+            if key in obj:
+                inner = obj[key]
+                if isinstance(inner, nn.Module):
+                    return inner.state_dict()
+                if _is_state_dict(inner):
+                    return dict(inner)
+        raise CheckpointError(
+            f"{path}: no state dict found; top-level keys: {sorted(map(str, obj.keys()))[:20]} "
+            "(expected a bare state dict or one under 'state_dict' or 'model')")
+    raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+
+
+def _strip(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def read_state_dict(path, trust: bool = False) -> dict:
+    """Read a state dict (bare, or under ``state_dict``/``model``), ``module.`` prefixes stripped.
+
+    Loads with ``weights_only=True``. Full unpickling (which can run arbitrary code) happens only
+    with ``trust=True`` (CLI: ``--trust-checkpoint``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else type(e).__name__)
+        if not _looks_like_safety_refusal(e):
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg})") from e
+        if not trust:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds Python objects that the safe loader (weights_only=True) refuses "
+                f"({msg}). Full unpickling can execute arbitrary code; if you trust this file, pass "
+                "--trust-checkpoint (API: trust=True).") from e
+        warnings.warn(f"{path}: loading with full unpickling (weights_only=False) because trust was given",
+                      stacklevel=2)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    return _strip(_extract(obj, path))
+
+
+def _looks_like_safety_refusal(e: Exception) -> bool:
+    s = str(e)
+    return any(t in s for t in ("Weights only load failed", "weights_only", "Unsupported global", "WeightsUnpickler"))
+
+
+def load_weights(model: nn.Module, path, trust: bool = False) -> dict:
+    """Load ``path`` into ``model`` strictly; returns provenance (path, sha256, n_tensors).
+
+    A mismatch raises one :class:`CheckpointError` listing missing keys, unexpected keys and shape
+    mismatches together.
+    """
+    sd = read_state_dict(path, trust=trust)
+    own = model.state_dict()
+    for k in own:  # checkpoints older than PyTorch 0.4.1 have no BN step counters (harmless: unused in eval)
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = own[k].clone()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def show(xs, n=12):
+            return ", ".join(xs[:n]) + (f", ... ({len(xs)} in all)" if len(xs) > n else "") if xs else "none"
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}:\n"
+            f"  missing keys ({len(missing)}): {show(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {show(unexpected)}\n"
+            f"  shape mismatches ({len(shapes)}): {show(shapes, 6)}")
+    model.load_state_dict(sd, strict=True)
+    return {"weights": os.fspath(path), "weights_sha256": sha256_file(path), "n_tensors": len(sd)}

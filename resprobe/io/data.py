@@ -1,0 +1,463 @@
+"""Data sets as in-memory uint8 tensors, with the specs used on the CLI.
+
+Specs (``--data``):
+
+- ``cifar10``: the official python-format CIFAR-10 (``cifar-10-batches-py``) under ``--data-root`` or the
+  user cache (``$RESPROBE_CACHE`` or ``~/.cache/resprobe``); downloaded, checksum verified, only with
+  ``download=True``;
+- ``imagefolder:PATH``: a folder or ``.tar``/``.tar.gz`` archive of ``[split/]<class>/<image>`` files; class
+  index = sorted class names; archives are read in one sequential pass; decoded images are cached by
+  the archive's content hash;
+- ``fashion-mnist``: IDX files under ``--data-root``, ``/usr/share/datasets/fashion-mnist`` or the cache;
+- ``synthetic`` (or ``synthetic(n=2000,classes=4,size=32)``): an offline, seeded procedural set.
+
+Images are kept as ``uint8`` N×C×H×W; batches are scaled to [0, 1] and normalized on the fly, so
+memory for activations follows the batch size.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import os
+import pickle
+import struct
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["DataError", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": None,
+}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Data that is missing, corrupt or not in the expected layout."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RESPROBE_CACHE", Path.home() / ".cache" / "resprobe"))
+
+
+def subset_indices(n: int, limit: Optional[int], seed: int = 0) -> torch.Tensor:
+    """The deterministic subset used by ``--limit``: the first ``limit`` of a seeded permutation, sorted.
+
+    The same for every probe, run and batch size (it depends only on n, limit and seed).
+    """
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    if limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:limit].sort().values
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor          # uint8, N x C x H x W
+    labels: torch.Tensor          # int64, N
+    classes: list
+    spec: str
+    split: str
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise DataError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.images.shape[1:])
+
+    def subset(self, limit: Optional[int], seed: int = 0) -> "Dataset":
+        """Deterministic subset of ``limit`` images (see :func:`subset_indices`)."""
+        if limit is None or limit >= len(self):
+            return self
+        idx = subset_indices(len(self), limit, seed)
+        src = dict(self.source, limit=limit, subset_seed=seed, full_size=len(self))
+        return Dataset(self.images[idx], self.labels[idx], self.classes, self.spec, self.split, src)
+
+    def describe(self) -> dict:
+        return dict(spec=self.spec, split=self.split, n_images=len(self), num_classes=self.num_classes,
+                    input_shape=list(self.input_shape), **self.source)
+
+    def batches(self, batch_size: int = 256, normalize: str = "none", device="cpu", augment: bool = False,
+                shuffle: bool = False, generator: Optional[torch.Generator] = None,
+                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y, idx)``: float images scaled to [0, 1] and normalized, labels, indices."""
+        if batch_size <= 0:
+            raise DataError(f"batch size must be positive, got {batch_size}")
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        mean, std = _norm_tensors(normalize, self.images.shape[1])
+        for s in range(start, len(self), batch_size):
+            idx = order[s:s + batch_size]
+            x = self.images[idx].float().div_(255.0)
+            if augment:
+                x = _augment(x, generator)
+            if mean is not None:
+                x = (x - mean) / std
+            yield x.to(device, non_blocking=True), self.labels[idx].to(device), idx
+
+
+def _norm_tensors(name: str, channels: int):
+    if name not in NORMALIZATIONS:
+        raise DataError(f"unknown normalization {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    stats = NORMALIZATIONS[name]
+    if stats is None:
+        return None, None
+    mean, std = (torch.tensor(v) for v in stats)
+    if channels != 3:  # grey images: the average channel statistics
+        mean, std = mean.mean().repeat(channels), std.mean().repeat(channels)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+def _augment(x: torch.Tensor, g: Optional[torch.Generator], pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad``-pixel zero padding and random horizontal flip (He et al.)."""
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n x h
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n x w
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    out = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+             rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    return out
+
+
+# --- specs ------------------------------------------------------------------------------------------
+
+def load_dataset(spec: str, split: str = "test", root=None, download: bool = False, limit: Optional[int] = None,
+                 subset_seed: int = 0, cache: bool = True, progress: bool = False) -> Dataset:
+    """Load the data set named by ``spec`` (see the module docstring)."""
+    from ..models import parse_spec  # spec kwargs syntax shared with models
+    name, kwargs = parse_spec(spec) if spec.startswith("synthetic") else (spec, {})
+    if name.startswith("imagefolder:"):
+        ds = load_imagefolder(name.split(":", 1)[1], split, cache=cache, progress=progress)
+    elif name == "cifar10":
+        ds = load_cifar10(split, root, download)
+    elif name in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+        ds = load_fashion_mnist(split, root, download)
+    elif name == "synthetic":
+        ds = make_synthetic(split=split, **kwargs)
+        ds.spec = spec
+    else:
+        raise DataError(f"unknown data spec {spec!r}; use cifar10, imagefolder:PATH, fashion-mnist or synthetic")
+    return ds.subset(limit, subset_seed)
+
+
+# --- image folders and archives ---------------------------------------------------------------------
+
+def _content_key(path: Path) -> str:
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        return h.hexdigest()
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_members(path: Path, progress: bool) -> list[tuple[tuple, bytes]]:
+    """All image files as (path parts, bytes); archives in one sequential pass."""
+    out = []
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                out.append((p.relative_to(path).parts, p.read_bytes()))
+        return out
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for m in tf:
+                if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
+                    f = tf.extractfile(m)
+                    out.append((tuple(Path(m.name).parts), f.read()))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e})") from e
+    return out
+
+
+def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bool = False) -> Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image folder or archive not found: {path}")
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise DataError(f"{path}: not a tar archive (corrupt, truncated, or another format)")
+    key = _content_key(path)
+    cfile = cache_dir() / "imagefolder" / f"{key[:32]}-{split}-v{CACHE_VERSION}.pt"
+    source = dict(path=os.fspath(path), content_sha256=key)
+    if cache and cfile.is_file():
+        try:
+            d = torch.load(cfile, map_location="cpu", weights_only=True)
+            return Dataset(d["images"], d["labels"], list(d["classes"]), f"imagefolder:{path}", d["split"],
+                           dict(source, cached=True))
+        except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
+            pass
+    members = _read_members(path, progress)
+    if not members:
+        raise DataError(f"{path}: no image files found (expected [split/]<class>/<image> files)")
+    has_split = all(len(p) >= 3 and p[-3] in SPLIT_NAMES for p, _ in members)
+    if has_split:
+        splits = sorted({p[-3] for p, _ in members})
+        chosen = [(p, b) for p, b in members if p[-3] == split]
+        if not chosen:
+            raise DataError(f"{path}: no split {split!r}; available splits: {', '.join(splits)}")
+        used_split = split
+    else:
+        chosen, used_split = members, "all"
+    classes = sorted({p[-2] for p, _ in chosen})
+    cidx = {c: i for i, c in enumerate(classes)}
+    chosen.sort(key=lambda pb: pb[0])
+    from PIL import Image, UnidentifiedImageError
+    imgs, labels = [], []
+    size = None
+    for parts, data in chosen:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: cannot decode image {'/'.join(parts)} ({e})") from e
+        if size is None:
+            size = arr.shape
+        elif arr.shape != size:
+            raise DataError(f"{path}: image {'/'.join(parts)} has shape {arr.shape}, others {size}; "
+                            "resprobe expects images of one size")
+        imgs.append(arr)
+        labels.append(cidx[parts[-2]])
+    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    ds = Dataset(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{path}", used_split,
+                 dict(source, cached=False))
+    if cache:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfile.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"images": images, "labels": ds.labels, "classes": classes, "split": used_split}, tmp)
+        os.replace(tmp, cfile)
+    return ds
+
+
+# --- CIFAR-10 (python format) -----------------------------------------------------------------------
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches hold numpy arrays and lists only; refuse anything else."""
+
+    def find_class(self, module, name):
+        if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar",
+                                                          "_frombuffer"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a CIFAR batch file")
+
+
+def _read_cifar_batch(p: Path) -> tuple[np.ndarray, list]:
+    try:
+        with open(p, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(d[b"data"], dtype=np.uint8), list(d[b"labels"])
+        return data.reshape(-1, 3, 32, 32), labels
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise DataError(f"{p}: not a valid CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+
+
+def _md5(p: Path) -> str:
+    h = hashlib.md5()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, md5: Optional[str]) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"download of {url} failed: {e}") from e
+    if md5 is not None and _md5(tmp) != md5:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"download of {url} failed its checksum (md5 {md5} expected)")
+    os.replace(tmp, dest)
+
+
+def load_cifar10(split: str = "test", root=None, download: bool = False) -> Dataset:
+    roots = [Path(root)] if root else [cache_dir() / "data"]
+    folder = None
+    for r in roots:
+        for cand in (r / "cifar-10-batches-py", r):
+            if (cand / "test_batch").is_file():
+                folder = cand
+                break
+        if folder:
+            break
+    if folder is None:
+        if not download:
+            raise DataError(
+                f"CIFAR-10 (python format, cifar-10-batches-py) not found under {', '.join(map(str, roots))}. "
+                "Pass --data-root DIR that holds cifar-10-batches-py, or --download to fetch it (163 MB, "
+                "md5-verified), or use imagefolder:PATH for an image folder/archive.")
+        base = roots[0]
+        arch = base / "cifar-10-python.tar.gz"
+        if not arch.is_file():
+            _download(CIFAR10_URL, arch, CIFAR10_MD5)
+        with tarfile.open(arch, "r:gz") as tf:
+            tf.extractall(base, filter="data")
+        folder = base / "cifar-10-batches-py"
+    if split == "train":
+        files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    elif split == "test":
+        files = [folder / "test_batch"]
+    else:
+        raise DataError(f"CIFAR-10 has splits train and test, not {split!r}")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing CIFAR-10 files {missing}")
+    parts = [_read_cifar_batch(f) for f in files]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.tensor([lab for p in parts for lab in p[1]], dtype=torch.long)
+    classes = CIFAR10_CLASSES
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        try:
+            with open(meta, "rb") as f:
+                m = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in m[b"label_names"]]
+        except Exception:  # noqa: BLE001 - names are cosmetic
+            pass
+    return Dataset(images, labels, classes, "cifar10", split, dict(path=os.fspath(folder)))
+
+
+# --- Fashion-MNIST (IDX) ----------------------------------------------------------------------------
+
+def _read_idx(p: Path) -> np.ndarray:
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError(f"bad IDX magic {raw[:4].hex()}")
+        dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != math.prod(dims):
+            raise ValueError(f"{data.size} bytes of data for dimensions {dims}")
+        return data.reshape(dims)
+    except (OSError, EOFError, struct.error, ValueError, zlib.error) as e:
+        raise DataError(f"{p}: not a valid IDX file ({e})") from e
+
+
+def load_fashion_mnist(split: str = "test", root=None, download: bool = False) -> Dataset:
+    if split not in ("train", "test"):
+        raise DataError(f"Fashion-MNIST has splits train and test, not {split!r}")
+    stem = "train" if split == "train" else "t10k"
+    names = [f"{stem}-images-idx3-ubyte", f"{stem}-labels-idx1-ubyte"]
+    roots = ([Path(root)] if root else []) + [FASHION_DEBIAN, cache_dir() / "data" / "fashion-mnist"]
+
+    def find(r: Path, n: str) -> Optional[Path]:
+        for cand in (r / n, r / (n + ".gz")):
+            if cand.is_file():
+                return cand
+        return None
+
+    for r in roots:
+        found = [find(r, n) for n in names]
+        if all(found):
+            break
+    else:
+        if not download:
+            raise DataError(f"Fashion-MNIST {split} IDX files not found under {', '.join(map(str, roots))}; pass "
+                            "--data-root DIR, install Debian's dataset-fashion-mnist, or pass --download")
+        r = roots[-1]
+        for n in names:
+            _download(FASHION_URL + n + ".gz", r / (n + ".gz"), None)
+        found = [find(r, n) for n in names]
+    images = _read_idx(found[0])
+    labels = _read_idx(found[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{found[0].parent}: IDX files disagree ({images.shape} images, {labels.shape} labels)")
+    return Dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                   FASHION_CLASSES, "fashion-mnist", split, dict(path=os.fspath(found[0].parent)))
+
+
+# --- synthetic ----------------------------------------------------------------------------------------
+
+SYNTHETIC_KINDS = ["horizontal", "vertical", "diagonal", "checker", "ring", "antidiagonal"]
+
+
+def make_synthetic(n: Optional[int] = None, classes: int = 4, size: int = 32, seed: int = 0,
+                   split: str = "train", noise: float = 0.25) -> Dataset:
+    """Seeded procedural images: oriented stripes, checkerboards and rings of random frequency,
+    phase and colours, plus pixel noise. Train and test splits use different seeds."""
+    if not 2 <= classes <= len(SYNTHETIC_KINDS):
+        raise DataError(f"synthetic: classes must be 2..{len(SYNTHETIC_KINDS)}, got {classes}")
+    n = n if n is not None else (2000 if split == "train" else 500)
+    g = torch.Generator().manual_seed(seed * 1000 + (0 if split == "train" else 1))
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=g)]
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    freq = 2 * math.pi * (torch.rand(n, 1, 1, generator=g) * 0.15 + 0.1)
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    cx = size / 2 + (torch.rand(n, 1, 1, generator=g) - 0.5) * size / 2
+    cy = size / 2 + (torch.rand(n, 1, 1, generator=g) - 0.5) * size / 2
+    coords = {
+        "horizontal": yy.expand(n, size, size) * freq,
+        "vertical": xx.expand(n, size, size) * freq,
+        "diagonal": (xx + yy).expand(n, size, size) * freq / math.sqrt(2),
+        "antidiagonal": (xx - yy).expand(n, size, size) * freq / math.sqrt(2),
+        "ring": torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) * freq,
+    }
+    pats = torch.empty(n, size, size)
+    for k in range(classes):
+        mask = labels == k
+        kind = SYNTHETIC_KINDS[k]
+        if kind == "checker":
+            v = torch.sin(xx * freq[mask] + phase[mask]) * torch.sin(yy * freq[mask] + phase[mask])
+        else:
+            v = torch.sin(coords[kind][mask] + phase[mask])
+        pats[mask] = v
+    pats = (pats > 0).float()
+    c0 = torch.rand(n, 3, 1, 1, generator=g)
+    c1 = torch.rand(n, 3, 1, 1, generator=g)
+    img = c0 + (c1 - c0) * pats.unsqueeze(1) + noise * torch.randn(n, 3, size, size, generator=g)
+    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Dataset(images, labels.long(), SYNTHETIC_KINDS[:classes], "synthetic", split,
+                   dict(seed=seed, n=n, classes=classes, size=size, noise=noise))
