@@ -100,9 +100,10 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], e
             row.update(test_loss=float("nan"), test_error=float("nan"))
         row["seconds"] = time.time() - t0
         rows.append(row)
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, ckpt)
-        _atomic_save(model.state_dict(), out / "model.pt")
+        # last.pt is written last: it is the commit point that --resume trusts
         pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(out / "metrics.csv", index=False)
+        _atomic_save(model.state_dict(), out / "model.pt")
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, ckpt)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{epochs}: train error {row['train_error']:.4f}, "
                        f"test error {row['test_error']:.4f}, {row['seconds']:.1f}s")

@@ -76,6 +76,15 @@ def _call(factory, kwargs: dict, num_classes: int | None, in_channels: int | Non
 
 def build_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
     """Build a model from a spec string (see the module docstring)."""
+    try:
+        return _build(spec, num_classes, in_channels)
+    except SpecError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"cannot build model {spec!r}: {e}") from e
+
+
+def _build(spec: str, num_classes: int | None, in_channels: int | None) -> nn.Module:
     name, kwargs = parse_spec(spec)
     m = _CIFAR.match(name)
     if m:

@@ -1,0 +1,79 @@
+"""Training: learns the synthetic set offline, writes its files, resumes exactly."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from resprobe.io.data import load_dataset
+from resprobe.models import build_model
+from resprobe.training import _lr_factor, train
+
+
+def _data():
+    return load_dataset("synthetic(n=600)", "train"), load_dataset("synthetic(n=200)", "test")
+
+
+def test_tiny_run_learns_and_writes_files(tmp_path):
+    tr, te = _data()
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet8", num_classes=tr.num_classes)
+    df = train(model, tr, te, epochs=6, out=tmp_path, schedule="cosine", normalize="none", progress=False)
+    assert list(df.epoch) == list(range(6))
+    assert df.test_error.iloc[-1] < 0.35  # chance is 0.75 with 4 classes
+    assert df.train_loss.iloc[-1] < df.train_loss.iloc[0]
+    on_disk = pd.read_csv(tmp_path / "metrics.csv")
+    assert on_disk.shape[0] == 6 and set(on_disk.columns) >= {"epoch", "train_loss", "train_error", "test_loss",
+                                                               "test_error", "seconds"}
+    sd = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    tr, te = _data()
+    torch.manual_seed(1)
+    a = build_model("cifar_resnet8(width=8)", num_classes=4)
+    init = {k: v.clone() for k, v in a.state_dict().items()}
+    full = train(a, tr, te, epochs=3, out=tmp_path / "a", normalize="none", progress=False, seed=5)
+    d = build_model("cifar_resnet8(width=8)", num_classes=4)
+    d.load_state_dict(init)
+    _killed_after_two_epochs(d, tr, te, tmp_path / "d")
+    assert torch.load(tmp_path / "d" / "last.pt", weights_only=True)["epoch"] == 1
+    e = build_model("cifar_resnet8(width=8)", num_classes=4)  # fresh init: everything comes from last.pt
+    resumed = train(e, tr, te, epochs=3, out=tmp_path / "d", normalize="none", progress=False, seed=5, resume=True)
+    assert list(resumed.epoch) == [0, 1, 2]
+    assert all(torch.equal(e.state_dict()[k], a.state_dict()[k]) for k in a.state_dict())
+    assert resumed.test_error.tolist() == full.test_error.tolist()
+
+
+def _killed_after_two_epochs(model, tr, te, out):
+    """Run a 3-epoch schedule that is interrupted right after epoch 1's checkpoint."""
+    import resprobe.training as T
+    calls = {"n": 0}
+    orig = T._atomic_save
+
+    def save_then_maybe_stop(obj, path):
+        orig(obj, path)
+        if path.name == "last.pt":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+    T._atomic_save = save_then_maybe_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(model, tr, te, epochs=3, out=out, normalize="none", progress=False, seed=5)
+    finally:
+        T._atomic_save = orig
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    tr, te = _data()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(build_model("cifar_resnet8", num_classes=4), tr, te, 1, tmp_path, resume=True, progress=False)
+
+
+def test_step_schedule_is_he_et_al():
+    assert [_lr_factor("step", e, 8) for e in range(8)] == [1, 1, 1, 1, 0.1, 0.1, 0.1 ** 2, 0.1 ** 2]
+    assert _lr_factor("cosine", 0, 10) == 1.0 and abs(_lr_factor("cosine", 5, 10) - 0.5) < 1e-12
