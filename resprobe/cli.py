@@ -16,7 +16,7 @@ def _expected_errors() -> tuple:
     from .io.checkpoint import CheckpointError
     from .io.data import DataError
     from .models import SpecError
-    return (AnatomyError, CheckpointError, DataError, SpecError, FileNotFoundError)
+    return (AnatomyError, CheckpointError, DataError, SpecError, FileNotFoundError, ValueError)
 
 
 def _model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
@@ -108,6 +108,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _labels(specs, weights, labels):
+    if labels:
+        if len(labels) != len(specs):
+            raise ValueError("give one --label per --model")
+        return labels
+    out = []
+    for s, w in zip(specs, weights):
+        out.append(s if specs.count(s) == 1 else f"{s}:{Path(w).stem if w else 'init'}")
+    return out
+
+
+def cmd_lesion(args) -> int:
+    from .engine import resolve_device
+    from .report.lesion import lesion_study
+    specs = args.model
+    weights = args.weights or []
+    if len(weights) not in (0, len(specs)):
+        raise ValueError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights); "
+                         "use 'none' for a randomly initialised model")
+    weights = [None if (w or "").lower() in ("", "none") else w for w in weights] or [None] * len(specs)
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
+    dev = resolve_device(args.device)
+    models = []
+    for label, spec, w in zip(_labels(specs, weights, args.label), specs, weights):
+        model, prov = api.load_model(spec, w, args.trust_checkpoint, num_classes=data.num_classes,
+                                     in_channels=data.input_shape[0])
+        models.append((label, model, prov))
+    norm = args.normalize or api.trained_normalization(weights[0]) or "imagenet"
+    blocks = [b.strip() for b in args.blocks.split(",")] if args.blocks else None
+    df = lesion_study(models, data, args.mode, blocks, args.k, args.samples, args.seed, args.exclude_downsampling,
+                      args.batch_size, norm, dev, args.out, progress=True)
+    for m, g in df.groupby("model", sort=False):
+        base = g[g["mode"] == "baseline"]["error"]
+        print(f"{m}: {len(g)} configurations; baseline error {float(base.iloc[0]):.4f}" if len(base) else m)
+    print(f"results in {Path(args.out) / 'lesion.csv'}, {Path(args.out) / 'lesion.json'} and plots in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resprobe", description="Probe why residual networks work.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     q.set_defaults(func=cmd_train, batch_size=128)
+
+    q = sub.add_parser("lesion", help="delete, sample or reorder residual blocks (Veit et al. 2016)")
+    q.add_argument("--model", action="append", required=True,
+                   help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
+    q.add_argument("--weights", action="append", help="checkpoint for each --model, in order ('none': random init)")
+    q.add_argument("--label", action="append", help="display name for each --model (default: its spec)")
+    q.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
+    _data_args(q)
+    q.add_argument("--mode", default="single", choices=["single", "set", "random-k", "reorder"])
+    q.add_argument("--blocks", help="--mode set: block names, comma separated (e.g. layer1.3,layer2.5)")
+    q.add_argument("--k", help="random-k: numbers of deleted blocks; reorder: numbers of random swaps. "
+                                "K, LO:HI (inclusive), LO:HI:STEP or a,b,c (default 1:n)")
+    q.add_argument("--samples", type=int, default=20, help="random subsets / orders per k (default 20)")
+    q.add_argument("--exclude-downsampling", action="store_true", help="random-k: never delete downsampling blocks")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="folder for lesion.csv, lesion.json and plots; rerun to resume")
+    q.set_defaults(func=cmd_lesion)
     return p
 
 

@@ -1,0 +1,1 @@
+"""One module per conjecture; each returns a long-format DataFrame."""

@@ -1,0 +1,112 @@
+"""Seaborn plots of probe results. Every function returns ``(fig, ax)`` and never shows anything;
+:func:`save_figure` writes PNG and SVG."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+__all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot"]
+
+
+def save_figure(fig, stem) -> list[Path]:
+    """Write ``stem.png`` (150 dpi) and ``stem.svg``; close the figure."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _palette(models):
+    return dict(zip(models, sns.color_palette("deep", len(models))))
+
+
+def lesion_single_plot(df: pd.DataFrame, blocks: dict[str, list[dict]]):
+    """Veit Fig. 3: test error when one block is deleted, per block, with the baseline as a dashed line.
+
+    ``blocks[model]`` is the anatomy table (name, stage, downsample) of each model in ``df``.
+    Stage boundaries are dotted vertical lines; downsampling blocks are drawn as squares.
+    """
+    models = list(dict.fromkeys(df["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * max(len(v) for v in blocks.values()) + 3), 4))
+        for m in models:
+            g = df[df["model"] == m]
+            table = blocks[m]
+            pos = {b["name"]: i for i, b in enumerate(table)}
+            s = g[(g["mode"] == "single") & g["error"].notna()].copy()
+            s["x"] = s["deleted"].map(pos)
+            s = s.sort_values("x")
+            ax.plot(s["x"], s["error"], "-o", ms=4, color=pal[m], label=f"{m}: one block deleted")
+            ax.fill_between(s["x"], s["ci_low"], s["ci_high"], color=pal[m], alpha=0.15, lw=0)
+            ds = s[s["deleted"].isin([b["name"] for b in table if b["downsample"]])]
+            ax.plot(ds["x"], ds["error"], "s", ms=9, mfc="none", mec=pal[m], mew=1.5)
+            base = g[g["mode"] == "baseline"]["error"]
+            if len(base):
+                ax.axhline(float(base.iloc[0]), ls="--", color=pal[m], lw=1, label=f"{m}: baseline")
+            stages = [b["stage"] for b in table]
+            for i in range(1, len(stages)):
+                if stages[i] != stages[i - 1]:
+                    ax.axvline(i - 0.5, ls=":", color="grey", lw=1)
+        ax.set_xlabel("deleted block (index; dotted lines: stage boundaries; squares: downsampling blocks)")
+        ax.set_ylabel("test error")
+        ax.set_ylim(0, min(1.0, max(0.2, float(df["error"].max()) * 1.1)))
+        ax.set_title("Deleting one residual block (Veit et al. 2016, Fig. 3)")
+        ax.legend(fontsize=8, loc="upper right")
+    return fig, ax
+
+
+def lesion_random_k_plot(df: pd.DataFrame):
+    """Veit Fig. 5a: error vs number of deleted blocks k: median line and interquartile band."""
+    models = list(dict.fromkeys(df["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in models:
+            g = df[(df["model"] == m) & df["mode"].isin(["baseline", "random-k"])]
+            q = g.groupby("k")["error"].quantile([0.25, 0.5, 0.75]).unstack()
+            ax.plot(q.index, q[0.5], "-o", ms=4, color=pal[m], label=f"{m} (median)")
+            ax.fill_between(q.index, q[0.25], q[0.75], color=pal[m], alpha=0.2, lw=0)
+        ax.set_xlabel("number of blocks deleted (k)")
+        ax.set_ylabel("test error")
+        ax.set_ylim(0, 1)
+        ax.set_title("Deleting k random blocks (Veit et al. 2016, Fig. 5a); band: IQR")
+        ax.legend(fontsize=8)
+    return fig, ax
+
+
+def lesion_reorder_plot(df: pd.DataFrame):
+    """Veit Fig. 5b: error vs Kendall tau between the new and the original block order."""
+    d = df[df["mode"].isin(["reorder", "baseline"])].copy()
+    d.loc[d["mode"] == "baseline", "kendall_tau"] = 1.0
+    d["kendall_tau"] = d["kendall_tau"].astype(float)
+    models = list(dict.fromkeys(d["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        sns.scatterplot(data=d, x="kendall_tau", y="error", hue="model", palette=pal, s=14, alpha=0.5, ax=ax,
+                        legend=False)
+        for m in models:
+            g = d[d["model"] == m]
+            bins = np.linspace(g["kendall_tau"].min(), 1.0, 9)
+            g = g.assign(bin=pd.cut(g["kendall_tau"], bins, include_lowest=True))
+            med = g.groupby("bin", observed=True).agg(tau=("kendall_tau", "median"), err=("error", "median"))
+            ax.plot(med["tau"], med["err"], "-", color=pal[m], lw=2, label=f"{m} (binned median)")
+        ax.invert_xaxis()
+        ax.set_xlabel("Kendall tau with the original order")
+        ax.set_ylabel("test error")
+        ax.set_ylim(0, 1)
+        ax.set_title("Reordering residual branches (Veit et al. 2016, Fig. 5b)")
+        ax.legend(fontsize=8)
+    return fig, ax
