@@ -92,7 +92,7 @@ def cmd_train(args) -> int:
     from .training import train
     torch.manual_seed(args.seed)
     train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
-    test_data = api.load_data(args.data, "test", args.data_root, args.download, args.test_limit)
+    test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
     model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
                                  num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
     dev = resolve_device(args.device)
@@ -119,9 +119,9 @@ def _labels(specs, weights, labels):
     return out
 
 
-def cmd_lesion(args) -> int:
+def _models_and_data(args):
+    """Data, device, normalization and ``(label, model, provenance)`` for repeated --model/--weights."""
     from .engine import resolve_device
-    from .report.lesion import lesion_study
     specs = args.model
     weights = args.weights or []
     if len(weights) not in (0, len(specs)):
@@ -136,6 +136,12 @@ def cmd_lesion(args) -> int:
                                      in_channels=data.input_shape[0])
         models.append((label, model, prov))
     norm = args.normalize or api.trained_normalization(weights[0]) or "imagenet"
+    return data, dev, norm, models
+
+
+def cmd_lesion(args) -> int:
+    from .report.lesion import lesion_study
+    data, dev, norm, models = _models_and_data(args)
     blocks = [b.strip() for b in args.blocks.split(",")] if args.blocks else None
     df = lesion_study(models, data, args.mode, blocks, args.k, args.samples, args.seed, args.exclude_downsampling,
                       args.batch_size, norm, dev, args.out, progress=True)
@@ -144,6 +150,24 @@ def cmd_lesion(args) -> int:
         print(f"{m}: {len(g)} configurations; baseline error {float(base.iloc[0]):.4f}" if len(base) else m)
     print(f"results in {Path(args.out) / 'lesion.csv'}, {Path(args.out) / 'lesion.json'} and plots in {args.out}")
     return 0
+
+
+def cmd_identity(args) -> int:
+    from .report.identity import identity_study
+    data, dev, norm, models = _models_and_data(args)
+    identity_study(models, data, args.batch_size, norm, dev, grad=args.grad, threshold=args.threshold,
+                   lesion_check=args.lesion_check, seed=args.seed, cka_minibatch=args.cka_minibatch, out=args.out)
+    out = Path(args.out)
+    print(f"results in {out / 'identity.csv'}, {out / 'identity.json'}; report {out / 'report.html'}")
+    return 0
+
+
+def _multi_model_args(q) -> None:
+    q.add_argument("--model", action="append", required=True,
+                   help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
+    q.add_argument("--weights", action="append", help="checkpoint for each --model, in order ('none': random init)")
+    q.add_argument("--label", action="append", help="display name for each --model (default: its spec)")
+    q.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,17 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-decay", type=float, default=1e-4)
     q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"])
     q.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    q.add_argument("--test-data", help="data spec of the test split when it lives elsewhere (default: --data)")
     q.add_argument("--test-limit", type=int, help="evaluate on a seeded subset of the test split")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     q.set_defaults(func=cmd_train, batch_size=128)
 
     q = sub.add_parser("lesion", help="delete, sample or reorder residual blocks (Veit et al. 2016)")
-    q.add_argument("--model", action="append", required=True,
-                   help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
-    q.add_argument("--weights", action="append", help="checkpoint for each --model, in order ('none': random init)")
-    q.add_argument("--label", action="append", help="display name for each --model (default: its spec)")
-    q.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
+    _multi_model_args(q)
     _data_args(q)
     q.add_argument("--mode", default="single", choices=["single", "set", "random-k", "reorder"])
     q.add_argument("--blocks", help="--mode set: block names, comma separated (e.g. layer1.3,layer2.5)")
@@ -193,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="folder for lesion.csv, lesion.json and plots; rerun to resume")
     q.set_defaults(func=cmd_lesion)
+
+    q = sub.add_parser("identity", help="per-block distance to the identity (He et al. Fig. 7, Jastrzebski et al.)")
+    _multi_model_args(q)
+    _data_args(q)
+    q.add_argument("--grad", action="store_true", help="also cos(F(x), dL/dx) (one backward pass per batch)")
+    q.add_argument("--threshold", type=float, default=0.3, help="effective depth: blocks with ||F||/||S|| above it")
+    q.add_argument("--lesion-check", action="store_true",
+                   help="also measure the error with all near-identity blocks deleted together")
+    q.add_argument("--cka-minibatch", type=int, default=32, help="images per CKA minibatch (unbiased HSIC)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_identity)
     return p
 
 

@@ -370,7 +370,7 @@ def run_lesion(model: nn.Module, data: Dataset, mode: str = "single", model_labe
         bar.close()
     wanted = {(model_label, c.key(names)) for c in configs}
     rows_old = [r for mk, r in done.items() if mk in wanted]
-    df = pd.DataFrame(rows_old + rows_new, columns=COLUMNS)
+    df = _typed(pd.DataFrame(rows_old + rows_new, columns=COLUMNS))
     return _order_rows(df)
 
 
@@ -381,9 +381,25 @@ def _row_key(r: dict) -> str:
     return f"{r['mode']}|{text(r['deleted'])}|{text(r['order'])}"
 
 
+_TEXT = ["model", "mode", "deleted", "order", "note"]
+_FLOAT = ["kendall_tau", "error", "loss", "ci_low", "ci_high", "top5_error"]
+_INT = ["k", "n_images", "n_wrong", "seed"]
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """One dtype per column, whether rows come from this run or from the CSV of an earlier one."""
+    df = df.copy()
+    for c in _TEXT:
+        df[c] = df[c].fillna("").astype(str)
+    for c in _FLOAT:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    for c in _INT:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df
+
+
 def _read_csv(csv: Path) -> pd.DataFrame:
-    return pd.read_csv(csv, keep_default_na=False, na_values=[""],
-                       dtype={"deleted": str, "order": str, "note": str, "model": str, "mode": str})
+    return _typed(pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={c: str for c in _TEXT}))
 
 
 def _append(csv: Path, rows: list[dict]) -> None:

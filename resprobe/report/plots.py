@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot"]
+__all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
+           "response_std_plot"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -110,3 +111,60 @@ def lesion_reorder_plot(df: pd.DataFrame):
         ax.set_title("Reordering residual branches (Veit et al. 2016, Fig. 5b)")
         ax.legend(fontsize=8)
     return fig, ax
+
+
+def _stage_lines(ax, stages):
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            ax.axvline(i - 0.5, ls=":", color="grey", lw=1)
+
+
+def identity_metric_plot(df: pd.DataFrame, metric: str, threshold: Optional[float] = None):
+    """One per-block metric (with its CI band) for each model; dotted lines at stage boundaries."""
+    d = df[df["metric"] == metric]
+    models = list(dict.fromkeys(d["model"]))
+    pal = _palette(models)
+    labels = {"residual_ratio": "‖F(x)‖ / ‖S(x)‖", "relative_change": "‖y − S(x)‖ / ‖S(x)‖",
+              "cosine": "cos(S(x), y)", "cka": "linear CKA(input, output)", "grad_cosine": "cos(F(x), ∂L/∂x)"}
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for m in models:
+            g = d[d["model"] == m].reset_index(drop=True)
+            x = np.arange(len(g))
+            ax.plot(x, g["value"], "-o", ms=3.5, color=pal[m], label=m)
+            if g["ci_low"].notna().any():
+                ax.fill_between(x, g["ci_low"], g["ci_high"], color=pal[m], alpha=0.2, lw=0)
+            ds = g[g["downsample"].astype(bool)]
+            ax.plot(ds.index, ds["value"], "s", ms=8, mfc="none", mec=pal[m])
+            if len(models) == 1:
+                _stage_lines(ax, g["stage"].tolist())
+        if threshold is not None:
+            ax.axhline(threshold, ls="--", color="black", lw=1, label=f"threshold {threshold}")
+        if metric == "grad_cosine":
+            ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("block (index in forward order; squares: downsampling blocks)")
+        ax.set_ylabel(labels.get(metric, metric))
+        ax.set_title(f"{metric} per block")
+        ax.legend(fontsize=8)
+    return fig, ax
+
+
+def response_std_plot(df: pd.DataFrame):
+    """He et al. Fig. 7: std of each 3×3 layer's response, in layer order (top) and sorted (bottom)."""
+    d = df[df["metric"] == "response_std"]
+    models = list(dict.fromkeys(d["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(2, 1, figsize=(7, 6))
+        for m in models:
+            v = d[d["model"] == m]["value"].to_numpy()
+            axes[0].plot(np.arange(1, len(v) + 1), v, "-", color=pal[m], label=m)
+            axes[1].plot(np.arange(1, len(v) + 1), np.sort(v)[::-1], "-", color=pal[m], label=m)
+        axes[0].set_xlabel("layer index (3×3 convolutions in forward order)")
+        axes[1].set_xlabel("layer index (sorted by magnitude)")
+        for ax in axes:
+            ax.set_ylabel("std of response")
+            ax.legend(fontsize=8)
+        axes[0].set_title("Layer responses after BN, before addition/nonlinearity (He et al. 2016, Fig. 7)")
+        fig.tight_layout()
+    return fig, axes
