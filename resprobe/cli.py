@@ -162,6 +162,24 @@ def cmd_identity(args) -> int:
     return 0
 
 
+def cmd_paths(args) -> int:
+    from .probes.lesion import parse_range
+    from .report.paths import paths_study, summarize_paths
+    data, dev, norm, models = _models_and_data(args)
+    ks = None
+    if args.k:
+        from .anatomy import anatomy
+        n = sum(b.residual for b in anatomy(models[0][1]))
+        ks = parse_range(args.k.replace("n", str(n)), n)
+    df = paths_study(models, data, ks, args.samples, args.seed, args.batch_size, norm, dev, args.share, args.out)
+    for m, s in summarize_paths(df, args.share).items():
+        if "range" in s:
+            print(f"{m}: {s['share']:.0%} of the gradient comes from paths of length {s['range'][0]}-{s['range'][1]} "
+                  f"(of {s['n_blocks']} blocks): {s['fraction_of_paths']:.3%} of all paths")
+    print(f"results in {Path(args.out) / 'paths.csv'}, {Path(args.out) / 'paths.json'}")
+    return 0
+
+
 def _multi_model_args(q) -> None:
     q.add_argument("--model", action="append", required=True,
                    help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
@@ -226,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_identity)
+
+    q = sub.add_parser("paths", help="path lengths and gradient per path length (Veit et al. 2016 Fig. 6)")
+    _multi_model_args(q)
+    _data_args(q)
+    q.add_argument("--samples", type=int, default=20, help="routings sampled per path length k")
+    q.add_argument("--k", help="path lengths: K, LO:HI (inclusive; 'n' = number of blocks), a,b,c (default 0:n)")
+    q.add_argument("--share", type=float, default=0.9, help="gradient share of the effective range (default 0.9)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_paths, batch_size=64)
     return p
 
 

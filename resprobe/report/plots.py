@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 __all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
-           "response_std_plot"]
+           "response_std_plot", "paths_plots"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -166,5 +166,29 @@ def response_std_plot(df: pd.DataFrame):
             ax.set_ylabel("std of response")
             ax.legend(fontsize=8)
         axes[0].set_title("Layer responses after BN, before addition/nonlinearity (He et al. 2016, Fig. 7)")
+        fig.tight_layout()
+    return fig, axes
+
+
+def paths_plots(df: pd.DataFrame):
+    """Veit Fig. 6 a–c: path-length distribution, gradient per path (log scale), total gradient, vs k."""
+    models = list(dict.fromkeys(df["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        for m in models:
+            g = df[df["model"] == m].sort_values("k")
+            axes[0].plot(g["k"], g["n_paths"] / g["n_paths"].sum(), "-o", ms=3, color=pal[m], label=m)
+            axes[1].plot(g["k"], g["grad_per_path"], "-o", ms=3, color=pal[m], label=m)
+            axes[1].fill_between(g["k"], g["ci_low"], g["ci_high"], color=pal[m], alpha=0.2, lw=0)
+            axes[2].plot(g["k"], g["total_grad"] / g["total_grad"].sum(), "-o", ms=3, color=pal[m], label=m)
+        axes[0].set_ylabel("fraction of paths")
+        axes[1].set_ylabel("gradient magnitude per path")
+        axes[1].set_yscale("log")
+        axes[2].set_ylabel("share of total gradient magnitude")
+        for ax, t in zip(axes, ["(a) path-length distribution", "(b) gradient per path", "(c) total gradient"]):
+            ax.set_xlabel("path length k (residual branches on the path)")
+            ax.set_title(t)
+            ax.legend(fontsize=8)
         fig.tight_layout()
     return fig, axes
