@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .engine import evaluate
 from .io.data import Dataset
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["train"]
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds"]
 

@@ -17,7 +17,7 @@ from resprobe.io.data import load_dataset
 from resprobe.models import build_model
 from resprobe.probes.paths import (RoutedBackward, effective_range, gradient_per_path_length,
                                    path_length_distribution, unraveled_graph)
-from resprobe.report.paths import paths_study, summarize_paths
+from resprobe.report.paths import paths_study
 
 from conftest import randomize_bn
 

@@ -24,7 +24,6 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass, field

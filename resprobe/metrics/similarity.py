@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["per_image_norm", "norm_ratio", "cosine", "linear_gram", "hsic_unbiased", "cka_linear",
+__all__ = ["per_image_norm", "norm_ratio", "cosine", "per_image_dot", "linear_gram", "hsic_unbiased", "minibatch_grams", "cka_linear",
            "cka_unbiased_full", "MinibatchCKA", "RunningMoments"]
 
 Tensor = torch.Tensor
@@ -15,8 +15,8 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def per_image_norm(x: Tensor) -> Tensor:
-    """‖x_n‖₂ over each image's whole tensor."""
-    return _flat(x).double().norm(dim=1)
+    """‖x_n‖₂ over each image's whole tensor (computed in the input's precision, returned as float64)."""
+    return torch.linalg.vector_norm(_flat(x), dim=1).double()
 
 
 def norm_ratio(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
@@ -24,10 +24,18 @@ def norm_ratio(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     return per_image_norm(a) / per_image_norm(b).clamp_min(eps)
 
 
-def cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
-    """cos(a_n, b_n) per image, over each image's whole tensor."""
-    a, b = _flat(a).double(), _flat(b).double()
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)
+def per_image_dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨a_n, b_n⟩ per image (one batched matrix product, no temporary), as float64."""
+    a, b = _flat(a), _flat(b)
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1).double()
+
+
+def cosine(a: Tensor, b: Tensor, eps: float = 1e-12, norm_a: Tensor | None = None,
+           norm_b: Tensor | None = None) -> Tensor:
+    """cos(a_n, b_n) per image, over each image's whole tensor (norms may be passed in if known)."""
+    na = per_image_norm(a) if norm_a is None else norm_a
+    nb = per_image_norm(b) if norm_b is None else norm_b
+    return per_image_dot(a, b) / (na * nb).clamp_min(eps)
 
 
 def linear_gram(x: Tensor) -> Tensor:
@@ -37,20 +45,29 @@ def linear_gram(x: Tensor) -> Tensor:
 
 
 def hsic_unbiased(K: Tensor, L: Tensor) -> Tensor:
-    """Unbiased HSIC estimator (Song et al. 2012) of two n×n Gram matrices, n ≥ 4."""
-    n = K.shape[0]
+    """Unbiased HSIC estimator (Song et al. 2012) of n×n Gram matrices, n ≥ 4; batched over leading dims."""
+    n = K.shape[-1]
     if n < 4:
         raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples, got {n}")
-    K = K.clone()
-    L = L.clone()
-    K.fill_diagonal_(0)
-    L.fill_diagonal_(0)
-    KL = K @ L
-    ones = torch.ones(n, 1, dtype=K.dtype, device=K.device)
-    term1 = KL.trace()
-    term2 = (ones.T @ K @ ones) * (ones.T @ L @ ones) / ((n - 1) * (n - 2))
-    term3 = 2.0 / (n - 2) * (ones.T @ KL @ ones)
-    return ((term1 + term2 - term3) / (n * (n - 3))).squeeze()
+    K = K.double()
+    L = L.double()
+    eye = torch.eye(n, dtype=torch.bool, device=K.device)
+    K = K.masked_fill(eye, 0)
+    L = L.masked_fill(eye, 0)
+    term1 = (K * L.transpose(-1, -2)).sum((-1, -2))                       # tr(K L)
+    term2 = K.sum((-1, -2)) * L.sum((-1, -2)) / ((n - 1) * (n - 2))
+    term3 = 2.0 / (n - 2) * (K.sum(-2) * L.sum(-1)).sum(-1)                # 1ᵀ K L 1
+    return (term1 + term2 - term3) / (n * (n - 3))
+
+
+def minibatch_grams(x: Tensor, m: int) -> Tensor:
+    """Linear Gram matrices of consecutive minibatches of ``m`` images: shape (⌊N/m⌋, m, m).
+    Computed in the input's precision (float32 for activations); a remainder < m is dropped."""
+    nb = x.shape[0] // m
+    if nb == 0:
+        return x.new_zeros((0, m, m))
+    f = x[: nb * m].reshape(nb, m, -1)
+    return torch.bmm(f, f.transpose(1, 2))
 
 
 def cka_linear(x: Tensor, y: Tensor) -> float:
@@ -85,13 +102,16 @@ class MinibatchCKA:
         self.batches = 0
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        m = self.minibatch
-        for s in range(0, x.shape[0] - m + 1, m):  # a remainder smaller than m is dropped
-            K, L = linear_gram(x[s:s + m]), linear_gram(y[s:s + m])
-            self.kl += float(hsic_unbiased(K, L))
-            self.kk += float(hsic_unbiased(K, K))
-            self.ll += float(hsic_unbiased(L, L))
-            self.batches += 1
+        self.update_grams(minibatch_grams(x, self.minibatch), minibatch_grams(y, self.minibatch))
+
+    def update_grams(self, K: Tensor, L: Tensor) -> None:
+        """Add minibatch Gram matrices (b, m, m) of the two representations."""
+        if K.shape[0] == 0:
+            return
+        self.kl += float(hsic_unbiased(K, L).sum())
+        self.kk += float(hsic_unbiased(K, K).sum())
+        self.ll += float(hsic_unbiased(L, L).sum())
+        self.batches += K.shape[0]
 
     def value(self) -> float:
         if self.batches == 0 or self.kk <= 0 or self.ll <= 0:
@@ -108,12 +128,19 @@ class RunningMoments:
         self._m2 = 0.0
 
     def update(self, t: Tensor) -> None:
-        t = t.detach().double().reshape(-1)
+        t = t.detach().reshape(-1)
         nb = t.numel()
         if nb == 0:
             return
-        mb = float(t.mean())
-        m2b = float(((t - mb) ** 2).sum())
+        # sums of rows of 1024 elements by matrix products (fast, multi-threaded), rows added in float64
+        r = nb - nb % 1024
+        body = t[:r].view(-1, 1024)
+        ones = torch.ones(1024, dtype=t.dtype, device=t.device)
+        tail = t[r:].double()
+        s1 = float((body @ ones).double().sum() + tail.sum())
+        s2 = float((torch.linalg.vector_norm(body, dim=1).double() ** 2).sum() + (tail * tail).sum())
+        mb = s1 / nb
+        m2b = max(s2 - s1 * s1 / nb, 0.0)
         n = self.n + nb
         delta = mb - self._mean
         self._mean += delta * nb / n

@@ -19,7 +19,6 @@ Memory follows the batch size; only per-image scalars are kept.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..anatomy import ResidualView, anatomy, preserved_state
 from ..io.data import Dataset
-from ..metrics.similarity import MinibatchCKA, RunningMoments, cosine, norm_ratio
+from ..metrics.similarity import MinibatchCKA, RunningMoments, cosine, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 
 __all__ = ["COLUMNS", "PER_IMAGE_METRICS", "response_layers", "identity_profile", "effective_depth",
@@ -113,6 +112,7 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                 if grad:
                     h = h.detach().requires_grad_(True)
                 inputs, branches = [], []
+                g_in = minibatch_grams(h.detach(), cka_minibatch)  # Gram of each block's input, reused
                 for i, b in enumerate(view):
                     if grad and i > 0:
                         h.retain_grad()
@@ -125,8 +125,13 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                         out = b.post(f)
                         s = h if tuple(h.shape) == tuple(out.shape) else None
                     branches.append(f.detach())
-                    _block_metrics(per_image, ckas[i], i, b.residual, h.detach(), None if s is None else s.detach(),
-                                   f.detach(), out.detach())
+                    xd, od = h.detach(), out.detach()
+                    sd = None if s is None else s.detach()
+                    _block_metrics(per_image, i, b.residual, sd, f.detach(), od)
+                    g_out = minibatch_grams(od, cka_minibatch)
+                    same = tuple(xd.shape) == tuple(od.shape)
+                    ckas[i].update_grams(g_in if (same or sd is None) else minibatch_grams(sd, cka_minibatch), g_out)
+                    g_in = g_out
                     h = out
                 if grad:
                     loss = F.cross_entropy(view.head(h), y, reduction="sum")
@@ -155,14 +160,17 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _block_metrics(per_image, cka: MinibatchCKA, i: int, residual: bool, x, s, f, y) -> None:
-    if s is not None:
-        if residual:
-            per_image["residual_ratio"][i].append(norm_ratio(f, s).cpu().numpy())
-        per_image["relative_change"][i].append(norm_ratio(y - s, s).cpu().numpy())
-        per_image["cosine"][i].append(cosine(s, y).cpu().numpy())
-    same = tuple(x.shape) == tuple(y.shape)
-    cka.update(x if (same or s is None) else s, y)
+def _block_metrics(per_image, i: int, residual: bool, s, f, y) -> None:
+    if s is None:
+        return
+    ns, ny, nd = per_image_norm(s), per_image_norm(y), per_image_norm(y - s)
+    nsc = ns.clamp_min(1e-12)
+    if residual:
+        per_image["residual_ratio"][i].append((per_image_norm(f) / nsc).cpu().numpy())
+    per_image["relative_change"][i].append((nd / nsc).cpu().numpy())
+    # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
+    cos = (ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)
+    per_image["cosine"][i].append(cos.clamp(-1, 1).cpu().numpy())
 
 
 def effective_depth(df: pd.DataFrame, threshold: float = 0.3) -> dict:

@@ -47,7 +47,7 @@ def identity_findings(df: pd.DataFrame, threshold: float = 0.3, lesion: Optional
         for run in _runs(e["near_identity_blocks"], stages, order):
             name = run[0] if len(run) == 1 else f"{run[0]}–{run[-1]}"
             hi = max(vals[b] for b in run)
-            out.append(f"{model}: block{'s' if len(run) > 1 else ''} {name}: ‖F‖/‖x‖ ≤ {hi:.3f} (< {threshold}) — "
+            out.append(f"{model}: block{'s' if len(run) > 1 else ''} {name}: ‖F‖/‖S‖ ≤ {hi:.3f} (≤ {threshold}) — "
                        "near identity.")
         ss = stage_summary(df[df["model"] == model])
         r = ss[ss["metric"] == "residual_ratio"]
@@ -77,6 +77,12 @@ def identity_findings(df: pd.DataFrame, threshold: float = 0.3, lesion: Optional
         out.append(f"Response std (He et al. Fig. 7): {desc}. The deeper {deep} has a "
                    f"{'smaller' if smaller else 'larger'} median response std than {shallow} — "
                    f"{'as' if smaller else 'unlike'} He et al. report.")
+        for cnt, grp in ordered.groupby("count", sort=False):  # twins: same number of 3x3 layers
+            if len(grp) > 1:
+                lo_m = grp["median"].idxmin()
+                others = ", ".join(f"{m} {r['median']:.3f}" for m, r in grp.iterrows() if m != lo_m)
+                out.append(f"Among the {int(cnt)}-layer nets, {lo_m} has the smallest median response std "
+                           f"({grp.loc[lo_m, 'median']:.3f}; {others}).")
         rr = df[df["metric"] == "residual_ratio"].groupby("model", sort=False)["value"].median()
         if shallow in rr and deep in rr:
             out.append(f"Median ‖F‖/‖S‖: {deep} {rr[deep]:.3f} vs {shallow} {rr[shallow]:.3f} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -13,7 +12,7 @@ import torch.nn as nn
 
 from ..anatomy import anatomy
 from ..io.data import Dataset
-from ..probes.paths import effective_range, gradient_per_path_length, path_length_distribution, unraveled_graph
+from ..probes.paths import effective_range, gradient_per_path_length, unraveled_graph
 from .plots import paths_plots, save_figure
 from .tables import provenance, write_json, write_table
 
