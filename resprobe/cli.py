@@ -180,6 +180,21 @@ def cmd_paths(args) -> int:
     return 0
 
 
+def cmd_gradcorr(args) -> int:
+    from .report.gradcorr import gradcorr_synthetic_study
+    if args.target != "synthetic":
+        raise ValueError("gradcorr on trained networks (--model ...) is not implemented yet; "
+                         "use 'resprobe gradcorr synthetic'")
+    kinds = [k.strip() for k in args.kinds.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
+    df = gradcorr_synthetic_study(kinds, depths, args.seeds, args.width, args.points, args.beta, args.seed, args.out)
+    agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
+    for kind, g in agg.groupby("kind", sort=False):
+        print(f"{kind:>12}: lag-1 " + ", ".join(f"L={int(r.depth)}: {r.value:.3f}" for r in g.itertuples()))
+    print(f"results in {Path(args.out) / 'gradcorr.csv'}, {Path(args.out) / 'gradcorr.json'}")
+    return 0
+
+
 def _multi_model_args(q) -> None:
     q.add_argument("--model", action="append", required=True,
                    help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
@@ -254,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_paths, batch_size=64)
+
+    q = sub.add_parser("gradcorr", help="shattered gradients (Balduzzi et al. 2017)")
+    q.add_argument("target", choices=["synthetic"], help="'synthetic': f: R -> R networks at initialisation")
+    q.add_argument("--kinds", default="ff,ff-bn,res,res-bn,ff-ll", help="comma-separated: ff, ff-bn, res, res-bn, ff-ll")
+    q.add_argument("--depths", default="1,2,4,8,16,24,32,50")
+    q.add_argument("--seeds", type=int, default=20, help="random initialisations per (kind, depth)")
+    q.add_argument("--width", type=int, default=200)
+    q.add_argument("--points", type=int, default=256, help="evenly spaced inputs on [-2, 2)")
+    q.add_argument("--beta", type=float, default=0.1, help="branch scale of the 'res' kind (no BN)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_gradcorr)
     return p
 
 

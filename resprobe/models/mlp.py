@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MLPBlock", "MLP", "mlp"]
+__all__ = ["MLPBlock", "MLP", "mlp", "LooksLinearMLP"]
 
 
 class MLPBlock(nn.Module):
@@ -52,3 +53,31 @@ class MLP(nn.Module):
 def mlp(depth: int = 4, width: int = 200, residual: bool = True, batchnorm: bool = True,
         in_features: int = 1, out_features: int = 1, branch_scale: float = 1.0) -> MLP:
     return MLP(depth, width, residual, batchnorm, in_features, out_features, branch_scale)
+
+
+class LooksLinearMLP(nn.Module):
+    """Feedforward net with CReLU units and looks-linear initialisation (Balduzzi et al. 2017):
+    each layer computes ``W · [relu(u), relu(-u)]`` with ``W = [W0, -W0]`` and W0 orthogonal, so the
+    network is exactly linear (and norm-preserving) at initialisation."""
+
+    def __init__(self, depth: int = 4, width: int = 200, in_features: int = 1, out_features: int = 1):
+        super().__init__()
+        self.stem = nn.Linear(in_features, width)
+        nn.init.kaiming_normal_(self.stem.weight, nonlinearity="linear")
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            lin = nn.Linear(2 * width, width)
+            w0 = torch.empty(width, width)
+            nn.init.orthogonal_(w0)
+            with torch.no_grad():
+                lin.weight.copy_(torch.cat([w0, -w0], dim=1))
+                lin.bias.zero_()
+            self.layers.append(lin)
+        self.head = nn.Linear(width, out_features)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(width))
+
+    def forward(self, x):
+        u = self.stem(x)
+        for lin in self.layers:
+            u = lin(torch.cat([F.relu(u), F.relu(-u)], dim=-1))
+        return self.head(u)

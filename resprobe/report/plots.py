@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 __all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
-           "response_std_plot", "paths_plots"]
+           "response_std_plot", "paths_plots", "gradient_traces_plot", "correlation_heatmaps_plot",
+           "lag1_vs_depth_plot"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -192,3 +193,58 @@ def paths_plots(df: pd.DataFrame):
             ax.legend(fontsize=8)
         fig.tight_layout()
     return fig, axes
+
+
+def gradient_traces_plot(traces: dict, x):
+    """Balduzzi Fig. 1 top: gradient df/dx along the input line, one panel per (kind, depth)."""
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 2.8), squeeze=False)
+        for ax, ((kind, depth), g) in zip(axes[0], traces.items()):
+            ax.plot(np.asarray(x).ravel(), g, lw=0.8)
+            ax.set_title(f"{kind}" + (f", depth {depth}" if depth else ""), fontsize=9)
+            ax.set_xlabel("input x")
+        axes[0][0].set_ylabel("df/dx")
+        fig.tight_layout()
+    return fig, axes
+
+
+def correlation_heatmaps_plot(mats: dict):
+    """Balduzzi Fig. 1 bottom: normalized covariance of gradients between input points, across inits."""
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.0 * len(mats), 2.9), squeeze=False)
+    for ax, ((kind, depth), c) in zip(axes[0], mats.items()):
+        im = ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(f"{kind}" + (f", depth {depth}" if depth else ""), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return fig, axes
+
+
+def lag1_vs_depth_plot(df: pd.DataFrame, fits: dict):
+    """Mean lag-1 autocorrelation of the gradients vs depth per kind (95% CI), with the paper's fits."""
+    d = df[(df["seed"] == "all") & (df["metric"] == "lag1") & (df["depth"] > 0)]
+    kinds = list(dict.fromkeys(d["kind"]))
+    pal = _palette(kinds)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for k in kinds:
+            g = d[d["kind"] == k].sort_values("depth")
+            ax.errorbar(g["depth"], g["value"], yerr=[g["value"] - g["ci_low"], g["ci_high"] - g["value"]],
+                        fmt="-o", ms=4, color=pal[k], label=k, capsize=2)
+            f = fits.get(k)
+            if f and k in ("ff-bn", "res-bn"):
+                L = np.linspace(1, max(g["depth"]), 100)
+                if k == "ff-bn":
+                    e = f["exponential"]
+                    ax.plot(L, 2 ** (e["intercept"] + e["slope"] * L), ":", color=pal[k],
+                            label=f"ff-bn fit: 2^({e['slope']:.3f} L)")
+                else:
+                    p = f["power_law"]
+                    ax.plot(L, np.exp(p["intercept"]) * L ** p["slope"], ":", color=pal[k],
+                            label=f"res-bn fit: L^{p['slope']:.3f}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("depth L (hidden layers / blocks)")
+        ax.set_ylabel("lag-1 autocorrelation of df/dx")
+        ax.set_title("Shattering with depth (Balduzzi et al. 2017)")
+        ax.legend(fontsize=7)
+    return fig, ax
