@@ -181,10 +181,17 @@ def cmd_paths(args) -> int:
 
 
 def cmd_gradcorr(args) -> int:
-    from .report.gradcorr import gradcorr_synthetic_study
+    from .report.gradcorr import gradcorr_synthetic_study, gradcorr_trained_study
     if args.target != "synthetic":
-        raise ValueError("gradcorr on trained networks (--model ...) is not implemented yet; "
-                         "use 'resprobe gradcorr synthetic'")
+        if not args.model or not args.data:
+            raise ValueError("resprobe gradcorr needs 'synthetic' or --model ... --data ...")
+        data, dev, norm, models = _models_and_data(args)
+        df = gradcorr_trained_study(models, data, args.lines, args.points, args.line, args.span, args.grad_target,
+                                    args.seed, norm, dev, args.out)
+        from .report.gradcorr import gradcorr_trained_findings
+        print("\n".join(gradcorr_trained_findings(df)))
+        print(f"results in {Path(args.out) / 'gradcorr.csv'}, {Path(args.out) / 'gradcorr.json'}")
+        return 0
     kinds = [k.strip() for k in args.kinds.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     df = gradcorr_synthetic_study(kinds, depths, args.seeds, args.width, args.points, args.beta, args.seed, args.out)
@@ -271,12 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_paths, batch_size=64)
 
     q = sub.add_parser("gradcorr", help="shattered gradients (Balduzzi et al. 2017)")
-    q.add_argument("target", choices=["synthetic"], help="'synthetic': f: R -> R networks at initialisation")
+    q.add_argument("target", nargs="?", choices=["synthetic"],
+                   help="'synthetic': f: R -> R networks at initialisation; omit it for trained networks (--model)")
+    q.add_argument("--model", action="append", help="trained networks: model spec (repeat to compare)")
+    q.add_argument("--weights", action="append", help="checkpoint for each --model")
+    q.add_argument("--label", action="append", help="display name for each --model")
+    q.add_argument("--trust-checkpoint", action="store_true")
+    q.add_argument("--data", help="trained networks: data spec the lines start from")
+    q.add_argument("--data-root")
+    q.add_argument("--download", action="store_true")
+    q.add_argument("--split", default="test")
+    q.add_argument("--normalize", default=None, choices=["imagenet", "cifar10", "none"])
+    q.add_argument("--limit", type=int)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--lines", type=int, default=8, help="trained networks: number of lines")
+    q.add_argument("--line", default="direction", choices=["direction", "between"],
+                   help="x0 + t*u with a random unit direction u, or the segment between two images")
+    q.add_argument("--span", type=float, default=0.1, help="direction lines: t in [-span, span) * ||x0||")
+    q.add_argument("--grad-target", default="loss", choices=["loss", "logit"],
+                   help="differentiate the cross-entropy loss or the true-class logit")
     q.add_argument("--kinds", default="ff,ff-bn,res,res-bn,ff-ll", help="comma-separated: ff, ff-bn, res, res-bn, ff-ll")
     q.add_argument("--depths", default="1,2,4,8,16,24,32,50")
     q.add_argument("--seeds", type=int, default=20, help="random initialisations per (kind, depth)")
     q.add_argument("--width", type=int, default=200)
-    q.add_argument("--points", type=int, default=256, help="evenly spaced inputs on [-2, 2)")
+    q.add_argument("--points", type=int, default=256, help="points per line (synthetic: on [-2, 2))")
     q.add_argument("--beta", type=float, default=0.1, help="branch scale of the 'res' kind (no BN)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)

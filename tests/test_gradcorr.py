@@ -99,3 +99,81 @@ def test_cli_same_seed_same_csv(tmp_path, capsys):
     for f in meta["files"]:
         assert (tmp_path / "a" / f).stat().st_size > 1000
     assert "ff-bn: lag-1" in capsys.readouterr().out
+
+
+# --- on trained networks --------------------------------------------------------------------------------
+
+from resprobe.anatomy import anatomy, hook_count  # noqa: E402
+from resprobe.io.data import load_dataset  # noqa: E402
+from resprobe.metrics.signal import lag1_vectors  # noqa: E402
+from resprobe.models import build_model  # noqa: E402
+
+from conftest import randomize_bn  # noqa: E402
+
+
+def test_lag1_vectors_reduces_to_scalar_lag1():
+    x = brown_noise(200, 3)
+    assert lag1_vectors(x[:, None]) == pytest.approx(lag1(x), rel=1e-12)
+    two = np.stack([x, white_noise(200, 4) * 1e-9], 1)  # a negligible second coordinate
+    assert lag1_vectors(two) == pytest.approx(lag1(x), abs=1e-6)
+    assert lag1_vectors(np.ones((10, 3))) == 1.0
+
+
+def _trained_setup():
+    data = load_dataset("synthetic(n=40,classes=4,size=16)", "test")
+    torch.manual_seed(0)
+    m = randomize_bn(build_model("cifar_resnet8(width=4)", num_classes=4)).eval()
+    return data, m
+
+
+def test_lines_are_seeded_and_shaped():
+    data, _ = _trained_setup()
+    a = G.make_lines(data, 3, points=32, span=0.5, seed=2)
+    b = G.make_lines(data, 3, points=32, span=0.5, seed=2)
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+    xs, y = a[0]
+    assert xs.shape == (32, 3, 16, 16) and (y == y[0]).all()
+    steps = (xs[1:] - xs[:-1]).flatten(1).norm(dim=1)
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-4)  # evenly spaced
+    assert float(steps.sum()) == pytest.approx(float(0.5 * 2 * xs[16].norm() * 31 / 32), rel=1e-3)  # x0 at t=0
+    between = G.make_lines(data, 2, points=8, mode="between", seed=1)
+    assert between[0][0].shape[0] == 8
+    with pytest.raises(ValueError):
+        G.make_lines(data, 1)
+    with pytest.raises(ValueError):
+        G.make_lines(data, 3, mode="circle")
+
+
+def test_line_gradients_match_autograd_through_model():
+    data, m = _trained_setup()
+    view = anatomy(m, data.input_shape)
+    xs, y = G.make_lines(data, 2, points=16, seed=0)[0]
+    for p in m.parameters():
+        p.requires_grad_(False)
+    grads = G.line_gradients(view, xs, y, "loss")
+    x = xs.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(x), y, reduction="sum"), x)
+    assert torch.allclose(grads[0], ref, atol=1e-6)
+    assert len(grads) == 1 + len(view) and grads[1].shape == (16, 4, 16, 16)
+    gl = G.line_gradients(view, xs, y, "logit")
+    x = xs.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(m(x).gather(1, y[:, None]).sum(), x)
+    assert torch.allclose(gl[0], ref, atol=1e-6)
+
+
+def test_trained_profile_rows_and_hygiene():
+    data, m = _trained_setup()
+    m.train()
+    df, traces = G.trained_profile(m, data, "m", lines=3, points=32, progress=False, n_boot=50)
+    assert set(df["layer"]) == {"input", "layer1.0", "layer2.0", "layer3.0"}
+    agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
+    assert len(agg) == 4 and (agg["ci_low"] <= agg["value"]).all() and (agg["value"] <= agg["ci_high"]).all()
+    assert traces["m"].shape == (32,)
+    assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
+    df2, _ = G.trained_profile(m, data, "m", lines=3, points=32, progress=False, n_boot=50)
+    pd.testing.assert_frame_equal(df, df2)
+
+
+def test_cli_gradcorr_needs_a_target(capsys):
+    assert main(["gradcorr", "--out", "x"]) == 2
+    assert "synthetic' or --model" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["autocorrelation", "lag1", "spectral_slope", "correlation_matrix", "white_noise", "brown_noise",
-           "fit_exponential_log2", "fit_power_law"]
+           "fit_exponential_log2", "fit_power_law", "lag1_vectors", "spectral_slope_vectors"]
 
 
 def autocorrelation(x, max_lag: int | None = None) -> np.ndarray:
@@ -77,3 +77,26 @@ def fit_power_law(depths, values) -> dict:
         return dict(slope=float("nan"), intercept=float("nan"), n=int(keep.sum()))
     b, a = np.polyfit(np.log(d[keep]), np.log(v[keep]), 1)
     return dict(slope=float(b), intercept=float(a), n=int(keep.sum()))
+
+
+def lag1_vectors(g) -> float:
+    """Lag-1 autocorrelation of a sequence of vectors (rows): Σ_t ⟨d_t, d_{t+1}⟩ / Σ_t ‖d_t‖² with
+    d_t = g_t − mean_t g — for one column it is :func:`lag1` (up to the last term's normalisation)."""
+    g = np.asarray(g, dtype=np.float64).reshape(len(g), -1)
+    d = g - g.mean(0, keepdims=True)
+    den = float((d * d).sum())
+    if den <= (1e-6) ** 2 * max(float((g * g).sum()), 1e-300):
+        return 1.0
+    return float((d[:-1] * d[1:]).sum() / den)
+
+
+def spectral_slope_vectors(g) -> float:
+    """:func:`spectral_slope` of the periodogram summed over the vectors' coordinates."""
+    g = np.asarray(g, dtype=np.float64).reshape(len(g), -1)
+    d = g - g.mean(0, keepdims=True)
+    p = (np.abs(np.fft.rfft(d, axis=0)) ** 2).sum(1)
+    f = np.fft.rfftfreq(len(g))
+    keep = (f > 0) & (p > 1e-300)
+    if keep.sum() < 2 or float((d * d).sum()) <= (1e-6) ** 2 * max(float((g * g).sum()), 1e-300):
+        return float("nan")
+    return float(np.polyfit(np.log10(f[keep]), np.log10(p[keep]), 1)[0])

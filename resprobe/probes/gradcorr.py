@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ..io.data import Dataset
 
 from ..metrics.signal import (brown_noise, correlation_matrix, fit_exponential_log2, fit_power_law, lag1,
                               spectral_slope, white_noise)
@@ -142,3 +145,93 @@ def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1) -> dict:
                          power_law=fit_power_law(g["depth"], g["value"]), depths=[int(d) for d in g["depth"]],
                          floor=floor)
     return out
+
+
+# --- on trained networks ------------------------------------------------------------------------------
+
+TRAINED_COLUMNS = ["model", "layer", "seed", "metric", "value", "ci_low", "ci_high"]
+
+
+def make_lines(data, n_lines: int, points: int = 256, mode: str = "direction", span: float = 0.1, seed: int = 0,
+               normalize: str = "none"):
+    """``n_lines`` seeded lines in (normalized) input space, each ``points`` × C × H × W, with the label
+    used for the loss. ``direction``: x0 + t·u, u a random unit vector, t ∈ [−span, span)·‖x0‖;
+    ``between``: the straight segment from one image to another, t ∈ [0, 1)."""
+    if mode not in ("direction", "between"):
+        raise ValueError(f"line mode must be 'direction' or 'between', got {mode!r}")
+    if n_lines < 2:
+        raise ValueError("--lines must be at least 2 (statistics across lines)")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[: 2 * n_lines]
+    chosen = Dataset(data.images[idx], data.labels[idx], data.classes, data.spec, data.split, data.source)
+    imgs, labels, _ = next(chosen.batches(len(idx), normalize))
+    out = []
+    for j in range(n_lines):
+        x0, y0 = imgs[2 * j], labels[2 * j]
+        if mode == "direction":
+            u = torch.randn(x0.shape, generator=g)
+            u = u / u.norm()
+            t = (torch.arange(points, dtype=torch.float32) / points * 2 - 1) * span * x0.norm()
+            xs = x0.unsqueeze(0) + t.view(-1, *[1] * x0.dim()) * u.unsqueeze(0)
+        else:
+            x1 = imgs[2 * j + 1]
+            t = torch.arange(points, dtype=torch.float32) / points
+            xs = x0.unsqueeze(0) + t.view(-1, *[1] * x0.dim()) * (x1 - x0).unsqueeze(0)
+        out.append((xs, torch.full((points,), int(y0), dtype=torch.long)))
+    return out
+
+
+def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss") -> list[torch.Tensor]:
+    """Gradients at every point of a line (one batched backward, eval mode): with respect to the
+    image, then to each block's input. ``target``: cross-entropy ``loss`` or the true-class ``logit``."""
+    if target not in ("loss", "logit"):
+        raise ValueError(f"target must be 'loss' or 'logit', got {target!r}")
+    with torch.enable_grad():
+        x = xs.clone().requires_grad_(True)
+        h = view.stem(x)
+        inputs = []
+        for i in range(len(view)):
+            inputs.append(h)
+            h = view.run_block(i, h)
+        logits = view.head(h)
+        out = (F.cross_entropy(logits, y, reduction="sum") if target == "loss"
+               else logits.gather(1, y[:, None]).sum())
+        grads = torch.autograd.grad(out, [x] + inputs)
+    return [g.detach() for g in grads]
+
+
+def trained_profile(model: nn.Module, data, model_label: str = "model", lines: int = 8, points: int = 256,
+                    mode: str = "direction", span: float = 0.1, target: str = "loss", seed: int = 0,
+                    normalize: str = "none", device="cpu", n_boot: int = 1000, progress: bool = True):
+    """Lag-1 autocorrelation and spectral slope of the gradients along each line — at the image and
+    at each block's input (the per-block shattering profile). Returns (DataFrame, example traces)."""
+    from ..anatomy import anatomy, preserved_state
+    from ..metrics.signal import lag1_vectors, spectral_slope_vectors
+    view = anatomy(model, data.input_shape)
+    layers = ["input"] + view.names
+    per = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
+    traces = {}
+    model.to(device)
+    with preserved_state(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for j, (xs, y) in enumerate(tqdm(make_lines(data, lines, points, mode, span, seed, normalize),
+                                         desc=f"gradcorr {model_label}", disable=not progress, leave=False)):
+            grads = line_gradients(view, xs.to(device), y.to(device), target)
+            for layer, g in zip(layers, grads):
+                g = g.flatten(1).double().cpu().numpy()
+                per[(layer, "lag1")].append(lag1_vectors(g))
+                per[(layer, "spectral_slope")].append(spectral_slope_vectors(g))
+                if j == 0 and layer == "input":
+                    traces[model_label] = g[:, int(np.argmax(np.abs(g).sum(0)))]  # the busiest pixel
+    rows = []
+    for (layer, metric), v in per.items():
+        v = np.asarray(v)
+        for s, val in enumerate(v):
+            rows.append(dict(model=model_label, layer=layer, seed=str(s), metric=metric, value=float(val),
+                             ci_low=np.nan, ci_high=np.nan))
+        lo, hi = bootstrap_mean_ci(v[~np.isnan(v)], n_boot=n_boot, seed=stable_seed(seed, model_label, layer, metric))
+        rows.append(dict(model=model_label, layer=layer, seed="all", metric=metric, value=float(np.nanmean(v)),
+                         ci_low=lo, ci_high=hi))
+    return pd.DataFrame(rows, columns=TRAINED_COLUMNS), traces

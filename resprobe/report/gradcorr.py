@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..metrics.signal import correlation_matrix
@@ -57,4 +58,54 @@ def gradcorr_synthetic_study(kinds: Sequence[str] = KINDS, depths: Sequence[int]
                 fits=f, paper=dict(ff_bn="2^-L (log2 slope -1 per layer)", res_bn="L^-1/2 (log-log slope -0.5)"),
                 files=[p.name for p in files])
     write_json(meta, out / "gradcorr.json")
+    return df
+
+
+def gradcorr_trained_findings(df: pd.DataFrame) -> list[str]:
+    out = []
+    agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
+    for m, g in agg.groupby("model", sort=False):
+        inp = g[g["layer"] == "input"].iloc[0]
+        blocks = g[g["layer"] != "input"]
+        lo, hi = blocks.loc[blocks["value"].idxmin()], blocks.loc[blocks["value"].idxmax()]
+        out.append(f"{m}: lag-1 autocorrelation of the input gradient along the lines {inp['value']:.3f} "
+                   f"(95% CI {inp['ci_low']:.3f}–{inp['ci_high']:.3f}); at block inputs from {lo['value']:.3f} "
+                   f"({lo['layer']}) to {hi['value']:.3f} ({hi['layer']}).")
+    if agg["model"].nunique() > 1:
+        inp = agg[agg["layer"] == "input"].set_index("model")["value"]
+        best, worst = inp.idxmax(), inp.idxmin()
+        out.append(f"Input gradients are most correlated along the lines for {best} ({inp[best]:.3f}) and least "
+                   f"for {worst} ({inp[worst]:.3f}).")
+    return out
+
+
+def gradcorr_trained_study(models, data, lines: int = 8, points: int = 256, mode: str = "direction",
+                           span: float = 0.1, target: str = "loss", seed: int = 0, normalize: str = "none",
+                           device="cpu", out: Optional[str | Path] = None, progress: bool = True) -> pd.DataFrame:
+    from ..probes.gradcorr import trained_profile
+    from .plots import block_profile_plot
+    from .tables import provenance
+    t0 = time.time()
+    frames, traces = [], {}
+    for label, model, _ in models:
+        df, tr = trained_profile(model, data, label, lines, points, mode, span, target, seed, normalize, device,
+                                 progress=progress)
+        frames.append(df)
+        traces.update(tr)
+    df = pd.concat(frames, ignore_index=True)
+    if out is None:
+        return df
+    out = Path(out)
+    write_table(df, out / "gradcorr.csv")
+    files = save_figure(block_profile_plot(df)[0], out / "gradcorr_block_profile")
+    tvals = np.arange(points) / points
+    files += save_figure(gradient_traces_plot({(m, 0): g for m, g in traces.items()}, tvals)[0],
+                         out / "gradcorr_traces")
+    prov = provenance([dict(p, label=lab) for lab, _, p in models], data.describe(), seed, str(device),
+                      time.time() - t0, normalize, probe="gradcorr trained", lines=lines, points=points,
+                      line_mode=mode, span=span, target=target,
+                      statistic="lag-1 autocorrelation of the gradient vectors along each line: "
+                                "sum_t <d_t, d_t+1> / sum_t |d_t|^2, d_t = g_t - mean_t g")
+    write_json(dict(provenance=prov, findings=gradcorr_trained_findings(df), files=[p.name for p in files]),
+               out / "gradcorr.json")
     return df

@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 
 __all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
            "response_std_plot", "paths_plots", "gradient_traces_plot", "correlation_heatmaps_plot",
-           "lag1_vs_depth_plot"]
+           "lag1_vs_depth_plot", "block_profile_plot"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -247,4 +247,23 @@ def lag1_vs_depth_plot(df: pd.DataFrame, fits: dict):
         ax.set_ylabel("lag-1 autocorrelation of df/dx")
         ax.set_title("Shattering with depth (Balduzzi et al. 2017)")
         ax.legend(fontsize=7)
+    return fig, ax
+
+
+def block_profile_plot(df: pd.DataFrame, metric: str = "lag1"):
+    """Per-block shattering profile: the mean ``metric`` of the gradients at the image and at each
+    block's input, with 95% CIs across lines, one line per model."""
+    d = df[(df["seed"] == "all") & (df["metric"] == metric)]
+    models = list(dict.fromkeys(d["model"]))
+    pal = _palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for m in models:
+            g = d[d["model"] == m].reset_index(drop=True)
+            ax.errorbar(np.arange(len(g)), g["value"], yerr=[g["value"] - g["ci_low"], g["ci_high"] - g["value"]],
+                        fmt="-o", ms=3.5, capsize=2, color=pal[m], label=m)
+        ax.set_xlabel("gradient taken at: 0 = image, i = input of block i")
+        ax.set_ylabel(f"{metric} of gradients along lines")
+        ax.set_title("Shattering profile through depth")
+        ax.legend(fontsize=8)
     return fig, ax
