@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..metrics.signal import correlation_matrix
 from ..probes.gradcorr import KINDS, fits, grid, synthetic_sweep
-from .plots import correlation_heatmaps_plot, gradient_traces_plot, lag1_vs_depth_plot, save_figure
+from .plots import correlation_heatmaps_plot, gradient_traces_plot, lag1_vs_depth_plot, save_figure, spectra_plot
 from .tables import write_json, write_table
 
 __all__ = ["gradcorr_synthetic_study"]
@@ -48,6 +48,7 @@ def gradcorr_synthetic_study(kinds: Sequence[str] = KINDS, depths: Sequence[int]
     files += save_figure(correlation_heatmaps_plot({k: correlation_matrix(g) for k, g in shown.items()})[0],
                          out / "gradcorr_covariance")
     files += save_figure(lag1_vs_depth_plot(df, f)[0], out / "gradcorr_lag1_vs_depth")
+    files += save_figure(spectra_plot(shown)[0], out / "gradcorr_spectra")
     from ..api import versions
     meta = dict(provenance=dict(probe="gradcorr synthetic", kinds=list(kinds), depths=list(depths), seeds=seeds,
                                 width=width, points=points, input_range=[-2.0, 2.0], beta=beta, seed=seed,

@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 
 __all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
            "response_std_plot", "paths_plots", "gradient_traces_plot", "correlation_heatmaps_plot",
-           "lag1_vs_depth_plot", "block_profile_plot"]
+           "lag1_vs_depth_plot", "block_profile_plot", "spectra_plot"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -266,4 +266,25 @@ def block_profile_plot(df: pd.DataFrame, metric: str = "lag1"):
         ax.set_ylabel(f"{metric} of gradients along lines")
         ax.set_title("Shattering profile through depth")
         ax.legend(fontsize=8)
+    return fig, ax
+
+
+def spectra_plot(grads: dict):
+    """Mean periodogram of the gradient sequences (log-log), per (kind, depth), with the references."""
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        pal = _palette(list(grads))
+        for key, g in grads.items():
+            d = g - g.mean(1, keepdims=True)
+            p = (np.abs(np.fft.rfft(d, axis=1)) ** 2).mean(0)
+            f = np.fft.rfftfreq(g.shape[1])
+            keep = (f > 0) & (p > 0)
+            if keep.any():
+                kind, depth = key
+                ax.loglog(f[keep], p[keep] / p[keep][0], color=pal[key], lw=1,
+                          label=f"{kind}" + (f", depth {depth}" if depth else ""))
+        ax.set_xlabel("frequency (cycles per point)")
+        ax.set_ylabel("power (normalized to the lowest frequency)")
+        ax.set_title("Spectra of df/dx along the line: white ≈ flat, brown ≈ f^-2")
+        ax.legend(fontsize=7)
     return fig, ax
