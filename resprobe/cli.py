@@ -202,6 +202,24 @@ def cmd_gradcorr(args) -> int:
     return 0
 
 
+def cmd_amplify(args) -> int:
+    import json as _json
+    from .report.amplify import amplify_study
+    data, dev, norm, models = _models_and_data(args)
+    eps = [float(e) for e in args.eps.split(",")]
+    if any(not 0 < e < 1 for e in eps):
+        raise ValueError(f"--eps values must lie in (0, 1), got {eps}")
+    if args.power_iters < 1:
+        raise ValueError("--power-iters must be >= 1")
+    amplify_study(models, data, eps, args.power_iters, args.batch_size, norm, dev, args.seed, args.out)
+    meta = _json.loads((Path(args.out) / "amplify.json").read_text())
+    print("\n".join(meta["verdict"]["statements"]))
+    if "verdict" in meta["verdict"]:
+        print(f"verdict: {meta['verdict']['verdict']} ({meta['verdict']['criterion']})")
+    print(f"results in {Path(args.out) / 'amplify.csv'}, {Path(args.out) / 'amplify.json'}")
+    return 0
+
+
 def _multi_model_args(q) -> None:
     q.add_argument("--model", action="append", required=True,
                    help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
@@ -276,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_paths, batch_size=64)
+
+    q = sub.add_parser("amplify", help="perturbation gains per block: is a residual block a differential amplifier?")
+    _multi_model_args(q)
+    _data_args(q)
+    q.add_argument("--eps", default="1e-4,1e-3,1e-2", help="relative perturbation sizes (comma separated)")
+    q.add_argument("--power-iters", type=int, default=10, help="power iterations for the Jacobian spectral norm")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_amplify, batch_size=128)
 
     q = sub.add_parser("gradcorr", help="shattered gradients (Balduzzi et al. 2017)")
     q.add_argument("target", nargs="?", choices=["synthetic"],
