@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["preserved_state", "Trace", "hook_count"]
+__all__ = ["preserved_state", "frozen_eval", "Trace", "hook_count"]
 
 
 @contextmanager
@@ -30,6 +30,17 @@ def preserved_state(model: nn.Module):
             m.training = t
         for p, g in grads:
             p.requires_grad_(g)
+
+
+@contextmanager
+def frozen_eval(model: nn.Module):
+    """Eval mode with parameters not requiring grad (gradients flow to inputs only) for the duration;
+    every module's mode and every parameter's flag come back on exit, exception or not."""
+    with preserved_state(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
 
 
 def hook_count(model: nn.Module) -> int:

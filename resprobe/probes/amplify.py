@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.func import jvp, vjp
 from tqdm.auto import tqdm
 
-from ..anatomy import anatomy, preserved_state
+from ..anatomy import anatomy, frozen_eval
 from ..metrics.similarity import per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 
@@ -70,10 +70,7 @@ def amplification_profile(model: nn.Module, data, model_label: str = "model",
     gen = torch.Generator().manual_seed(seed)
     timing = dict(forward_s=0.0, power_iteration_s=0.0, images=0)
     model.to(device)
-    with preserved_state(model), torch.no_grad():
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_eval(model), torch.no_grad():
         bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
                    desc=f"amplify {model_label}", disable=not progress, leave=False)
         for x, y, _ in bar:

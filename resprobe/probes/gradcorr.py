@@ -205,17 +205,14 @@ def trained_profile(model: nn.Module, data, model_label: str = "model", lines: i
                     normalize: str = "none", device="cpu", n_boot: int = 1000, progress: bool = True):
     """Lag-1 autocorrelation and spectral slope of the gradients along each line — at the image and
     at each block's input (the per-block shattering profile). Returns (DataFrame, example traces)."""
-    from ..anatomy import anatomy, preserved_state
+    from ..anatomy import anatomy, frozen_eval
     from ..metrics.signal import lag1_vectors, spectral_slope_vectors
     view = anatomy(model, data.input_shape)
     layers = ["input"] + view.names
     per = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
     traces = {}
     model.to(device)
-    with preserved_state(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_eval(model):
         for j, (xs, y) in enumerate(tqdm(make_lines(data, lines, points, mode, span, seed, normalize),
                                          desc=f"gradcorr {model_label}", disable=not progress, leave=False)):
             grads = line_gradients(view, xs.to(device), y.to(device), target)

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..anatomy import ResidualView, anatomy, preserved_state
+from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..io.data import Dataset
 from ..metrics.similarity import MinibatchCKA, RunningMoments, cosine, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
@@ -100,10 +100,7 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
     n = len(view)
     per_image = {m: [[] for _ in range(n)] for m in PER_IMAGE_METRICS}
     ckas = [MinibatchCKA(cka_minibatch) for _ in range(n)]
-    with preserved_state(model), _ResponseStd(model) as rs:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_eval(model), _ResponseStd(model) as rs:
         bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
                    desc=f"identity {model_label}", disable=not progress, leave=False)
         for x, y, _ in bar:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..anatomy import ResidualView, anatomy, preserved_state
+from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..io.data import Dataset
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 
@@ -188,10 +188,7 @@ def gradient_per_path_length(model: nn.Module, data: Dataset, model_label: str =
     count = 0
     model.to(device)
     total = sum(len(r) for r in routes.values())
-    with preserved_state(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_eval(model):
         bar = tqdm(total=total * (-(-len(data) // batch_size)), desc=f"paths {model_label}", disable=not progress,
                    leave=False)
         for x, y, _ in data.batches(batch_size, normalize, device):
