@@ -220,6 +220,54 @@ def cmd_amplify(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .engine import resolve_device
+    from .report.full import full_report
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
+    dev = resolve_device(args.device)
+    kw = dict(num_classes=data.num_classes, in_channels=data.input_shape[0])
+    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, **kw)
+    plain = None
+    if args.plain:
+        pm, pp = api.load_model(args.plain, args.plain_weights, args.trust_checkpoint, **kw)
+        plain = (args.plain_label or args.plain, pm, pp)
+    norm = args.normalize or api.trained_normalization(args.weights) or "imagenet"
+    res = full_report((args.label or args.model, model, prov), data, plain, args.budget, norm, dev, args.seed, args.out)
+    for k, v in res.items():
+        print(f"{k:>9}: {v['verdict']} ({v['seconds']:.1f} s)")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .report.full import full_report
+    from .training import train
+    out = Path(args.out)
+    if args.data:
+        train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
+        test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.limit)
+    else:
+        train_data = api.load_data("synthetic(n=2000)", "train")
+        test_data = api.load_data("synthetic(n=500)", "test")
+    kw = dict(num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
+    trained = []
+    for spec in (args.model, args.plain):
+        torch.manual_seed(args.seed)
+        model, prov = api.load_model(spec, **kw)
+        print(f"training {spec} on {train_data.spec} for {args.epochs} epochs ...")
+        train(model, train_data, test_data, args.epochs, out / "models" / spec, schedule="cosine", lr=0.05,
+              normalize="none" if not args.data else "cifar10", seed=args.seed,
+              config=dict(model=spec, command="resprobe demo"))
+        prov.update(weights=str(out / "models" / spec / "model.pt"))
+        trained.append((spec, model, prov))
+    res = full_report(trained[0], test_data, trained[1], "fast", "none" if not args.data else "cifar10", "cpu",
+                      args.seed, out)
+    for k, v in res.items():
+        print(f"{k:>9}: {v['verdict']} ({v['seconds']:.1f} s)")
+    print(f"report: {(out / 'report.html').resolve()}")
+    return 0
+
+
 def _multi_model_args(q) -> None:
     q.add_argument("--model", action="append", required=True,
                    help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
@@ -303,6 +351,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_amplify, batch_size=128)
+
+    q = sub.add_parser("report", help="every probe, one report with a verdict per conjecture")
+    _model_args(q, weights_required=False)
+    q.add_argument("--label", help="display name of the model")
+    q.add_argument("--plain", help="spec of the plain twin (optional)")
+    q.add_argument("--plain-weights", help="checkpoint of the plain twin")
+    q.add_argument("--plain-label", help="display name of the plain twin")
+    _data_args(q)
+    q.add_argument("--budget", default="fast", choices=["fast", "full"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_report, batch_size=256)
+
+    q = sub.add_parser("demo", help="offline: train a small ResNet and its plain twin, then write the report")
+    q.add_argument("--out", required=True)
+    q.add_argument("--model", default="cifar_resnet14")
+    q.add_argument("--plain", default="cifar_plain14")
+    q.add_argument("--epochs", type=int, default=6)
+    q.add_argument("--data", help="train on this data set instead of the synthetic one (e.g. cifar10)")
+    q.add_argument("--test-data")
+    q.add_argument("--data-root")
+    q.add_argument("--download", action="store_true")
+    q.add_argument("--limit", type=int)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("gradcorr", help="shattered gradients (Balduzzi et al. 2017)")
     q.add_argument("target", nargs="?", choices=["synthetic"],

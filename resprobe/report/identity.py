@@ -73,10 +73,13 @@ def identity_findings(df: pd.DataFrame, threshold: float = 0.3, lesion: Optional
         desc = "; ".join(f"{m} ({int(r['count'])} layers): median {r['median']:.3f}, mean {r['mean']:.3f}"
                          for m, r in ordered.iterrows())
         shallow, deep = ordered.index[0], ordered.index[-1]
-        smaller = ordered.loc[deep, "median"] < ordered.loc[shallow, "median"]
-        out.append(f"Response std (He et al. Fig. 7): {desc}. The deeper {deep} has a "
-                   f"{'smaller' if smaller else 'larger'} median response std than {shallow} — "
-                   f"{'as' if smaller else 'unlike'} He et al. report.")
+        if ordered.loc[deep, "count"] > ordered.loc[shallow, "count"]:
+            smaller = ordered.loc[deep, "median"] < ordered.loc[shallow, "median"]
+            out.append(f"Response std (He et al. Fig. 7): {desc}. The deeper {deep} has a "
+                       f"{'smaller' if smaller else 'larger'} median response std than {shallow} — "
+                       f"{'as' if smaller else 'unlike'} He et al. report.")
+        else:
+            out.append(f"Response std (He et al. Fig. 7): {desc}.")
         for cnt, grp in ordered.groupby("count", sort=False):  # twins: same number of 3x3 layers
             if len(grp) > 1:
                 lo_m = grp["median"].idxmin()
@@ -84,7 +87,7 @@ def identity_findings(df: pd.DataFrame, threshold: float = 0.3, lesion: Optional
                 out.append(f"Among the {int(cnt)}-layer nets, {lo_m} has the smallest median response std "
                            f"({grp.loc[lo_m, 'median']:.3f}; {others}).")
         rr = df[df["metric"] == "residual_ratio"].groupby("model", sort=False)["value"].median()
-        if shallow in rr and deep in rr:
+        if shallow in rr and deep in rr and shallow != deep and ordered.loc[deep, "count"] > ordered.loc[shallow, "count"]:
             out.append(f"Median ‖F‖/‖S‖: {deep} {rr[deep]:.3f} vs {shallow} {rr[shallow]:.3f} "
                        f"({'smaller' if rr[deep] < rr[shallow] else 'larger'} in the deeper net).")
     return out

@@ -1,0 +1,66 @@
+"""The one-page report: every section has a verdict or an explicit failure; images decode; the demo."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+import torch
+
+import resprobe.report.amplify as A
+from resprobe.cli import main
+from resprobe.io.data import load_dataset
+from resprobe.models import build_model
+from resprobe.report.full import full_report
+
+from conftest import randomize_bn
+
+
+def _models():
+    torch.manual_seed(0)
+    res = randomize_bn(build_model("cifar_resnet8", num_classes=4)).eval()
+    plain = randomize_bn(build_model("cifar_plain8", num_classes=4), 1).eval()
+    return ("res", res, {"model": "cifar_resnet8"}), ("plain", plain, {"model": "cifar_plain8"})
+
+
+def _check_html(path):
+    html = path.read_text()
+    imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert imgs
+    for b64 in imgs:
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    return html
+
+
+def test_full_report_sections_and_failure_isolation(tmp_path, monkeypatch):
+    data = load_dataset("synthetic(n=48,classes=4,size=16)", "test")
+    res, plain = _models()
+
+    def broken(*a, **k):
+        raise RuntimeError("amplify exploded")
+
+    monkeypatch.setattr(A, "amplify_study", broken)
+    sections = full_report(res, data, plain, "fast", out=tmp_path, progress=False)
+    assert set(sections) == {"lesion", "paths", "identity", "amplify", "gradcorr"}
+    assert sections["amplify"]["verdict"] == "failed" and "amplify exploded" in sections["amplify"]["error"]
+    for k, v in sections.items():
+        assert v["verdict"] in ("supported", "not supported", "inconclusive", "failed"), k
+        if k != "amplify":
+            assert v["verdict"] != "failed", (k, v.get("error"))
+            assert v["criterion"]
+    html = _check_html(tmp_path / "report.html")
+    assert html.count("Verdict:") == 5 and "amplify exploded" in html
+    meta = json.loads((tmp_path / "report.json").read_text())
+    assert meta["provenance"]["data"]["n_images"] == len(data)
+    assert (tmp_path / "results.csv").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_offline(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--model", "cifar_resnet8", "--plain", "cifar_plain8",
+                 "--epochs", "1"]) == 0
+    assert "report:" in capsys.readouterr().out
+    _check_html(tmp_path / "report.html")
+    meta = json.loads((tmp_path / "report.json").read_text())
+    assert all(v["verdict"] in ("supported", "not supported", "inconclusive") for v in meta["sections"].values())
