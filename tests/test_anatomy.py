@@ -304,3 +304,16 @@ def test_view_use_leaves_model_untouched():
     view.check_decomposition(torch.randn(2, 3, 32, 32))
     assert m.training and all(mod.training for mod in m.modules())
     assert _same(before, m.state_dict()) and hook_count(m) == 0
+
+
+def test_frozen_eval_restores_on_exception():
+    from resprobe.anatomy import frozen_eval
+    m = _model("cifar_resnet20")
+    m.train()
+    m.layer1[0].conv1.weight.requires_grad_(False)  # a mixed state must come back exactly
+    flags = [p.requires_grad for p in m.parameters()]
+    with pytest.raises(ValueError):
+        with frozen_eval(m):
+            assert not m.training and not any(p.requires_grad for p in m.parameters())
+            raise ValueError("inside")
+    assert m.training and [p.requires_grad for p in m.parameters()] == flags
