@@ -111,9 +111,8 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                 inputs, branches = [], []
                 g_in = minibatch_grams(h.detach(), cka_minibatch)  # Gram of each block's input, reused
                 for i, b in enumerate(view):
-                    if grad and i > 0:
-                        h.retain_grad()
-                    inputs.append(h)
+                    if grad:  # kept only for the backward pass: no activations piled up otherwise
+                        inputs.append(h)
                     f = b.branch(h)
                     if b.residual:
                         s = b.shortcut(h)
@@ -121,7 +120,8 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                     else:
                         out = b.post(f)
                         s = h if tuple(h.shape) == tuple(out.shape) else None
-                    branches.append(f.detach())
+                    if grad:
+                        branches.append(f.detach())
                     xd, od = h.detach(), out.detach()
                     sd = None if s is None else s.detach()
                     _block_metrics(per_image, i, b.residual, sd, f.detach(), od)

@@ -225,35 +225,39 @@ class _Counts:
             self.top5_wrong += int((~(logits.topk(5, 1).indices == y[:, None]).any(1)).sum())
 
 
-def lesion_counts(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int = 256,
-                  normalize: str = "none", device="cpu", progress: bool = True, bar=None) -> list[_Counts]:
-    """Per configuration: wrong predictions, summed loss, image count (the engine)."""
-    runnable = [i for i, c in enumerate(configs) if c.runnable]
+def _engine_batches(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int,
+                    normalize: str, device):
+    """Eval mode over the data: per batch, the labels and the (config index, logits) of every runnable
+    configuration, in the prefix-sharing order."""
     n = len(view)
-    order = sorted(runnable, key=lambda i: configs[i].signature(n))
-    counts = [_Counts() for _ in configs]
+    order = sorted((i for i, c in enumerate(configs) if c.runnable), key=lambda i: configs[i].signature(n))
     with preserved_state(view.model):
         view.model.eval()
         for x, y, _ in data.batches(batch_size, normalize, device):
-            for ci, logits in _engine_logits(view, x, configs, order):
-                counts[ci].add(logits, y)
-            if bar is not None:
-                bar.update(1)
+            yield y, _engine_logits(view, x, configs, order)
+
+
+def lesion_counts(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int = 256,
+                  normalize: str = "none", device="cpu", progress: bool = True, bar=None) -> list[_Counts]:
+    """Per configuration: wrong predictions, summed loss, image count (the engine)."""
+    counts = [_Counts() for _ in configs]
+    for y, outs in _engine_batches(view, data, configs, batch_size, normalize, device):
+        for ci, logits in outs:
+            counts[ci].add(logits, y)
+        if bar is not None:
+            bar.update(1)
     return counts
 
 
 def engine_predictions(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int = 256,
                        normalize: str = "none", device="cpu") -> list[np.ndarray]:
-    """Per-image predictions of every configuration by the engine (for checks against the naive way)."""
-    n = len(view)
-    order = sorted(range(len(configs)), key=lambda i: configs[i].signature(n))
+    """Per-image predictions of every runnable configuration by the engine (for checks against the
+    naive way); non-runnable configurations get an empty array."""
     preds: list[list] = [[] for _ in configs]
-    with preserved_state(view.model):
-        view.model.eval()
-        for x, _, _ in data.batches(batch_size, normalize, device):
-            for ci, logits in _engine_logits(view, x, configs, order):
-                preds[ci].append(logits.argmax(1).cpu().numpy())
-    return [np.concatenate(p) for p in preds]
+    for _, outs in _engine_batches(view, data, configs, batch_size, normalize, device):
+        for ci, logits in outs:
+            preds[ci].append(logits.argmax(1).cpu().numpy())
+    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in preds]
 
 
 class _PatchedBlock(nn.Module):
