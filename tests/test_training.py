@@ -77,3 +77,36 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 def test_step_schedule_is_he_et_al():
     assert [_lr_factor("step", e, 8) for e in range(8)] == [1, 1, 1, 1, 0.1, 0.1, 0.1 ** 2, 0.1 ** 2]
     assert _lr_factor("cosine", 0, 10) == 1.0 and abs(_lr_factor("cosine", 5, 10) - 0.5) < 1e-12
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path):
+    tr, te = _data()
+    train(build_model("cifar_resnet8(width=8)", num_classes=4), tr, te, 1, tmp_path, normalize="none",
+          progress=False, seed=5, config=dict(model="cifar_resnet8(width=8)"))
+    with pytest.raises(ValueError, match=r"another recipe \(lr: 0.1 then, 0.05 now; epochs: 1 then, 2 now\)"):
+        train(build_model("cifar_resnet8(width=8)", num_classes=4), tr, te, 2, tmp_path, lr=0.05, normalize="none",
+              progress=False, seed=5, resume=True, config=dict(model="cifar_resnet8(width=8)"))
+    with pytest.raises(ValueError, match="train_data.n_images: 600 then, 300 now"):
+        train(build_model("cifar_resnet8(width=8)", num_classes=4), tr.subset(300), te, 1, tmp_path,
+              normalize="none", progress=False, seed=5, resume=True, config=dict(model="cifar_resnet8(width=8)"))
+
+
+def test_diverging_run_stops_with_a_clear_error(tmp_path):
+    tr, te = _data()
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match="loss is not finite"):
+        train(build_model("cifar_plain8", num_classes=4), tr, te, 3, tmp_path, lr=1e6, momentum=0.9,
+              normalize="none", progress=False)
+    # nothing diverged was committed: every epoch on disk has a finite loss, and last.pt is the last of them
+    done = pd.read_csv(tmp_path / "metrics.csv") if (tmp_path / "metrics.csv").exists() else pd.DataFrame()
+    assert len(done) < 3 and all(done.train_loss.map(lambda v: v == v and abs(v) < float("inf")))
+    if len(done):
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == len(done) - 1
+
+
+def test_data_on_another_device_gives_the_same_batches():
+    tr, _ = _data()
+    moved = tr.to("cpu")
+    a = list(tr.batches(64, "cifar10", augment=True, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    b = list(moved.batches(64, "cifar10", augment=True, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1, _), (x2, y2, _) in zip(a, b))

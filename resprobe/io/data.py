@@ -107,6 +107,11 @@ class Dataset:
         src = dict(self.source, limit=limit, subset_seed=seed, full_size=len(self))
         return Dataset(self.images[idx], self.labels[idx], self.classes, self.spec, self.split, src)
 
+    def to(self, device) -> "Dataset":
+        """The same data with images and labels held on ``device`` (e.g. a GPU: no copy per batch)."""
+        return Dataset(self.images.to(device), self.labels.to(device), self.classes, self.spec, self.split,
+                       self.source)
+
     def describe(self) -> dict:
         return dict(spec=self.spec, split=self.split, n_images=len(self), num_classes=self.num_classes,
                     input_shape=list(self.input_shape), **self.source)
@@ -121,12 +126,13 @@ class Dataset:
         mean, std = _norm_tensors(normalize, self.images.shape[1])
         for s in range(start, len(self), batch_size):
             idx = order[s:s + batch_size]
-            x = self.images[idx].float().div_(255.0)
+            on = idx.to(self.images.device)
+            x = self.images[on].float().div_(255.0)
             if augment:
                 x = _augment(x, generator)
             if mean is not None:
-                x = (x - mean) / std
-            yield x.to(device, non_blocking=True), self.labels[idx].to(device), idx
+                x = (x - mean.to(x.device)) / std.to(x.device)
+            yield x.to(device, non_blocking=True), self.labels[on].to(device), idx
 
 
 def _norm_tensors(name: str, channels: int):
@@ -142,7 +148,9 @@ def _norm_tensors(name: str, channels: int):
 
 
 def _augment(x: torch.Tensor, g: Optional[torch.Generator], pad: int = 4) -> torch.Tensor:
-    """Random crop with ``pad``-pixel zero padding and random horizontal flip (He et al.)."""
+    """Random crop with ``pad``-pixel zero padding and random horizontal flip (He et al.).
+
+    The random numbers are drawn on the CPU from ``g``, so the crops are the same on every device."""
     n, c, h, w = x.shape
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
@@ -151,8 +159,9 @@ def _augment(x: torch.Tensor, g: Optional[torch.Generator], pad: int = 4) -> tor
     rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n x h
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n x w
     cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
-    out = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
-             rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    dev = x.device
+    out = xp[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+             rows.to(dev).view(n, 1, h, 1), cols.to(dev).view(n, 1, 1, w)]
     return out
 
 

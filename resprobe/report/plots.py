@@ -15,7 +15,8 @@ import seaborn as sns  # noqa: E402
 
 __all__ = ["save_figure", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot", "identity_metric_plot",
            "response_std_plot", "paths_plots", "gradient_traces_plot", "correlation_heatmaps_plot",
-           "lag1_vs_depth_plot", "block_profile_plot", "spectra_plot", "amplify_plots"]
+           "lag1_vs_depth_plot", "block_profile_plot", "spectra_plot", "amplify_plots",
+           "training_curves_plot"]
 
 
 def save_figure(fig, stem) -> list[Path]:
@@ -336,3 +337,31 @@ def amplify_plots(df: pd.DataFrame) -> dict:
         ax.legend(fontsize=7)
         figs["ratios"] = (fig, ax)
     return figs
+
+
+def training_curves_plot(curves: pd.DataFrame):
+    """He et al. Fig. 1: training (dashed) and test (solid) error per epoch, one panel per family.
+
+    ``curves``: long rows ``model, family, depth, epoch, split, error`` (see ``report.degradation``)."""
+    fams = [f for f in ("plain", "residual") if f in set(curves["family"])]
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 4), sharey=True, squeeze=False)
+        axes = axes[0]
+        depths = sorted(set(curves["depth"]))
+        pal = dict(zip(depths, sns.color_palette("deep", len(depths))))
+        for ax, fam in zip(axes, fams):
+            c = curves[curves["family"] == fam]
+            for model in sorted(set(c["model"]), key=lambda s: int(c[c["model"] == s]["depth"].iloc[0])):
+                g = c[c["model"] == model]
+                depth = int(g["depth"].iloc[0])
+                for split, ls in (("train", "--"), ("test", "-")):
+                    s = g[g["split"] == split].sort_values("epoch")
+                    ax.plot(s["epoch"], 100 * s["error"], ls, color=pal[depth], lw=1.4,
+                            label=f"{model} {split}")
+            ax.set_title("plain networks" if fam == "plain" else "ResNets")
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("error (%)")
+        top = float(100 * curves["error"].quantile(0.98))
+        axes[0].set_ylim(0, min(100.0, max(5.0, top * 1.05)))
+    return fig, axes
