@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("RESPROBE_SHARED", ROOT.parent / "shared")) / "data"
 FULL_MODELS = ["cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56"]
 FAST_MODELS = ["cifar_plain8", "cifar_plain14", "cifar_resnet8", "cifar_resnet14"]
 HE_EPOCHS = 164  # 64k iterations of batch 128 over 50k images
@@ -45,7 +45,7 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="epochs per network (ignored with --time-budget)")
     p.add_argument("--time-budget", type=float,
                    help="seconds for the whole run: time the networks' steps first, then train as many epochs "
-                        f"as fit (at most --max-epochs); stops cleanly at the budget")
+                        "as fit (at most --max-epochs); stops cleanly at the budget")
     p.add_argument("--max-epochs", type=int, default=HE_EPOCHS)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--schedule", default="step", choices=["step", "cosine"])

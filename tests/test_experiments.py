@@ -1,0 +1,109 @@
+"""Every experiments/ script runs in --fast mode (as CI does), writes its files and a summary whose
+numbers agree with an independent computation or with the CSV the study wrote."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import RESNET20, ROOT, TEST_ARCHIVE, need_shared
+
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, out, *extra) -> dict:
+    cmd = [sys.executable, str(ROOT / "experiments" / script), "--fast", "--no-progress", "--out", str(out), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fast"] is True and summary["headline"], summary
+    assert all(line in r.stdout for line in summary["headline"])
+    return summary
+
+
+def test_veit_fig3_baseline_is_an_independent_evaluation(tmp_path):
+    need_shared(RESNET20, TEST_ARCHIVE, ROOT / "zoo" / "cifar_plain20" / "model.pt")
+    s = run("veit_fig3_single_lesions.py", tmp_path)
+    from resprobe.api import load_data, load_model
+    from resprobe.engine import evaluate
+    data = load_data(f"imagefolder:{TEST_ARCHIVE}", "test", limit=500)
+    model, _ = load_model("cifar_resnet20", str(RESNET20))
+    assert s["numbers"]["resnet20"]["baseline_error"] == evaluate(model, data, 100, "imagenet", progress=False)["error"]
+    df = pd.read_csv(tmp_path / "lesion.csv")
+    single = df[(df.model == "plain20") & (df["mode"] == "single")]
+    assert len(single) == 9 and s["numbers"]["plain20"]["median_single_deletion_error"] == single.error.median()
+    assert (tmp_path / "lesion_single.png").is_file()
+
+
+def test_veit_fig5_and_fig6(tmp_path):
+    need_shared(RESNET20, TEST_ARCHIVE)
+    s = run("veit_fig5_random_k_reorder.py", tmp_path / "f5")
+    df = pd.read_csv(tmp_path / "f5" / "lesion.csv")
+    rk = df[df["mode"] == "random-k"].groupby("k").error.median()
+    assert {int(k): v for k, v in s["numbers"]["resnet20"]["random_k_median_error"].items()} == rk.to_dict()
+    assert set(rk.index) == {1, 3, 5} and df[df["mode"] == "reorder"].k.nunique() == 3
+    s = run("veit_fig6_paths.py", tmp_path / "f6")
+    paths = pd.read_csv(tmp_path / "f6" / "paths.csv")
+    assert paths.n_paths.sum() == 2 ** 9  # every path length of a 9-block net, binomial counts
+    lo, hi = s["numbers"]["resnet20"]["range"]
+    assert 0 <= lo <= hi <= 9
+
+
+def test_he_fig7(tmp_path):
+    need_shared(RESNET20, TEST_ARCHIVE, ROOT / "zoo" / "cifar_plain20" / "model.pt")
+    s = run("he_fig7_response_std.py", tmp_path)
+    df = pd.read_csv(tmp_path / "identity.csv")
+    for m in ("resnet20", "plain20"):
+        std = df[(df.model == m) & (df.metric == "response_std")].value
+        assert len(std) == 19 and s["numbers"][m]["median_response_std"] == pytest.approx(std.median())
+    assert s["numbers"]["plain20"]["median_residual_ratio"] is None  # a plain net has no shortcut
+
+
+def test_balduzzi_synthetic(tmp_path):
+    s = run("balduzzi_fig1_2.py", tmp_path)
+    lag1 = s["numbers"]["lag1"]
+    assert set(lag1) >= {"ff", "ff-bn", "res-bn", "white-noise", "brown-noise"}
+    assert lag1["ff-bn"]["24"] < 0.2 < lag1["res-bn"]["24"]  # shattering: BN feedforward ≈ white, ResNet not
+    assert (tmp_path / "gradcorr_traces.png").is_file()
+
+
+def test_amplifier(tmp_path):
+    need_shared(RESNET20, TEST_ARCHIVE, ROOT / "zoo" / "cifar_plain20" / "model.pt")
+    s = run("amplifier.py", tmp_path)
+    df = pd.read_csv(tmp_path / "amplify.csv")
+    r = df[(df.model == "resnet20") & (df.metric == "amplifier_ratio")].value
+    assert s["numbers"]["models"]["resnet20"]["median_amplifier_ratio"] == pytest.approx(r.median())
+    assert s["numbers"]["verdict"] in ("supported", "not supported", "inconclusive")
+
+
+def test_degradation_fast(tmp_path):
+    run_out = tmp_path / "deg"
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "degradation.py"), "--fast", "--out", str(run_out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    j = json.loads((run_out / "degradation.json").read_text())
+    assert j["provenance"]["run"]["train_status"] == {m: "done" for m in
+                                                      ("cifar_plain8", "cifar_plain14", "cifar_resnet8", "cifar_resnet14")}
+    for m in ("cifar_plain8", "cifar_resnet14"):
+        metrics = pd.read_csv(run_out / m / "metrics.csv")
+        assert len(metrics) == 4
+        sd = torch.load(run_out / m / "model.pt", weights_only=True)
+        assert any(k.endswith("conv1.weight") for k in sd)
+    assert f"verdict: {j['verdict']['verdict']}" in r.stdout
+    # a second run resumes: nothing is retrained, the curves are unchanged
+    before = pd.read_csv(run_out / "cifar_plain8" / "metrics.csv")
+    r2 = subprocess.run([sys.executable, str(ROOT / "experiments" / "degradation.py"), "--fast", "--out", str(run_out)],
+                        capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    pd.testing.assert_frame_equal(before, pd.read_csv(run_out / "cifar_plain8" / "metrics.csv"))
+
+
+def test_missing_default_networks_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESPROBE_SHARED", str(tmp_path / "nowhere"))
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "veit_fig3_single_lesions.py"), "--fast",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "missing default networks" in r.stderr and "--model SPEC --weights PATH" in r.stderr
