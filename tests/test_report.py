@@ -25,11 +25,19 @@ def _models():
 
 
 def _check_html(path):
+    import io
+
+    from PIL import Image
     html = path.read_text()
+    tags = re.findall(r"<img\b[^>]*>", html)
     imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
-    assert imgs
+    assert imgs and len(tags) == len(imgs)  # every <img> is embedded, none points to a file
     for b64 in imgs:
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+        raw = base64.b64decode(b64, validate=True)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()  # decodes the whole image: a truncated PNG raises here
+            assert im.size[0] > 50 and im.size[1] > 50
     return html
 
 
