@@ -132,12 +132,11 @@ class RunningMoments:
         nb = t.numel()
         if nb == 0:
             return
-        # sums of rows of 1024 elements by matrix products (fast, multi-threaded), rows added in float64
+        # sums over rows of 1024 elements (vectorised, multi-threaded), the rows then added in float64
         r = nb - nb % 1024
         body = t[:r].view(-1, 1024)
-        ones = torch.ones(1024, dtype=t.dtype, device=t.device)
         tail = t[r:].double()
-        s1 = float((body @ ones).double().sum() + tail.sum())
+        s1 = float(body.sum(1).double().sum() + tail.sum())
         s2 = float((torch.linalg.vector_norm(body, dim=1).double() ** 2).sum() + (tail * tail).sum())
         mb = s1 / nb
         m2b = max(s2 - s1 * s1 / nb, 0.0)

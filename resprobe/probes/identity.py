@@ -110,6 +110,7 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                     h = h.detach().requires_grad_(True)
                 inputs, branches = [], []
                 g_in = minibatch_grams(h.detach(), cka_minibatch)  # Gram of each block's input, reused
+                n_in = None  # ‖block input‖ per image, carried from the previous block's output
                 for i, b in enumerate(view):
                     if grad:  # kept only for the backward pass: no activations piled up otherwise
                         inputs.append(h)
@@ -124,7 +125,9 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                         branches.append(f.detach())
                     xd, od = h.detach(), out.detach()
                     sd = None if s is None else s.detach()
-                    _block_metrics(per_image, i, b.residual, sd, f.detach(), od)
+                    # an identity shortcut returns its input itself: its norm is the previous output's
+                    n_in = _block_metrics(per_image, i, b.residual, sd, f.detach(), od,
+                                          ns=n_in if (s is h and n_in is not None) else None)
                     g_out = minibatch_grams(od, cka_minibatch)
                     same = tuple(xd.shape) == tuple(od.shape)
                     ckas[i].update_grams(g_in if (same or sd is None) else minibatch_grams(sd, cka_minibatch), g_out)
@@ -157,10 +160,13 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _block_metrics(per_image, i: int, residual: bool, s, f, y) -> None:
+def _block_metrics(per_image, i: int, residual: bool, s, f, y, ns=None):
+    """Append block ``i``'s per-image metrics; return ‖y‖ per image (None when nothing was measured).
+    ``ns``: ‖s‖ per image when already known (identity shortcut: the previous block's ‖y‖)."""
     if s is None:
-        return
-    ns, ny, nd = per_image_norm(s), per_image_norm(y), per_image_norm(y - s)
+        return None
+    ns = per_image_norm(s) if ns is None else ns
+    ny, nd = per_image_norm(y), per_image_norm(y - s)
     nsc = ns.clamp_min(1e-12)
     if residual:
         per_image["residual_ratio"][i].append((per_image_norm(f) / nsc).cpu().numpy())
@@ -168,6 +174,7 @@ def _block_metrics(per_image, i: int, residual: bool, s, f, y) -> None:
     # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
     cos = (ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)
     per_image["cosine"][i].append(cos.clamp(-1, 1).cpu().numpy())
+    return ny
 
 
 def effective_depth(df: pd.DataFrame, threshold: float = 0.3) -> dict:
