@@ -29,11 +29,12 @@ def main():
             "fits": fits(df)}
     lines = [f"{k}: lag-1 autocorrelation of the gradient " + ", ".join(f"depth {d}: {v:.3f}" for d, v in by.items())
              for k, by in nums["lag1"].items() if k in kw["kinds"]]
-    for k in ("ff-bn", "res-bn"):
-        if k in nums["fits"]:
-            f = nums["fits"][k]
-            lines.append(f"{k}: fitted log2 slope per layer {f['exponential']['slope']:.3f} (paper: -1 for ff-bn), "
-                         f"log-log slope {f['power_law']['slope']:.3f} (paper: -0.5 for res-bn)")
+    f = nums["fits"]
+    if "ff-bn" in f:
+        lines.append(f"ff-bn: lag-1 ~ 2^(s·L), fitted s = {f['ff-bn']['exponential']['slope']:.3f} per layer "
+                     "(paper: -1)")
+    if "res-bn" in f:
+        lines.append(f"res-bn: lag-1 ~ L^s, fitted s = {f['res-bn']['power_law']['slope']:.3f} (paper: -0.5)")
     finish(out, NAME, args, t0, lines, nums)
 
 
