@@ -258,7 +258,9 @@ def cmd_demo(args) -> int:
         train(model, train_data, test_data, args.epochs, out / "models" / spec, schedule="cosine", lr=0.05,
               normalize="none" if not args.data else "cifar10", seed=args.seed,
               config=dict(model=spec, command="resprobe demo"))
-        prov.update(weights=str(out / "models" / spec / "model.pt"))
+        from .io.checkpoint import sha256_file
+        weights = out / "models" / spec / "model.pt"
+        prov.update(weights=str(weights), weights_sha256=sha256_file(weights))
         trained.append((spec, model, prov))
     res = full_report(trained[0], test_data, trained[1], "fast", "none" if not args.data else "cifar10", "cpu",
                       args.seed, out)

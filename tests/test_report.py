@@ -72,3 +72,6 @@ def test_demo_offline(tmp_path, capsys):
     _check_html(tmp_path / "report.html")
     meta = json.loads((tmp_path / "report.json").read_text())
     assert all(v["verdict"] in ("supported", "not supported", "inconclusive") for v in meta["sections"].values())
+    from resprobe.io.checkpoint import sha256_file
+    sha = sha256_file(tmp_path / "models" / "cifar_resnet8" / "model.pt")
+    assert sha[:12] in (tmp_path / "report.html").read_text()  # provenance names the trained weights

@@ -32,7 +32,9 @@ def amplify_verdict(df: pd.DataFrame, plain_models: Sequence[str] = ()) -> dict:
         info = dict(median_worst_gain_block=wb, median_worst_gain_branch=wf, median_random_gain_block=rb,
                     median_amplifier_ratio=ar, median_weight_amplifier_ratio=war)
         if len(ars) > 2:
-            rho = spearmanr(np.arange(len(ars)), ars["value"]).statistic
+            vals = ars["value"].to_numpy()
+            # a constant profile has no rank correlation: nan, without scipy's warning
+            rho = spearmanr(np.arange(len(ars)), vals).statistic if np.ptp(vals) > 0 else float("nan")
             info.update(blocks_amplifier_ratio_above_1=int((ars["ci_low"] > 1).sum()),
                         blocks_amplifier_ratio_below_1=int((ars["ci_high"] < 1).sum()), n_blocks=len(ars),
                         amplifier_ratio_depth_spearman=float(rho))
