@@ -7,13 +7,14 @@ import json
 import re
 
 import pandas as pd
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from resprobe.anatomy import Trace, hook_count
 from resprobe.io.data import load_dataset
-from resprobe.metrics.similarity import (MinibatchCKA, RunningMoments, cka_linear, cka_unbiased_full, cosine,
+from resprobe.metrics.similarity import (MinibatchCKA, PerImageMoments, cka_linear, cka_unbiased_full, cosine,
                                          hsic_unbiased, linear_gram, norm_ratio)
 from resprobe.models import build_model
 from resprobe.probes import identity as I
@@ -85,15 +86,36 @@ def test_hsic_unbiased_matches_its_definition():
         hsic_unbiased(K[:3, :3], L[:3, :3])
 
 
-def test_running_moments_match_torch_std():
+def test_per_image_moments_match_torch_std():
     g = torch.Generator().manual_seed(0)
-    chunks = [torch.randn(s, 3, generator=g) * 2 + 1000 for s in (5, 17, 1, 40)]
-    rm = RunningMoments()
+    chunks = [torch.randn(b, 4, 5, 5, generator=g) * 2 + 3 for b in (5, 17, 1, 40)]
+    pm = PerImageMoments()
     for c in chunks:
-        rm.update(c)
+        pm.update(c)
     allv = torch.cat([c.reshape(-1) for c in chunks]).double()
-    assert rm.std == pytest.approx(float(allv.std()), rel=1e-9)
-    assert rm.mean == pytest.approx(float(allv.mean()), rel=1e-12)
+    assert pm.n_images == 63 and pm.per_image == 100
+    assert pm.std == pytest.approx(float(allv.std()), rel=1e-6)
+    with pytest.raises(ValueError, match="elements per image"):
+        pm.update(torch.zeros(2, 3))
+
+
+def test_bootstrap_pooled_std_is_the_std_of_resampled_images():
+    from resprobe.metrics.stats import bootstrap_pooled_std_ci, pooled_std_from_counts
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 2, 3, 3, generator=g).double() * torch.linspace(0.5, 3, 30).view(30, 1, 1, 1)
+    s1, s2 = x.reshape(30, -1).sum(1).numpy(), (x.reshape(30, -1) ** 2).sum(1).numpy()
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(30, np.full(30, 1 / 30), size=5)
+    got = pooled_std_from_counts(counts, s1[:, None], s2[:, None], [18])[:, 0]
+    for c, v in zip(counts, got):  # the same resample built explicitly: images repeated by their counts
+        resampled = torch.cat([x[i].reshape(-1).repeat(int(k)) for i, k in enumerate(c) if k])
+        assert v == pytest.approx(float(resampled.std()), rel=1e-10)
+    lo, hi = bootstrap_pooled_std_ci(s1[:, None], s2[:, None], [18], n_boot=400, seed=3)
+    full = float(x.std())
+    assert lo[0] < full < hi[0]
+    same = np.tile(s1[:1], 30)[:, None], np.tile(s2[:1], 30)[:, None]  # 30 identical images: no spread
+    lo2, hi2 = bootstrap_pooled_std_ci(*same, [18], n_boot=50)
+    assert lo2[0] == pytest.approx(hi2[0], rel=1e-9)
 
 
 def test_per_image_norms_and_cosines():
@@ -167,8 +189,9 @@ def test_response_std_matches_hooked_layers(data):
     x = torch.cat([b for b, _, _ in data.batches(80)])
     with torch.no_grad(), Trace(m, layers) as tr:
         m(x)
-    for layer, v in zip(layers, rs["value"]):
+    for layer, v, lo, hi, n in zip(layers, rs["value"], rs["ci_low"], rs["ci_high"], rs["n_images"]):
         assert v == pytest.approx(float(tr[layer].output.double().std()), rel=1e-6)
+        assert lo < v < hi and n == len(data)
 
 
 def test_response_layers_preact_and_plain():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["per_image_norm", "norm_ratio", "cosine", "per_image_dot", "linear_gram", "hsic_unbiased", "minibatch_grams", "cka_linear",
-           "cka_unbiased_full", "MinibatchCKA", "RunningMoments"]
+           "cka_unbiased_full", "MinibatchCKA", "PerImageMoments"]
 
 Tensor = torch.Tensor
 
@@ -119,38 +119,38 @@ class MinibatchCKA:
         return self.kl / (self.kk * self.ll) ** 0.5
 
 
-class RunningMoments:
-    """Count, mean and standard deviation of all elements seen (Chan et al.'s pairwise update, float64)."""
+class PerImageMoments:
+    """Per-image sums Σr and Σr² of a layer's responses r (float64, on the CPU: 16 bytes per image), for
+    the standard deviation over all elements of all images and its bootstrap CI over images
+    (:func:`resprobe.metrics.stats.pooled_std`, :func:`~resprobe.metrics.stats.bootstrap_pooled_std_ci`).
+    One pass over each response for each sum; memory follows the number of images, not their size."""
 
     def __init__(self):
-        self.n = 0
-        self._mean = 0.0
-        self._m2 = 0.0
+        self._s1: list = []
+        self._s2: list = []
+        self.per_image = 0  # elements per image
 
     def update(self, t: Tensor) -> None:
-        t = t.detach().reshape(-1)
-        nb = t.numel()
-        if nb == 0:
-            return
-        # sums over rows of 1024 elements (vectorised, multi-threaded), the rows then added in float64
-        r = nb - nb % 1024
-        body = t[:r].view(-1, 1024)
-        tail = t[r:].double()
-        s1 = float(body.sum(1).double().sum() + tail.sum())
-        s2 = float((torch.linalg.vector_norm(body, dim=1).double() ** 2).sum() + (tail * tail).sum())
-        mb = s1 / nb
-        m2b = max(s2 - s1 * s1 / nb, 0.0)
-        n = self.n + nb
-        delta = mb - self._mean
-        self._mean += delta * nb / n
-        self._m2 += m2b + delta * delta * self.n * nb / n
-        self.n = n
+        flat = t.detach().reshape(t.shape[0], -1)
+        if self.per_image and flat.shape[1] != self.per_image:
+            raise ValueError(f"responses of {flat.shape[1]} elements per image after {self.per_image}")
+        self.per_image = flat.shape[1]
+        self._s1.append(flat.sum(1).double().cpu())
+        self._s2.append(torch.linalg.vector_norm(flat, dim=1).double().pow(2).cpu())
 
     @property
-    def mean(self) -> float:
-        return self._mean if self.n else float("nan")
+    def n_images(self) -> int:
+        return sum(len(a) for a in self._s1)
+
+    def sums(self):
+        """(Σr per image, Σr² per image) as float64 numpy arrays."""
+        if not self._s1:
+            return torch.zeros(0, dtype=torch.float64).numpy(), torch.zeros(0, dtype=torch.float64).numpy()
+        return torch.cat(self._s1).numpy(), torch.cat(self._s2).numpy()
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (n - 1 in the denominator)."""
-        return (self._m2 / (self.n - 1)) ** 0.5 if self.n > 1 else float("nan")
+        """Sample standard deviation over all elements of all images (n − 1 in the denominator)."""
+        from .stats import pooled_std
+        s1, s2 = self.sums()
+        return float(pooled_std(s1.sum(), s2.sum(), len(s1) * self.per_image))

@@ -5,7 +5,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["bootstrap_mean_ci", "bootstrap_proportion_ci", "stable_seed"]
+__all__ = ["bootstrap_mean_ci", "bootstrap_proportion_ci", "pooled_std", "bootstrap_pooled_std_ci",
+           "stable_seed"]
 
 
 def stable_seed(*parts) -> int:
@@ -48,3 +49,42 @@ def bootstrap_proportion_ci(k: int, n: int, n_boot: int = 1000, level: float = 0
     a = (1 - level) / 2
     lo, hi = np.quantile(props, [a, 1 - a])
     return float(lo), float(hi)
+
+
+def pooled_std(s1, s2, n):
+    """Sample standard deviation of n values from their sum ``s1`` and sum of squares ``s2`` (arrays
+    broadcast: one std per entry). NaN where n < 2."""
+    s1, s2, n = np.asarray(s1, np.float64), np.asarray(s2, np.float64), np.asarray(n, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.maximum(s2 - s1 * s1 / n, 0.0) / (n - 1)
+        return np.where(n > 1, np.sqrt(var), np.nan)
+
+
+def pooled_std_from_counts(counts, s1, s2, per_image):
+    """Pooled std of resampled data sets: ``counts`` (B, n) says how often each image is drawn;
+    ``s1``, ``s2`` (n, L) are per-image sums of L layers with ``per_image`` (L,) elements each. (B, L)."""
+    counts = np.asarray(counts, np.float64)
+    n_el = counts.sum(1, keepdims=True) * np.asarray(per_image, np.float64)[None, :]
+    return pooled_std(counts @ s1, counts @ s2, n_el)
+
+
+def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                            chunk: int = 100):
+    """Percentile bootstrap CI over images of the std over all elements, for L layers at once.
+
+    ``s1``, ``s2``: (n, L) per-image sums Σr and Σr²; ``per_image``: (L,) elements per image. Each
+    resample draws n images with replacement (multinomial counts), shared by all layers.
+    Returns ``(low, high)``, arrays of L."""
+    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    n, L = s1.shape
+    if n == 0:
+        return np.full(L, np.nan), np.full(L, np.nan)
+    rng = np.random.default_rng(seed)
+    stds = np.empty((n_boot, L))
+    p = np.full(n, 1.0 / n)
+    for s in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - s)
+        stds[s:s + b] = pooled_std_from_counts(rng.multinomial(n, p, size=b), s1, s2, per_image)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(stds, [a, 1 - a], axis=0)
+    return lo, hi

@@ -11,10 +11,11 @@ and streams, per block:
 - ``grad_cosine``     (optional, one backward pass) mean over images of cos(F(x), ∂L/∂x), L = cross-entropy
                       (residual blocks that keep the shape; undefined where F(x) and x differ in shape);
 - ``response_std``    per 3×3 conv layer: std of its output after BN (before addition or nonlinearity) over
-                      all elements of all images (He et al. Fig. 7).
+                      all elements of all images (He et al. Fig. 7), with a bootstrap CI over images.
 
 For a plain block (no shortcut) S(x) is taken as x when the block keeps the shape (``residual_ratio``
-is undefined there); shape-changing plain blocks get CKA only. 95% CIs: seeded bootstrap over images.
+is undefined there); shape-changing plain blocks get CKA only. 95% CIs: seeded bootstrap over images
+(CKA: none).
 Memory follows the batch size; only per-image scalars are kept.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from tqdm.auto import tqdm
 
 from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..io.data import Dataset
-from ..metrics.similarity import MinibatchCKA, RunningMoments, cosine, minibatch_grams, per_image_norm
-from ..metrics.stats import bootstrap_mean_ci, stable_seed
+from ..metrics.similarity import MinibatchCKA, PerImageMoments, cosine, minibatch_grams, per_image_norm
+from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
 
 __all__ = ["COLUMNS", "PER_IMAGE_METRICS", "response_layers", "identity_profile", "effective_depth",
            "stage_summary"]
@@ -62,7 +63,7 @@ class _ResponseStd:
 
     def __init__(self, model: nn.Module):
         self.layers = response_layers(model)
-        self.moments = {measured: RunningMoments() for _, measured in self.layers}
+        self.moments = {measured: PerImageMoments() for _, measured in self.layers}
         self._mods = dict(model.named_modules())
         self._handles = []
 
@@ -151,12 +152,18 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
             rows.append(dict(base, metric=m, value=float(v.mean()), ci_low=lo, ci_high=hi, n_images=len(v)))
         rows.append(dict(base, metric="cka", value=ckas[i].value(), ci_low=np.nan, ci_high=np.nan,
                          n_images=ckas[i].batches * ckas[i].minibatch))
-    for conv, measured in rs.layers:
+    if rs.layers:  # one bootstrap over images for all layers (shared resamples)
+        sums = [rs.moments[measured].sums() for _, measured in rs.layers]
+        lo, hi = bootstrap_pooled_std_ci(np.stack([a for a, _ in sums], 1), np.stack([b for _, b in sums], 1),
+                                         [rs.moments[measured].per_image for _, measured in rs.layers], n_boot,
+                                         seed=stable_seed(seed, model_label, "response_std"))
+    for j, (conv, measured) in enumerate(rs.layers):
         b = _block_of(conv, view)
         mom = rs.moments[measured]
         rows.append(dict(model=model_label, block=measured, stage=b.stage if b else -1,
                          index_in_stage=b.index_in_stage if b else -1, downsample=b.downsample if b else False,
-                         metric="response_std", value=mom.std, ci_low=np.nan, ci_high=np.nan, n_images=len(data)))
+                         metric="response_std", value=mom.std, ci_low=float(lo[j]), ci_high=float(hi[j]),
+                         n_images=mom.n_images))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -152,15 +152,20 @@ def identity_metric_plot(df: pd.DataFrame, metric: str, threshold: Optional[floa
 
 
 def response_std_plot(df: pd.DataFrame):
-    """He et al. Fig. 7: std of each 3×3 layer's response, in layer order (top) and sorted (bottom)."""
+    """He et al. Fig. 7: std of each 3×3 layer's response, in layer order with its CI band (top) and
+    sorted (bottom)."""
     d = df[df["metric"] == "response_std"]
     models = list(dict.fromkeys(d["model"]))
     pal = _palette(models)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(2, 1, figsize=(7, 6))
         for m in models:
-            v = d[d["model"] == m]["value"].to_numpy()
-            axes[0].plot(np.arange(1, len(v) + 1), v, "-", color=pal[m], label=m)
+            g = d[d["model"] == m]
+            v = g["value"].to_numpy()
+            x = np.arange(1, len(v) + 1)
+            axes[0].plot(x, v, "-", color=pal[m], label=m)
+            if g["ci_low"].notna().all():  # 95% bootstrap CI over images
+                axes[0].fill_between(x, g["ci_low"], g["ci_high"], color=pal[m], alpha=0.2, lw=0)
             axes[1].plot(np.arange(1, len(v) + 1), np.sort(v)[::-1], "-", color=pal[m], label=m)
         axes[0].set_xlabel("layer index (3×3 convolutions in forward order)")
         axes[1].set_xlabel("layer index (sorted by magnitude)")
