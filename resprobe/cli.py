@@ -156,7 +156,8 @@ def cmd_identity(args) -> int:
     from .report.identity import identity_study
     data, dev, norm, models = _models_and_data(args)
     identity_study(models, data, args.batch_size, norm, dev, grad=args.grad, threshold=args.threshold,
-                   lesion_check=args.lesion_check, seed=args.seed, cka_minibatch=args.cka_minibatch, out=args.out)
+                   lesion_check=args.lesion_check, seed=args.seed, cka_minibatch=args.cka_minibatch, out=args.out,
+                   metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     out = Path(args.out)
     print(f"results in {out / 'identity.csv'}, {out / 'identity.json'}; report {out / 'report.html'}")
     return 0
@@ -331,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lesion-check", action="store_true",
                    help="also measure the error with all near-identity blocks deleted together")
     q.add_argument("--cka-minibatch", type=int, default=32, help="images per CKA minibatch (unbiased HSIC)")
+    q.add_argument("--metrics", default="norms,cka,response_std",
+                   help="metric groups (comma separated): norms (||F||/||S||, relative change, cosine), cka, "
+                        "response_std; fewer groups, less time (default: all)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_identity)

@@ -298,3 +298,20 @@ def test_shared_residual_ratio_matches_straightforward_computation(weights, spec
     for n in names:
         got = df[(df["block"] == n) & (df["metric"] == "residual_ratio")]["value"].item()
         assert got == pytest.approx(float(torch.cat(ratios[n]).mean()), rel=1e-4), n
+
+
+def test_metric_groups_compute_the_same_numbers_alone(data, tmp_path):
+    m = _model("cifar_resnet20")
+    full = I.identity_profile(m, data, "m", batch_size=40, progress=False, n_boot=20)
+    for groups, metrics in ((("cka",), {"cka"}), (("norms",), {"residual_ratio", "relative_change", "cosine"}),
+                            (("response_std",), {"response_std"})):
+        part = I.identity_profile(m, data, "m", batch_size=40, progress=False, n_boot=20, metrics=groups)
+        assert set(part.metric) == metrics
+        ref = full[full.metric.isin(metrics)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part.reset_index(drop=True), ref)
+    with pytest.raises(ValueError, match="non-empty subset of norms, cka, response_std; got \\['ckaa'\\]"):
+        I.identity_profile(m, data, "m", progress=False, metrics=("ckaa",))
+    from resprobe.report.identity import identity_study
+    df = identity_study([("m", m, {"model": "cifar_resnet20"})], data, 40, metrics=("cka",), n_boot=20,
+                        out=tmp_path, progress=False)
+    assert set(df.metric) == {"cka"} and (tmp_path / "report.html").is_file()

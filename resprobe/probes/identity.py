@@ -20,6 +20,7 @@ Memory follows the batch size; only per-image scalars are kept.
 """
 from __future__ import annotations
 
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,12 +34,13 @@ from ..io.data import Dataset
 from ..metrics.similarity import MinibatchCKA, PerImageMoments, cosine, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
 
-__all__ = ["COLUMNS", "PER_IMAGE_METRICS", "response_layers", "identity_profile", "effective_depth",
+__all__ = ["COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "identity_profile", "effective_depth",
            "stage_summary"]
 
 COLUMNS = ["model", "block", "stage", "index_in_stage", "downsample", "metric", "value", "ci_low", "ci_high",
            "n_images"]
 PER_IMAGE_METRICS = ("residual_ratio", "relative_change", "cosine", "grad_cosine")
+METRIC_GROUPS = ("norms", "cka", "response_std")  # norms: residual_ratio, relative_change, cosine
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, str]]:
@@ -61,8 +63,8 @@ def response_layers(model: nn.Module) -> list[tuple[str, str]]:
 class _ResponseStd:
     """Forward hooks that accumulate the std of chosen layers' outputs; removed on exit, always."""
 
-    def __init__(self, model: nn.Module):
-        self.layers = response_layers(model)
+    def __init__(self, model: nn.Module, enabled: bool = True):
+        self.layers = response_layers(model) if enabled else []
         self.moments = {measured: PerImageMoments() for _, measured in self.layers}
         self._mods = dict(model.named_modules())
         self._handles = []
@@ -94,14 +96,22 @@ def _block_of(layer: str, view: ResidualView):
 
 def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model", batch_size: int = 256,
                      normalize: str = "none", device="cpu", grad: bool = False, cka_minibatch: int = 32,
-                     seed: int = 0, n_boot: int = 1000, progress: bool = True) -> pd.DataFrame:
-    """Per-block identity metrics and per-layer response std of ``model`` over ``data`` (long DataFrame)."""
+                     seed: int = 0, n_boot: int = 1000, progress: bool = True,
+                     metrics: Sequence[str] = METRIC_GROUPS) -> pd.DataFrame:
+    """Per-block identity metrics and per-layer response std of ``model`` over ``data`` (long DataFrame).
+
+    ``metrics``: the groups to compute, any of ``norms`` (residual_ratio, relative_change, cosine),
+    ``cka``, ``response_std`` (all by default; ``grad`` adds grad_cosine). Fewer groups, less time."""
+    want = set(metrics)
+    unknown = want - set(METRIC_GROUPS)
+    if unknown or not (want or grad):
+        raise ValueError(f"metrics must be a non-empty subset of {', '.join(METRIC_GROUPS)}; got {sorted(metrics)}")
     view = anatomy(model, data.input_shape)
     model.to(device)
     n = len(view)
     per_image = {m: [[] for _ in range(n)] for m in PER_IMAGE_METRICS}
     ckas = [MinibatchCKA(cka_minibatch) for _ in range(n)]
-    with frozen_eval(model), _ResponseStd(model) as rs:
+    with frozen_eval(model), _ResponseStd(model, "response_std" in want) as rs:
         bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
                    desc=f"identity {model_label}", disable=not progress, leave=False)
         for x, y, _ in bar:
@@ -110,7 +120,8 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                 if grad:
                     h = h.detach().requires_grad_(True)
                 inputs, branches = [], []
-                g_in = minibatch_grams(h.detach(), cka_minibatch)  # Gram of each block's input, reused
+                cka = "cka" in want
+                g_in = minibatch_grams(h.detach(), cka_minibatch) if cka else None  # each input's Gram, reused
                 n_in = None  # ‖block input‖ per image, carried from the previous block's output
                 for i, b in enumerate(view):
                     if grad:  # kept only for the backward pass: no activations piled up otherwise
@@ -127,12 +138,15 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                     xd, od = h.detach(), out.detach()
                     sd = None if s is None else s.detach()
                     # an identity shortcut returns its input itself: its norm is the previous output's
-                    n_in = _block_metrics(per_image, i, b.residual, sd, f.detach(), od,
-                                          ns=n_in if (s is h and n_in is not None) else None)
-                    g_out = minibatch_grams(od, cka_minibatch)
-                    same = tuple(xd.shape) == tuple(od.shape)
-                    ckas[i].update_grams(g_in if (same or sd is None) else minibatch_grams(sd, cka_minibatch), g_out)
-                    g_in = g_out
+                    if "norms" in want:
+                        n_in = _block_metrics(per_image, i, b.residual, sd, f.detach(), od,
+                                              ns=n_in if (s is h and n_in is not None) else None)
+                    if cka:
+                        g_out = minibatch_grams(od, cka_minibatch)
+                        same = tuple(xd.shape) == tuple(od.shape)
+                        ckas[i].update_grams(g_in if (same or sd is None) else minibatch_grams(sd, cka_minibatch),
+                                             g_out)
+                        g_in = g_out
                     h = out
                 if grad:
                     loss = F.cross_entropy(view.head(h), y, reduction="sum")
@@ -150,8 +164,9 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
             v = np.concatenate(per_image[m][i])
             lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=stable_seed(seed, model_label, b.name, m))
             rows.append(dict(base, metric=m, value=float(v.mean()), ci_low=lo, ci_high=hi, n_images=len(v)))
-        rows.append(dict(base, metric="cka", value=ckas[i].value(), ci_low=np.nan, ci_high=np.nan,
-                         n_images=ckas[i].batches * ckas[i].minibatch))
+        if "cka" in want:
+            rows.append(dict(base, metric="cka", value=ckas[i].value(), ci_low=np.nan, ci_high=np.nan,
+                             n_images=ckas[i].batches * ckas[i].minibatch))
     if rs.layers:  # one bootstrap over images for all layers (shared resamples)
         sums = [rs.moments[measured].sums() for _, measured in rs.layers]
         lo, hi = bootstrap_pooled_std_ci(np.stack([a for a, _ in sums], 1), np.stack([b for _, b in sums], 1),

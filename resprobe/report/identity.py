@@ -11,7 +11,7 @@ import pandas as pd
 import torch.nn as nn
 
 from ..io.data import Dataset
-from ..probes.identity import effective_depth, identity_profile, stage_summary
+from ..probes.identity import METRIC_GROUPS, effective_depth, identity_profile, stage_summary
 from .document import Document
 from .plots import identity_metric_plot, response_std_plot, save_figure
 from .tables import provenance, write_json, write_table
@@ -96,12 +96,13 @@ def identity_findings(df: pd.DataFrame, threshold: float = 0.3, lesion: Optional
 def identity_study(models: Sequence[tuple[str, nn.Module, dict]], data: Dataset, batch_size: int = 256,
                    normalize: str = "none", device="cpu", grad: bool = False, threshold: float = 0.3,
                    lesion_check: bool = False, seed: int = 0, n_boot: int = 1000, cka_minibatch: int = 32,
-                   out: Optional[str | Path] = None, progress: bool = True) -> pd.DataFrame:
+                   out: Optional[str | Path] = None, progress: bool = True,
+                   metrics: Sequence[str] = METRIC_GROUPS) -> pd.DataFrame:
     """Identity metrics for each ``(label, model, provenance)``; with ``out`` writes identity.csv,
     identity.json, plots and report.md/report.html. Returns the long DataFrame."""
     t0 = time.time()
     frames = [identity_profile(m, data, label, batch_size, normalize, device, grad, cka_minibatch, seed, n_boot,
-                               progress) for label, m, _ in models]
+                               progress, metrics) for label, m, _ in models]
     df = pd.concat(frames, ignore_index=True)
     if out is None:
         return df
