@@ -181,7 +181,7 @@ def main(argv=None) -> int:
             waves = math.ceil(len(args.models) / args.parallel)
             slowest = max(epoch_s.values()) * waves
             left = deadline - time.time() - 60  # keep a minute for the analysis
-            epochs = max(1, min(args.max_epochs, int(0.8 * left / slowest)))
+            epochs = max(1, min(args.max_epochs, int(0.9 * left / slowest)))
             run.update(calibration_seconds_per_step=rates, estimated_epoch_seconds=epoch_s)
             print(f"calibrated s/step {json.dumps({k: round(v, 4) for k, v in rates.items()})}; "
                   f"{epochs} epochs fit in {left:.0f} s", flush=True)
