@@ -4,9 +4,9 @@ network trains worse than the shallower one while the deeper ResNet does not.
 
     # full run (GPU: four trainings at once, epochs fitted to a time budget)
     python experiments/degradation.py --device cuda --parallel 4 --time-budget 420
-    # CPU, a stated number of epochs (about 100 s per epoch of a 20-layer net on 2 cores, 3x for 56)
+    # CPU, a stated number of epochs (measured: about 100 s per epoch of a 20-layer net on 2 cores; 56 layers cost ~3x)
     python experiments/degradation.py --epochs 10
-    # CI: tiny nets on the synthetic set, the whole pipeline in about a minute
+    # CI: tiny nets on the synthetic set, the whole pipeline (15 s on 2 cores)
     python experiments/degradation.py --fast
     # re-analyse existing runs only
     python experiments/degradation.py --analyse-only

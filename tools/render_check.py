@@ -9,6 +9,7 @@ Exit status 0 when the page renders cleanly, 1 otherwise, 2 when no Chromium is 
 from __future__ import annotations
 
 import argparse
+import html as html_lib
 import json
 import re
 import shutil
@@ -53,7 +54,7 @@ def check(html: Path, screenshot: Path | None = None, browser: str | None = None
         m = re.search(r'<pre id="__rendercheck">(.*?)</pre>', r.stdout, re.S)
         if not m:
             raise RuntimeError(f"the page did not finish loading in {browser}: {r.stderr[-1500:]}")
-        res = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+        res = json.loads(html_lib.unescape(m.group(1)))
         if screenshot is not None:
             Path(tmp, "shot.html").write_text(text, encoding="utf-8")
             subprocess.run([browser, *flags, "--window-size=1280,4000", f"--screenshot={Path(screenshot).resolve()}",

@@ -111,6 +111,7 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
     n = len(view)
     per_image = {m: [[] for _ in range(n)] for m in PER_IMAGE_METRICS}
     ckas = [MinibatchCKA(cka_minibatch) for _ in range(n)]
+    cka = "cka" in want
     with frozen_eval(model), _ResponseStd(model, "response_std" in want) as rs:
         bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
                    desc=f"identity {model_label}", disable=not progress, leave=False)
@@ -120,7 +121,6 @@ def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model"
                 if grad:
                     h = h.detach().requires_grad_(True)
                 inputs, branches = [], []
-                cka = "cka" in want
                 g_in = minibatch_grams(h.detach(), cka_minibatch) if cka else None  # each input's Gram, reused
                 n_in = None  # ‖block input‖ per image, carried from the previous block's output
                 for i, b in enumerate(view):
