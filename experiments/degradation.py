@@ -8,12 +8,14 @@ network trains worse than the shallower one while the deeper ResNet does not.
     python experiments/degradation.py --epochs 10
     # CI: tiny nets on the synthetic set, the whole pipeline (15 s on 2 cores)
     python experiments/degradation.py --fast
+    # several seeds per network (the verdict about architectures needs at least 2)
+    python experiments/degradation.py --device cuda --parallel 4 --seeds 0,1,2 --time-budget 540
     # re-analyse existing runs only
     python experiments/degradation.py --analyse-only
 
 Data: the JPEG CIFAR-10 copy in ../shared/data by default (`--train-data cifar10 --test-data cifar10`
-for the real one). Each network trains into ``OUT/<spec>/`` (last.pt, model.pt, metrics.csv,
-config.json, train.log); an interrupted run resumes where it stopped. Checkpoints stay out of git
+for the real one). Each network trains into ``OUT/<spec>/`` (seed 0) or ``OUT/<spec>-seed<S>/`` (last.pt,
+model.pt, metrics.csv, config.json, train.log); an interrupted run resumes where it stopped. Checkpoints stay out of git
 (``results/`` is ignored).
 """
 from __future__ import annotations
@@ -52,7 +54,8 @@ def parse(argv=None):
     p.add_argument("--normalize", default="imagenet")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once (4 on a GPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds; each network is trained once per seed "
+                                                 "(the verdict needs at least 2 for a claim about the architectures)")
     p.add_argument("--fast", action="store_true", help="CI: depth 8/14 nets, synthetic data, 4 epochs")
     p.add_argument("--analyse-only", action="store_true", help="no training: analyse the runs in --out")
     p.add_argument("--out", default=str(ROOT / "results" / "degradation"))
@@ -60,6 +63,8 @@ def parse(argv=None):
     p.add_argument("--calibrate", help=argparse.SUPPRESS)  # internal: time training steps of one spec
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    args.seed = args.seeds[0]
     if args.fast:
         args.models, args.epochs, args.time_budget, args.lr, args.schedule = FAST_MODELS, 4, None, 0.05, "cosine"
         args.train_data, args.test_data = "synthetic(n=768,size=16)", "synthetic(n=256,size=16)"
@@ -70,7 +75,7 @@ def parse(argv=None):
 
 
 def load(args):
-    from resprobe.api import load_data
+    from resprobe.loading import load_data
     return (load_data(args.train_data, "train", args.data_root), load_data(args.test_data, "test", args.data_root))
 
 
@@ -79,7 +84,7 @@ def calibrate(args) -> int:
     are timed at once, so the rate includes their contention); print JSON seconds/step."""
     import torch
     import torch.nn.functional as F
-    from resprobe.api import load_model
+    from resprobe.loading import load_model
     tr, _ = load(args)
     dev = torch.device(args.device)
     model, _ = load_model(args.calibrate, num_classes=tr.num_classes, in_channels=tr.input_shape[0])
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
             steps = math.ceil(len(tr) / 128)
             # one epoch = the training steps + a test pass (~1/3 of a step's cost per image, 1/5 as many images)
             epoch_s = {m: r * (steps + steps * len(te) / len(tr) / 3) for m, r in rates.items()}
-            waves = math.ceil(len(args.models) / args.parallel)
+            waves = math.ceil(len(args.models) * len(args.seeds) / args.parallel)
             slowest = max(epoch_s.values()) * waves
             left = deadline - time.time() - 60  # keep a minute for the analysis
             epochs = max(1, min(args.max_epochs, int(0.9 * left / slowest)))
@@ -189,34 +194,43 @@ def main(argv=None) -> int:
         run["epochs"] = epochs
         cmds = []
         for m in args.models:
-            d = out / m
-            argv_ = [sys.executable, "-m", "resprobe", "train", "--model", m, "--data", args.train_data,
-                     "--test-data", args.test_data, "--epochs", str(epochs), "--lr", str(args.lr), "--schedule",
-                     args.schedule, "--normalize", args.normalize, "--device", args.device, "--seed",
-                     str(args.seed), "--out", str(d)]
-            if args.data_root:
-                argv_ += ["--data-root", args.data_root]
-            if (d / "last.pt").is_file():
-                argv_.append("--resume")
-            cmds.append((m, argv_, d / "train.log"))
-            print(" ".join(argv_[1:]), flush=True)
+            for seed in args.seeds:
+                d = _run_dir(out, m, seed)
+                argv_ = [sys.executable, "-m", "resprobe", "train", "--model", m, "--data", args.train_data,
+                         "--test-data", args.test_data, "--epochs", str(epochs), "--lr", str(args.lr), "--schedule",
+                         args.schedule, "--normalize", args.normalize, "--device", args.device, "--seed",
+                         str(seed), "--out", str(d), "--quiet"]
+                if args.data_root:
+                    argv_ += ["--data-root", args.data_root]
+                if (d / "last.pt").is_file():
+                    argv_.append("--resume")
+                cmds.append((f"{m}/seed{seed}", argv_, d / "train.log"))
+                print(" ".join(argv_[1:]), flush=True)
         t0 = time.time()
         status = _run_all(cmds, args.parallel, env, deadline)
         run.update(train_status=status, train_seconds=round(time.time() - t0, 1))
         print(f"training: {json.dumps(status)} in {time.time() - t0:.0f} s", flush=True)
-    runs = [out / m for m in args.models if (out / m / "metrics.csv").is_file()]
+    runs = [_run_dir(out, m, s) for m in args.models for s in args.seeds
+            if (_run_dir(out, m, s) / "metrics.csv").is_file()]
     if not runs:
         raise SystemExit(f"no finished epochs in {out}: see the train.log files")
-    from resprobe.engine import resolve_device
-    from resprobe.report.degradation import degradation_study
-    res = degradation_study(runs, tr, te, device=resolve_device(args.device), out=out, seed=args.seed,
-                            progress=False, extra=dict(run=run))
-    print(res["final"].to_string(index=False))
-    print(res["comparisons"].to_string(index=False))
-    v = res["verdict"]
-    print(f"verdict: {v['verdict']} — {v['reason']}")
+    from resprobe.engine import RunSpec, resolve_device
+    from resprobe.probes import degradation
+    from resprobe.report import save
+    res = degradation.run(runs, tr, te, RunSpec(batch_size=512, device=str(resolve_device(args.device)),
+                                                seed=args.seed, progress=False))
+    res.provenance["run"] = dict(res.provenance["run"], **run)
+    save(res, out)
+    print(res.extras["final"].to_string(index=False))
+    print(res.extras["comparisons"].to_string(index=False))
+    v = res.verdicts[0]
+    print(f"verdict: {v.verdict} — {v.reason}")
     print(f"report: {out / 'report.html'}  ({time.time() - t_start:.0f} s in all)")
     return 0
+
+
+def _run_dir(out: Path, model: str, seed: int) -> Path:
+    return out / model if seed == 0 else out / f"{model}-seed{seed}"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""He et al. 2016, Fig. 7: standard deviation of every 3x3 layer's response (after BN, before the addition
-or nonlinearity), by layer index and sorted; ResNets respond less than plain nets, and deeper ResNets
-less still. Also the per-block ‖F‖/‖x‖ and the effective depth.
+"""He et al. 2016, Fig. 7: the standard deviation of every layer's response; the verdict compares the
+ResNet-20 with its plain twin trained alike, paired by seed (three seeds). Also ‖F‖/‖S‖ and ‖F‖/‖x‖ per
+unit and the shared ResNets (trained by others; described, not contrasted).
 
-    python experiments/he_fig7_response_std.py          # resnet20, resnet56, plain-20, plain-56; 10k images
-    python experiments/he_fig7_response_std.py --fast   # resnet20 + plain-20, 500 images
+    python experiments/he_fig7_response_std.py          # zoo ResNet-20 + plain-20 x 3 seeds, shared nets; 10k images
+    python experiments/he_fig7_response_std.py --fast   # zoo ResNet-20 + plain-20 (seed 0), 500 images
 """
+from __future__ import annotations
+
 import time
 
-from _common import data, device, finish, networks, out_dir, parser
+from _common import data, finish, networks, out_dir, parser, spec
 
 NAME = "he_fig7"
 
@@ -15,22 +17,12 @@ NAME = "he_fig7"
 def main():
     args = parser(__doc__, NAME).parse_args()
     t0 = time.time()
-    from resprobe.probes.identity import effective_depth
-    from resprobe.report.identity import identity_study
-    models = networks(args, ["resnet20", "resnet56", "plain20", "plain56"], ["resnet20", "plain20"])
-    ds, out = data(args, 500), out_dir(args, NAME)
-    df = identity_study(models, ds, normalize=args.normalize, device=device(args), seed=args.seed, out=out,
-                        n_boot=200 if args.fast else 1000, progress=not args.no_progress)
-    std = df[df["metric"] == "response_std"].groupby("model", sort=False)["value"].median()
-    ratio = df[df["metric"] == "residual_ratio"].groupby("model", sort=False)["value"].median()
-    eff = effective_depth(df)
-    nums = {m: dict(median_response_std=float(std[m]),
-                    median_residual_ratio=float(ratio[m]) if m in ratio else None,
-                    effective_depth=eff.get(m, {}).get("effective_depth")) for m in std.index}
-    lines = [f"{m}: median response std {v['median_response_std']:.3f}"
-             + (f", median ‖F‖/‖S‖ {v['median_residual_ratio']:.3f}" if v["median_residual_ratio"] is not None else "")
-             for m, v in nums.items()]
-    finish(out, NAME, args, t0, lines, nums)
+    from resprobe.probes import identity
+    ds = data(args, 500)
+    subjects = networks(args, ds, ["resnet20", "plain20", "resnet20-shared", "resnet56-shared", "plain56"],
+                        ["resnet20", "plain20"])
+    result = identity.run(subjects, ds, spec(args, n_boot=200 if args.fast else 1000))
+    finish(out_dir(args, NAME), NAME, args, t0, result)
 
 
 if __name__ == "__main__":

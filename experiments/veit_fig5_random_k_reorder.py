@@ -1,12 +1,14 @@
-"""Veit et al. 2016, Fig. 5: (a) delete k random blocks, (b) reorder blocks by k random swaps; error grows
-smoothly with k (no cliff), as for an ensemble of paths.
+"""Veit et al. 2016, Fig. 5a/5b: the error when k random units are deleted, and when the residual
+branches are reordered by k random swaps; the verdict tests the "smooth, no cliff" claim.
 
-    python experiments/veit_fig5_random_k_reorder.py          # resnet56, 2000 images, k in 1..20 (9 values), 20 samples
-    python experiments/veit_fig5_random_k_reorder.py --fast   # resnet20, k = 1,3,5, 3 samples, 300 images
+    python experiments/veit_fig5_random_k_reorder.py          # shared ResNet-56, 2,000 images, k in 1..20, 20 samples
+    python experiments/veit_fig5_random_k_reorder.py --fast   # zoo ResNet-20, k = 1..5, 3 samples, 300 images
 """
+from __future__ import annotations
+
 import time
 
-from _common import data, device, finish, networks, out_dir, parser
+from _common import data, finish, networks, out_dir, parser, spec
 
 NAME = "veit_fig5"
 
@@ -16,25 +18,19 @@ def main():
     p.add_argument("--samples", type=int, help="random subsets / orders per k (default 20; --fast 3)")
     args = p.parse_args()
     t0 = time.time()
-    from resprobe.probes.lesion import lesion_summary
-    from resprobe.report.lesion import lesion_study
-    models = networks(args, ["resnet56"], ["resnet20"])
-    ds, out = data(args, 300), out_dir(args, NAME)
-    if not args.fast and args.limit is None:
-        ds = ds.subset(2000, args.seed)  # 2 x 180 configurations: the full test set would take hours on 2 cores
+    from resprobe.probes import lesion
+    from resprobe.report import LesionStore
+    # 2 x 180 configurations: the full test set would take hours on 2 cores
+    ds = data(args, 300, full_limit=2000)
+    subjects = networks(args, ds, ["resnet56-shared"], ["resnet20"])
+    out = out_dir(args, NAME)
     samples = args.samples or (3 if args.fast else 20)
-    k = "1,3,5" if args.fast else "1,2,4,6,8,10,12,15,20"
-    frames = [lesion_study(models, ds, mode, k=k, samples=samples, seed=args.seed, exclude_downsampling=True,
-                           normalize=args.normalize, device=device(args), out=out, progress=not args.no_progress)
-              for mode in ("random-k", "reorder")]
-    import pandas as pd
-    summ = lesion_summary(pd.concat(frames, ignore_index=True))
-    lines = []
-    for m, s in summ.items():
-        rk, ro = s.get("random_k_median_error", {}), s.get("reorder_median_error_by_swaps", {})
-        lines.append(f"{m}: median error with k deleted " + ", ".join(f"k={kk}: {100 * v:.1f}%" for kk, v in rk.items()))
-        lines.append(f"{m}: median error after k swaps " + ", ".join(f"k={kk}: {100 * v:.1f}%" for kk, v in ro.items()))
-    finish(out, NAME, args, t0, lines, summ)
+    ks = (1, 2, 3, 4, 5) if args.fast else (1, 2, 3, 4, 6, 8, 10, 12, 15, 20)
+    store = LesionStore(out)
+    lesion.run(subjects, ds, spec(args), lesion.LesionPlan("reorder", ks=ks, samples=samples), store)
+    result = lesion.run(subjects, ds, spec(args), lesion.LesionPlan("random-k", ks=ks, samples=samples,
+                                                                    exclude_downsampling=True), store)
+    finish(out, NAME, args, t0, result)
 
 
 if __name__ == "__main__":

@@ -1,85 +1,268 @@
-"""Command line: thin wrappers over the Python API. ``resprobe --help``."""
+"""Command line: thin wrappers over :mod:`resprobe.api`. ``resprobe --help``.
+
+Every command checks its flags and its output folder before any long work; a user error is one line on
+stderr and exit status 2 (``--debug`` shows the traceback); anything else is a bug and keeps its
+traceback. Under ``torchrun`` the work is shared by the processes and rank 0 writes the results.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-import torch
+from . import __version__, api
+from . import distributed as dist
+from .errors import UsageError, UserError
+from .outputs import claim
+from .progress import note, set_quiet
 
-from . import api
-
-def _expected_errors() -> tuple:
-    from .anatomy import AnatomyError
-    from .io.checkpoint import CheckpointError
-    from .io.data import DataError
-    from .models import SpecError
-    return (AnatomyError, CheckpointError, DataError, SpecError, FileNotFoundError, ValueError)
+__all__ = ["main", "build_parser", "RangeSpec"]
 
 
-def _model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
-    p.add_argument("--model", required=True, help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, "
-                                                  "package.module:factory, ...")
-    p.add_argument("--weights", required=weights_required, help="checkpoint (state dict, or dict with state_dict/model)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of the checkpoint (can run arbitrary code: only for files you trust)")
+# --- argument types: a bad value names its flag (argparse adds "argument --flag:") ------------------------
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
 
 
-def _data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
-    p.add_argument("--data", required=True, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic")
-    p.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
-    p.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
-    p.add_argument("--split", default=split, help=f"split to use (default {split})")
-    p.add_argument("--normalize", default=None, choices=["imagenet", "cifar10", "none"],
-                   help="input normalization (default: the one recorded by resprobe train beside --weights, "
-                        "else imagenet — what the He et al. checkpoints in ../shared need)")
-    p.add_argument("--limit", type=int, help="use a deterministic seeded subset of N images (not the first N)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
 
 
-def _normalization(args) -> str:
-    return args.normalize or api.trained_normalization(getattr(args, "weights", None)) or "imagenet"
+def fraction(text: str) -> float:
+    v = positive_float(text)
+    if not v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {v}")
+    return v
 
+
+def float_list(text: str) -> tuple:
+    try:
+        vals = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def int_list(text: str) -> tuple:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def str_list(text: str) -> tuple:
+    vals = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not vals:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return vals
+
+
+class RangeSpec:
+    """``K``, ``LO:HI`` (inclusive), ``LO:HI:STEP`` or ``a,b,c``; ``n`` stands for the number of units."""
+
+    def __init__(self, text: str):
+        self.text = text.strip()
+        try:
+            self.resolve(10 ** 6, check=False)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def resolve(self, n: int, lo: int = 0, check: bool = True) -> tuple:
+        t = self.text.replace("n", str(n))
+        try:
+            if "," in t:
+                vals = [int(x) for x in t.split(",") if x.strip()]
+            elif ":" in t:
+                parts = [int(x) if x.strip() else None for x in t.split(":")]
+                a = parts[0] if parts[0] is not None else lo
+                b = parts[1] if len(parts) > 1 and parts[1] is not None else n
+                step = parts[2] if len(parts) > 2 and parts[2] else 1
+                if step < 1:
+                    raise UsageError(f"range {self.text!r}: the step must be positive")
+                vals = list(range(a, b + 1, step))
+            else:
+                vals = [int(t)]
+        except ValueError:
+            raise UsageError(f"cannot read range {self.text!r}", "use K, LO:HI (inclusive), LO:HI:STEP or a,b,c") from None
+        if check:
+            bad = [v for v in vals if not lo <= v <= n]
+            if bad or not vals:
+                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {bad or 'nothing'}")
+        return tuple(vals)
+
+
+# --- shared options --------------------------------------------------------------------------------------
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, directions, bootstrap)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    g.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    return p
+
+
+def _data() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
+    g.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
+    g.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
+    g.add_argument("--split", default="test", help="split to use (folders without split folders: all images)")
+    g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images (not the first N)")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
+    g.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for CIs")
+    return p
+
+
+def _models(multi: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("networks")
+    g.add_argument("--model", action="append" if multi else None, required=True,
+                   help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, timm:NAME(...), or "
+                        "package.module:factory (imports and runs your code)" + (" (repeat to compare)" if multi else ""))
+    g.add_argument("--weights", action="append" if multi else None,
+                   help="checkpoint of each --model, in order; several comma-separated files are seeds of one network")
+    g.add_argument("--label", action="append" if multi else None,
+                   help="display name of each --model (default: the weights' folder or file name)")
+    g.add_argument("--random-init", action="store_true",
+                   help="allow models without --weights (randomly initialised: for tests and demos)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of checkpoints (can run arbitrary code: only for files you trust)")
+    g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"],
+                   help="input normalization (default: recorded by resprobe train beside the weights, else imagenet, "
+                        "which the He et al. checkpoints need)")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="probe networks with NaN/inf weights or activations, marking the affected rows")
+    return p
+
+
+def _out(required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out", required=required, help="output folder (checked and locked before the work starts)")
+    return p
+
+
+def _spec(args, **over) -> api.RunSpec:
+    return api.RunSpec(batch_size=args.batch_size, device=str(api.resolve_device(args.device)), seed=args.seed,
+                       n_boot=getattr(args, "n_boot", 1000), progress=not args.quiet,
+                       dtype=getattr(args, "dtype", "float32"), allow_nonfinite=getattr(args, "allow_nonfinite", False),
+                       **over)
+
+
+def _weights_lists(args) -> list:
+    ws = args.weights or []
+    if ws and len(ws) != len(args.model):
+        raise UsageError(f"give one --weights per --model ({len(args.model)} models, {len(ws)} weights)",
+                         "several seeds of one model go in one --weights, comma separated")
+    return [w.split(",") for w in ws] if ws else [None] * len(args.model)
+
+
+def _load(args):
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize,
+                                 args.trust_checkpoint, args.random_init, getattr(args, "allow_nonfinite", False))
+    return data, subjects
+
+
+@contextlib.contextmanager
+def _output(out):
+    if dist.is_main():
+        with claim(out) as o:
+            yield o
+    else:
+        yield Path(out)
+
+
+def _finish(result, out, t0: float) -> int:
+    if dist.is_main():
+        files = api.save(result, out)
+        for line in result.findings:
+            print(line.replace("**", ""))
+        for v in result.verdicts:
+            print(f"verdict: {v.verdict} — {v.conjecture} ({v.statistic_name} = "
+                  f"{_num(v.statistic)} [{_num(v.ci_low)}, {_num(v.ci_high)}], {v.scope})"
+                  + (f"; {v.reason}" if v.reason else ""))
+        print(f"{len(files)} files in {out} ({time.time() - t0:.0f} s); report: {Path(out) / 'report.html'}")
+    return 0
+
+
+def _num(v) -> str:
+    from .fmt import num
+    return num(v)
+
+
+# --- commands --------------------------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
     from .anatomy import anatomy
+    if not args.weights and not args.random_init:
+        args.random_init = True  # the structure does not depend on the weights
     model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint)
-    shape = tuple(int(s) for s in args.input_size.split(",")) if args.input_size else api.default_input_shape(model)
+    shape = tuple(args.input_size) if args.input_size else api.default_input_shape(model)
     view = anatomy(model, shape)
     rows = view.table()
     if args.json:
-        print(json.dumps(dict(prov, input_shape=list(shape), n_blocks=len(rows), blocks=rows), default=list))
+        print(json.dumps(dict(prov, input_shape=list(shape), n_units=len(rows), n_blocks=len(view.blocks),
+                              units=rows), default=list))
         return 0
-    print(f"{args.model}: {len(rows)} residual blocks in {view.n_stages} stages, input {shape}, "
+    print(f"{args.model}: {len(rows)} units in {len(view.blocks)} blocks and {view.n_stages} stages "
+          f"({sum(u.residual for u in view)} residual), input {shape}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters")
-    hdr = f"{'#':>3}  {'block':<16} {'stage':>5} {'idx':>3}  {'in -> out':<28} {'shortcut':<10} {'params':>10}"
+    hdr = f"{'#':>3}  {'unit':<28} {'kind':<10} {'stage':>5} {'idx':>3}  {'in -> out':<30} {'shortcut':<10} {'params':>10}"
     print(hdr)
     print("-" * len(hdr))
     for i, r in enumerate(rows):
         io = f"{'x'.join(map(str, r['in_shape']))} -> {'x'.join(map(str, r['out_shape']))}"
-        print(f"{i:>3}  {r['name']:<16} {r['stage']:>5} {r['index_in_stage']:>3}  {io:<28} {r['shortcut']:<10} "
-              f"{r['params']:>10,}")
+        print(f"{i:>3}  {r['name']:<28} {r['kind']:<10} {r['stage']:>5} {max(r['index_in_stage'], 0):>3}  {io:<30} "
+              f"{r['shortcut']:<10} {r['params']:>10,}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .engine import evaluate, resolve_device
-    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
-    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, num_classes=data.num_classes,
-                                 in_channels=data.input_shape[0])
-    dev = resolve_device(args.device)
-    model.to(dev)
-    norm = _normalization(args)
+    spec = _spec(args)
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, args.trust_checkpoint,
+                            args.random_init, args.allow_nonfinite)
+    s.model.to(spec.torch_device)
     t0 = time.time()
-    res = evaluate(model, data, args.batch_size, norm, dev, progress=not args.json)
-    out = dict(res, model=args.model, weights=prov["weights"], weights_sha256=prov["weights_sha256"],
-               data=args.data, split=data.split, normalize=norm, limit=args.limit, device=str(dev),
+    res = api.evaluate(s.model, data, spec, s.normalize)
+    if not dist.is_main():
+        return 0
+    out = dict(res, model=args.model, weights=s.provenance["weights"], weights_sha256=s.provenance["weights_sha256"],
+               data=args.data, split=data.split, normalize=s.normalize, limit=args.limit, device=spec.device,
                seconds=round(time.time() - t0, 3))
     if args.json:
-        print(json.dumps(out))
+        from .report.tables import clean
+        print(json.dumps(clean(out), allow_nan=False))
     else:
         print(f"{args.model} on {args.data} [{data.split}], {res['n_images']} images: error {res['error']:.4%} "
               f"({res['n_wrong']} wrong), loss {res['loss']:.4f}"
@@ -88,343 +271,337 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine import resolve_device
-    from .training import train
-    torch.manual_seed(args.seed)
-    train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
-    test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
-    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
-                                 num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
-    dev = resolve_device(args.device)
-    norm = args.normalize or "imagenet"
-    cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
-               versions=api.versions(), device=str(dev))
-    df = train(model, train_data, test_data, args.epochs, args.out, lr=args.lr, momentum=args.momentum,
-               weight_decay=args.weight_decay, batch_size=args.batch_size, schedule=args.schedule, normalize=norm,
-               augment=not args.no_augment, device=dev, seed=args.seed, resume=args.resume, config=cfg)
+    import torch
+
+    from .training import Recipe, train
+    recipe = Recipe(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                    batch_size=args.batch_size, schedule=args.schedule, optimizer=args.optimizer,
+                    warmup_epochs=args.warmup_epochs, normalize=args.normalize or "imagenet",
+                    augment=not args.no_augment, seed=args.seed)
+    dev = api.resolve_device(args.device)
+    with claim(args.out):
+        torch.manual_seed(args.seed)
+        train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
+        test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
+        if train_data.describe().get("content_sha256") == test_data.describe().get("content_sha256") and \
+                train_data.split == test_data.split:
+            raise UsageError(f"the training and test images are the same ({train_data.spec} has no train/test split "
+                             "folders)", "pass --test-data with held-out images")
+        model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
+                                     num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
+        cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
+                   versions=api.versions(), device=str(dev))
+        df = train(model, train_data, test_data, recipe, args.out, dev, args.resume, args.overwrite, not args.quiet, cfg)
     last = df.iloc[-1]
     print(f"trained {args.model}: final train error {last.train_error:.4f}, test error {last.test_error:.4f}; "
           f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
     return 0
 
 
-def _labels(specs, weights, labels):
-    if labels:
-        if len(labels) != len(specs):
-            raise ValueError("give one --label per --model")
-        return labels
-    out = []
-    for s, w in zip(specs, weights):
-        out.append(s if specs.count(s) == 1 else f"{s}:{Path(w).stem if w else 'init'}")
-    return out
-
-
-def _models_and_data(args):
-    """Data, device, normalization and ``(label, model, provenance)`` for repeated --model/--weights."""
-    from .engine import resolve_device
-    specs = args.model
-    weights = args.weights or []
-    if len(weights) not in (0, len(specs)):
-        raise ValueError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights); "
-                         "use 'none' for a randomly initialised model")
-    weights = [None if (w or "").lower() in ("", "none") else w for w in weights] or [None] * len(specs)
-    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
-    dev = resolve_device(args.device)
-    models = []
-    for label, spec, w in zip(_labels(specs, weights, args.label), specs, weights):
-        model, prov = api.load_model(spec, w, args.trust_checkpoint, num_classes=data.num_classes,
-                                     in_channels=data.input_shape[0])
-        models.append((label, model, prov))
-    norm = args.normalize or api.trained_normalization(weights[0]) or "imagenet"
-    return data, dev, norm, models
-
-
 def cmd_lesion(args) -> int:
-    from .report.lesion import lesion_study
-    data, dev, norm, models = _models_and_data(args)
-    blocks = [b.strip() for b in args.blocks.split(",")] if args.blocks else None
-    df = lesion_study(models, data, args.mode, blocks, args.k, args.samples, args.seed, args.exclude_downsampling,
-                      args.batch_size, norm, dev, args.out, progress=True)
-    for m, g in df.groupby("model", sort=False):
-        base = g[g["mode"] == "baseline"]["error"]
-        print(f"{m}: {len(g)} configurations; baseline error {float(base.iloc[0]):.4f}" if len(base) else m)
-    print(f"results in {Path(args.out) / 'lesion.csv'}, {Path(args.out) / 'lesion.json'} and plots in {args.out}")
-    return 0
+    from .report.store import LesionStore
+    t0 = time.time()
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
+        from .anatomy import anatomy
+        n = min(len(anatomy(s.model)) for s in subjects)
+        ks = args.k.resolve(10 * n if args.mode == "reorder" else n, lo=1) if args.k else None
+        plan = api.lesion.LesionPlan(args.mode, units=args.units or (), ks=ks, samples=args.samples,
+                                     exclude_downsampling=args.exclude_downsampling, granularity=args.granularity)
+        result = api.lesion.run(subjects, data, spec, plan, LesionStore(out) if dist.is_main() else None)
+        for label, n_reused in result.extras.get("reused", {}).items():
+            if n_reused:
+                note(f"{label}: resumed — {n_reused} configurations reused from {out / 'lesion.csv'}")
+        return _finish(result, out, t0)
 
 
 def cmd_identity(args) -> int:
-    from .report.identity import identity_study
-    data, dev, norm, models = _models_and_data(args)
-    identity_study(models, data, args.batch_size, norm, dev, grad=args.grad, threshold=args.threshold,
-                   lesion_check=args.lesion_check, seed=args.seed, cka_minibatch=args.cka_minibatch, out=args.out,
-                   metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
-    out = Path(args.out)
-    print(f"results in {out / 'identity.csv'}, {out / 'identity.json'}; report {out / 'report.html'}")
-    return 0
+    t0 = time.time()
+    options = api.identity.IdentityOptions(metrics=args.metrics, grad=args.grad, cka_minibatch=args.cka_minibatch,
+                                           cka_images=None if args.cka_images == "all" else int(args.cka_images),
+                                           threshold=args.threshold, lesion_check=args.lesion_check)
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
+        return _finish(api.identity.run(subjects, data, spec, options), out, t0)
 
 
 def cmd_paths(args) -> int:
-    from .probes.lesion import parse_range
-    from .report.paths import paths_study, summarize_paths
-    data, dev, norm, models = _models_and_data(args)
-    ks = None
-    if args.k:
+    t0 = time.time()
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
         from .anatomy import anatomy
-        n = sum(b.residual for b in anatomy(models[0][1]))
-        ks = parse_range(args.k.replace("n", str(n)), n)
-    df = paths_study(models, data, ks, args.samples, args.seed, args.batch_size, norm, dev, args.share, args.out)
-    for m, s in summarize_paths(df, args.share).items():
-        if "range" in s:
-            print(f"{m}: {s['share']:.0%} of the gradient comes from paths of length {s['range'][0]}-{s['range'][1]} "
-                  f"(of {s['n_blocks']} blocks): {s['fraction_of_paths']:.3%} of all paths")
-    print(f"results in {Path(args.out) / 'paths.csv'}, {Path(args.out) / 'paths.json'}")
-    return 0
-
-
-def cmd_gradcorr(args) -> int:
-    from .report.gradcorr import gradcorr_synthetic_study, gradcorr_trained_study
-    if args.target != "synthetic":
-        if not args.model or not args.data:
-            raise ValueError("resprobe gradcorr needs 'synthetic' or --model ... --data ...")
-        data, dev, norm, models = _models_and_data(args)
-        df = gradcorr_trained_study(models, data, args.lines, args.points, args.line, args.span, args.grad_target,
-                                    args.seed, norm, dev, args.out)
-        from .report.gradcorr import gradcorr_trained_findings
-        print("\n".join(gradcorr_trained_findings(df)))
-        print(f"results in {Path(args.out) / 'gradcorr.csv'}, {Path(args.out) / 'gradcorr.json'}")
-        return 0
-    kinds = [k.strip() for k in args.kinds.split(",")]
-    depths = [int(d) for d in args.depths.split(",")]
-    df = gradcorr_synthetic_study(kinds, depths, args.seeds, args.width, args.points, args.beta, args.seed, args.out)
-    agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
-    for kind, g in agg.groupby("kind", sort=False):
-        print(f"{kind:>12}: lag-1 " + ", ".join(f"L={int(r.depth)}: {r.value:.3f}" for r in g.itertuples()))
-    print(f"results in {Path(args.out) / 'gradcorr.csv'}, {Path(args.out) / 'gradcorr.json'}")
-    return 0
+        n = min(sum(u.residual for u in anatomy(s.model)) for s in subjects)
+        options = api.paths.PathsOptions(ks=args.k.resolve(n) if args.k else None, samples=args.samples,
+                                         share=args.share)
+        return _finish(api.paths.run(subjects, data, spec, options), out, t0)
 
 
 def cmd_amplify(args) -> int:
-    import json as _json
-    from .report.amplify import amplify_study
-    data, dev, norm, models = _models_and_data(args)
-    eps = [float(e) for e in args.eps.split(",")]
-    if any(not 0 < e < 1 for e in eps):
-        raise ValueError(f"--eps values must lie in (0, 1), got {eps}")
-    if args.power_iters < 1:
-        raise ValueError("--power-iters must be >= 1")
-    amplify_study(models, data, eps, args.power_iters, args.batch_size, norm, dev, args.seed, args.out)
-    meta = _json.loads((Path(args.out) / "amplify.json").read_text())
-    print("\n".join(meta["verdict"]["statements"]))
-    if "verdict" in meta["verdict"]:
-        print(f"verdict: {meta['verdict']['verdict']} ({meta['verdict']['criterion']})")
-    print(f"results in {Path(args.out) / 'amplify.csv'}, {Path(args.out) / 'amplify.json'}")
-    return 0
+    t0 = time.time()
+    options = api.amplify.AmplifyOptions(eps=args.eps, power_iters=args.power_iters)
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
+        return _finish(api.amplify.run(subjects, data, spec, options), out, t0)
+
+
+def cmd_prune(args) -> int:
+    t0 = time.time()
+    options = api.prune.PruneOptions(ns=args.n)
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
+        return _finish(api.prune.run(subjects, data, spec, options), out, t0)
+
+
+def cmd_gradcorr(args) -> int:
+    t0 = time.time()
+    if args.target == "synthetic":
+        options = api.gradcorr.SyntheticOptions(kinds=args.kinds, depths=args.depths, seeds=args.seeds,
+                                                width=args.width, points=args.points, beta=args.beta)
+        spec = api.RunSpec(seed=args.seed, progress=not args.quiet, n_boot=args.n_boot)
+        with _output(args.out) as out:
+            return _finish(api.gradcorr.run_synthetic(options, spec), out, t0)
+    if not args.model or not args.data:
+        raise UsageError("resprobe gradcorr needs 'synthetic' or --model ... --data ...",
+                         "e.g. resprobe gradcorr synthetic --out results/gc")
+    options = api.gradcorr.LineOptions(lines=args.lines, points=args.points, mode=args.line, span=args.span,
+                                       target=args.grad_target)
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data, subjects = _load(args)
+        return _finish(api.gradcorr.run(subjects, data, spec, options), out, t0)
 
 
 def cmd_report(args) -> int:
-    from .engine import resolve_device
-    from .report.full import full_report
-    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit)
-    dev = resolve_device(args.device)
-    kw = dict(num_classes=data.num_classes, in_channels=data.input_shape[0])
-    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, **kw)
-    plain = None
-    if args.plain:
-        pm, pp = api.load_model(args.plain, args.plain_weights, args.trust_checkpoint, **kw)
-        plain = (args.plain_label or args.plain, pm, pp)
-    norm = args.normalize or api.trained_normalization(args.weights) or "imagenet"
-    res = full_report((args.label or args.model, model, prov), data, plain, args.budget, norm, dev, args.seed, args.out)
-    for k, v in res.items():
-        print(f"{k:>9}: {v['verdict']} ({v['seconds']:.1f} s)")
-    print(f"report: {Path(args.out) / 'report.html'}")
+    from .report.full import BUDGETS
+    spec = _spec(args)
+    with _output(args.out) as out:
+        data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+        specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
+        if args.plain:
+            specs.append(args.plain)
+            weights.append(args.plain_weights.split(",") if args.plain_weights else None)
+            labels.append(args.plain_label)
+        subjects = api.load_subjects(specs, weights, data, labels, args.normalize, args.trust_checkpoint,
+                                     args.random_init, args.allow_nonfinite)
+        b = BUDGETS[args.budget]
+        if b.images is not None and b.images < len(data):
+            note(f"budget {args.budget}: lesions and identity use {b.images} of the {len(data)} images, amplification "
+                 f"and paths {b.amplify_images} and {b.paths_images} (--budget full uses all)")
+        sections = api.full_report(subjects, data, spec, args.budget, out)
+    if dist.is_main():
+        for k, v in sections.items():
+            print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
+        print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .report.full import full_report
-    from .training import train
+    import torch
+
+    from .training import Recipe, train
     out = Path(args.out)
-    if args.data:
-        train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
-        test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.limit)
-    else:
+    with claim(out):
         train_data = api.load_data("synthetic(n=2000)", "train")
         test_data = api.load_data("synthetic(n=500)", "test")
-    kw = dict(num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
-    trained = []
-    for spec in (args.model, args.plain):
-        torch.manual_seed(args.seed)
-        model, prov = api.load_model(spec, **kw)
-        print(f"training {spec} on {train_data.spec} for {args.epochs} epochs ...")
-        train(model, train_data, test_data, args.epochs, out / "models" / spec, schedule="cosine", lr=0.05,
-              normalize="none" if not args.data else "cifar10", seed=args.seed,
-              config=dict(model=spec, command="resprobe demo"))
-        from .io.checkpoint import sha256_file
-        weights = out / "models" / spec / "model.pt"
-        prov.update(weights=str(weights), weights_sha256=sha256_file(weights))
-        trained.append((spec, model, prov))
-    res = full_report(trained[0], test_data, trained[1], "fast", "none" if not args.data else "cifar10", "cpu",
-                      args.seed, out)
-    for k, v in res.items():
-        print(f"{k:>9}: {v['verdict']} ({v['seconds']:.1f} s)")
+        subjects = []
+        for spec_name in (args.model, args.plain):
+            torch.manual_seed(args.seed)
+            model, prov = api.load_model(spec_name, num_classes=train_data.num_classes)
+            note(f"training {spec_name} on {train_data.spec} for {args.epochs} epochs ...")
+            folder = out / "models" / spec_name
+            train(model, train_data, test_data, Recipe(args.epochs, lr=0.05, schedule="cosine", seed=args.seed),
+                  folder, overwrite=True, progress_bar=not args.quiet,
+                  config=dict(model=spec_name, command="resprobe demo"))
+            weights = folder / "model.pt"
+            subjects += api.load_subjects([spec_name], [[str(weights)]], test_data, [spec_name], "none")
+        sections = api.full_report(subjects, test_data, api.RunSpec(seed=args.seed, progress=not args.quiet),
+                                   "fast", out)
+    for k, v in sections.items():
+        print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
     print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
 
-def _multi_model_args(q) -> None:
-    q.add_argument("--model", action="append", required=True,
-                   help="model spec; repeat with --weights to compare models (e.g. a ResNet and its plain twin)")
-    q.add_argument("--weights", action="append", help="checkpoint for each --model, in order ('none': random init)")
-    q.add_argument("--label", action="append", help="display name for each --model (default: its spec)")
-    q.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
+# --- the parser ---------------------------------------------------------------------------------------------
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resprobe", description="Probe why residual networks work.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _sub(sub, name: str, help_: str, parents=(), **kw) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, parents=list(parents), formatter_class=_Formatter, **kw)
 
-    q = sub.add_parser("info", help="table of a model's residual blocks")
-    _model_args(q)
-    q.add_argument("--input-size", help="C,H,W (default 3,32,32; 3,224,224 for torchvision)")
-    q.add_argument("--json", action="store_true")
+
+def _add_info_eval(sub, common) -> None:
+    q = _sub(sub, "info", "the residual units of a model: name, kind, stage, shapes, shortcut, parameters",
+             [common, _models(multi=False)])
+    q.add_argument("--input-size", type=int_list, help="C,H,W (default: the model's own, else 3,32,32; 3,224,224 "
+                                                       "for torchvision)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_info)
-
-    q = sub.add_parser("eval", help="error and loss of a model on a data set")
-    _model_args(q)
-    _data_args(q)
+    q = _sub(sub, "eval", "error and loss of a model on a data set", [common, _models(multi=False), _data()])
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_eval)
 
-    q = sub.add_parser("train", help="train a model (He et al. recipe by default)")
-    _model_args(q)
-    _data_args(q, split="train")
-    q.add_argument("--epochs", type=int, required=True)
-    q.add_argument("--out", required=True, help="folder for last.pt, model.pt, metrics.csv, config.json")
-    q.add_argument("--lr", type=float, default=0.1)
-    q.add_argument("--momentum", type=float, default=0.9)
-    q.add_argument("--weight-decay", type=float, default=1e-4)
-    q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"])
+
+def _add_train(sub, common) -> None:
+    q = _sub(sub, "train", "train a model (He et al. recipe by default) into --out",
+             [common, _models(multi=False), _data(), _out()])
+    q.add_argument("--epochs", type=positive_int, required=True, help="number of epochs")
+    q.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate")
+    q.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    q.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"],
+                   help="step: lr/10 at 50%% and 75%% of the epochs (He et al.)")
+    q.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
+    q.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up over these epochs")
     q.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     q.add_argument("--test-data", help="data spec of the test split when it lives elsewhere (default: --data)")
-    q.add_argument("--test-limit", type=int, help="evaluate on a seeded subset of the test split")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    q.add_argument("--test-limit", type=positive_int, help="evaluate on a seeded subset of the test split")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    q.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     q.set_defaults(func=cmd_train, batch_size=128)
 
-    q = sub.add_parser("lesion", help="delete, sample or reorder residual blocks (Veit et al. 2016)")
-    _multi_model_args(q)
-    _data_args(q)
-    q.add_argument("--mode", default="single", choices=["single", "set", "random-k", "reorder"])
-    q.add_argument("--blocks", help="--mode set: block names, comma separated (e.g. layer1.3,layer2.5)")
-    q.add_argument("--k", help="random-k: numbers of deleted blocks; reorder: numbers of random swaps. "
-                                "K, LO:HI (inclusive), LO:HI:STEP or a,b,c (default 1:n)")
-    q.add_argument("--samples", type=int, default=20, help="random subsets / orders per k (default 20)")
-    q.add_argument("--exclude-downsampling", action="store_true", help="random-k: never delete downsampling blocks")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True, help="folder for lesion.csv, lesion.json and plots; rerun to resume")
+
+def _add_probes(sub, common) -> None:
+    parents = [common, _models(), _data(), _out()]
+    q = _sub(sub, "lesion", "delete, sample or reorder residual units (Veit et al. 2016)", parents)
+    q.add_argument("--mode", default="single", choices=[m.value for m in api.lesion.LesionMode],
+                   help="single: each unit alone; set: --units together; random-k: k random units; reorder: k "
+                        "random swaps of branches; prune-by-similarity: the most similar range of k units vs random k")
+    q.add_argument("--units", "--blocks", type=str_list, help="mode set: unit or block names, comma separated")
+    q.add_argument("--k", type=RangeSpec, help="random-k/prune: numbers of deleted units; reorder: numbers of swaps. "
+                                               "K, LO:HI (inclusive), LO:HI:STEP or a,b,c; n = number of units "
+                                               "(default: 1:n)")
+    q.add_argument("--samples", type=positive_int, default=20, help="random subsets or orders per k")
+    q.add_argument("--exclude-downsampling", action="store_true", help="random-k: never delete downsampling units")
+    q.add_argument("--granularity", default="unit", choices=["unit", "block"],
+                   help="delete units, or whole blocks (a transformer block's attention and MLP together)")
     q.set_defaults(func=cmd_lesion)
-
-    q = sub.add_parser("identity", help="per-block distance to the identity (He et al. Fig. 7, Jastrzebski et al.)")
-    _multi_model_args(q)
-    _data_args(q)
+    q = _sub(sub, "identity", "per-unit distance to the identity (He et al. Fig. 7, Jastrzebski et al.)", parents)
     q.add_argument("--grad", action="store_true", help="also cos(F(x), dL/dx) (one backward pass per batch)")
-    q.add_argument("--threshold", type=float, default=0.3, help="effective depth: blocks with ||F||/||S|| above it")
-    q.add_argument("--lesion-check", action="store_true",
-                   help="also measure the error with all near-identity blocks deleted together")
-    q.add_argument("--cka-minibatch", type=int, default=32, help="images per CKA minibatch (unbiased HSIC)")
-    q.add_argument("--metrics", default="norms,cka,response_std",
-                   help="metric groups (comma separated): norms (||F||/||S||, relative change, cosine), cka, "
-                        "response_std; fewer groups, less time (default: all)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
+    q.add_argument("--threshold", type=positive_float, default=0.3,
+                   help="near identity: the 95%% CI of ||F||/||S|| below it; active: above it")
+    q.add_argument("--lesion-check", action="store_true", help="also the error with every near-identity unit deleted")
+    q.add_argument("--cka-minibatch", type=positive_int, default=32, help="images per CKA minibatch (unbiased HSIC)")
+    q.add_argument("--cka-images", default=str(api.identity.CKA_IMAGES),
+                   help="images in CKA's seeded subset, or 'all'")
+    q.add_argument("--metrics", type=str_list, default=api.identity.METRIC_GROUPS,
+                   help="metric groups: norms (ratios, cosines, block influence), cka, response_std")
     q.set_defaults(func=cmd_identity)
-
-    q = sub.add_parser("paths", help="path lengths and gradient per path length (Veit et al. 2016 Fig. 6)")
-    _multi_model_args(q)
-    _data_args(q)
-    q.add_argument("--samples", type=int, default=20, help="routings sampled per path length k")
-    q.add_argument("--k", help="path lengths: K, LO:HI (inclusive; 'n' = number of blocks), a,b,c (default 0:n)")
-    q.add_argument("--share", type=float, default=0.9, help="gradient share of the effective range (default 0.9)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
+    q = _sub(sub, "paths", "path lengths and the gradient per path length (Veit et al. 2016 Fig. 6)", parents)
+    q.add_argument("--samples", type=positive_int, default=20, help="routings sampled per path length k")
+    q.add_argument("--k", type=RangeSpec, help="path lengths (K, LO:HI, a,b,c; n = number of residual units); "
+                                               "default: every length 0:n")
+    q.add_argument("--share", type=fraction, default=0.9, help="gradient share of the effective range (80%%, 90%% "
+                                                               "and 95%% are reported too)")
     q.set_defaults(func=cmd_paths, batch_size=64)
-
-    q = sub.add_parser("amplify", help="perturbation gains per block: is a residual block a differential amplifier?")
-    _multi_model_args(q)
-    _data_args(q)
-    q.add_argument("--eps", default="1e-4,1e-3,1e-2", help="relative perturbation sizes (comma separated)")
-    q.add_argument("--power-iters", type=int, default=10, help="power iterations for the Jacobian spectral norm")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
+    q = _sub(sub, "amplify", "perturbation gains per unit: is a residual unit a differential amplifier?", parents)
+    q.add_argument("--eps", type=float_list, default=(1e-4, 1e-3, 1e-2), help="relative perturbation sizes")
+    q.add_argument("--power-iters", type=positive_int, default=10, help="power iterations for Jacobian spectral norms")
     q.set_defaults(func=cmd_amplify, batch_size=128)
+    q = _sub(sub, "prune", "angular distance between unit ranges and block influence (Gromov et al.; ShortGPT)",
+             parents)
+    q.add_argument("--n", type=int_list, default=(1, 2, 4), help="range lengths")
+    q.set_defaults(func=cmd_prune)
 
-    q = sub.add_parser("report", help="every probe, one report with a verdict per conjecture")
-    _model_args(q, weights_required=False)
-    q.add_argument("--label", help="display name of the model")
-    q.add_argument("--plain", help="spec of the plain twin (optional)")
-    q.add_argument("--plain-weights", help="checkpoint of the plain twin")
-    q.add_argument("--plain-label", help="display name of the plain twin")
-    _data_args(q)
-    q.add_argument("--budget", default="fast", choices=["fast", "full"])
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
-    q.set_defaults(func=cmd_report, batch_size=256)
 
-    q = sub.add_parser("demo", help="offline: train a small ResNet and its plain twin, then write the report")
-    q.add_argument("--out", required=True)
-    q.add_argument("--model", default="cifar_resnet14")
-    q.add_argument("--plain", default="cifar_plain14")
-    q.add_argument("--epochs", type=int, default=6)
-    q.add_argument("--data", help="train on this data set instead of the synthetic one (e.g. cifar10)")
-    q.add_argument("--test-data")
-    q.add_argument("--data-root")
-    q.add_argument("--download", action="store_true")
-    q.add_argument("--limit", type=int)
-    q.add_argument("--seed", type=int, default=0)
+def _add_gradcorr(sub, common) -> None:
+    q = _sub(sub, "gradcorr", "shattered gradients (Balduzzi et al. 2017): 'synthetic' at initialisation, or "
+                              "trained networks (--model, --data)", [common, _out()])
+    q.add_argument("target", nargs="?", choices=["synthetic"], help="'synthetic': f: R -> R networks at "
+                                                                    "initialisation; omit it for trained networks")
+    g = q.add_argument_group("trained networks")
+    for flag, kw in (("--model", dict(action="append", help="model spec (repeat to compare)")),
+                     ("--weights", dict(action="append", help="checkpoint(s) of each --model")),
+                     ("--label", dict(action="append", help="display name of each --model")),
+                     ("--random-init", dict(action="store_true", help="allow models without --weights")),
+                     ("--trust-checkpoint", dict(action="store_true", help="allow full unpickling of checkpoints")),
+                     ("--normalize", dict(choices=["imagenet", "cifar10", "none"], help="input normalization")),
+                     ("--allow-nonfinite", dict(action="store_true", help="mark non-finite rows instead of stopping")),
+                     ("--data", dict(help="data spec the lines start from")), ("--data-root", dict(help="data folder")),
+                     ("--download", dict(action="store_true", help="allow downloading the data set")),
+                     ("--split", dict(default="test", help="split to use")),
+                     ("--limit", dict(type=positive_int, help="seeded subset of the data")),
+                     ("--batch-size", dict(type=positive_int, default=256, help="unused by line gradients")),
+                     ("--lines", dict(type=positive_int, default=8, help="number of lines (at least 2)")),
+                     ("--line", dict(default="direction", choices=["direction", "between"],
+                                     help="x0 + t*u (random unit u) or the segment between two images")),
+                     ("--span", dict(type=positive_float, default=0.1, help="direction lines: t in [-span, span)*|x0|")),
+                     ("--grad-target", dict(default="loss", choices=["loss", "logit"], help="what is differentiated"))):
+        g.add_argument(flag, **kw)
+    g = q.add_argument_group("synthetic")
+    g.add_argument("--kinds", type=str_list, default=api.gradcorr.KINDS, help="ff, ff-bn, res, res-bn, ff-ll")
+    g.add_argument("--depths", type=int_list, default=(1, 2, 4, 8, 16, 24, 32, 50), help="depths")
+    g.add_argument("--seeds", type=positive_int, default=20, help="random initialisations per (kind, depth)")
+    g.add_argument("--width", type=positive_int, default=200, help="units per layer")
+    g.add_argument("--beta", type=float, default=0.1, help="branch scale of the 'res' kind (no BN)")
+    q.add_argument("--points", type=positive_int, default=256, help="points per line (synthetic: on [-2, 2))")
+    q.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples")
+    q.set_defaults(func=cmd_gradcorr, dtype="float32")
+
+
+def _add_report(sub, common) -> None:
+    q = _sub(sub, "report", "every study, one page with a verdict per conjecture", [common, _data(), _out()])
+    g = q.add_argument_group("networks")
+    g.add_argument("--model", required=True, help="model spec of the residual network")
+    g.add_argument("--weights", help="its checkpoint; several comma-separated files are seeds")
+    g.add_argument("--label", help="display name of the model")
+    g.add_argument("--plain", help="spec of the plain twin, trained with the same recipe (the comparative verdicts "
+                                   "need it)")
+    g.add_argument("--plain-weights", help="its checkpoint(s), comma separated, seeds paired with --weights")
+    g.add_argument("--plain-label", help="display name of the plain twin")
+    g.add_argument("--random-init", action="store_true", help="allow networks without weights")
+    g.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
+    g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"], help="input normalization")
+    g.add_argument("--allow-nonfinite", action="store_true", help="mark non-finite rows instead of stopping")
+    q.add_argument("--budget", default="fast", choices=["fast", "full"],
+                   help="fast: 500 images for lesions and identity, 64 for amplification and paths, small sweeps "
+                        "(minutes on a CPU); full: every image and the papers' sample counts")
+    q.set_defaults(func=cmd_report)
+    q = _sub(sub, "demo", "offline: train a small ResNet and its plain twin on procedural images, then the report",
+             [common, _out()])
+    q.add_argument("--model", default="cifar_resnet14", help="residual network to train")
+    q.add_argument("--plain", default="cifar_plain14", help="its plain twin")
+    q.add_argument("--epochs", type=positive_int, default=6, help="training epochs of each")
     q.set_defaults(func=cmd_demo)
 
-    q = sub.add_parser("gradcorr", help="shattered gradients (Balduzzi et al. 2017)")
-    q.add_argument("target", nargs="?", choices=["synthetic"],
-                   help="'synthetic': f: R -> R networks at initialisation; omit it for trained networks (--model)")
-    q.add_argument("--model", action="append", help="trained networks: model spec (repeat to compare)")
-    q.add_argument("--weights", action="append", help="checkpoint for each --model")
-    q.add_argument("--label", action="append", help="display name for each --model")
-    q.add_argument("--trust-checkpoint", action="store_true")
-    q.add_argument("--data", help="trained networks: data spec the lines start from")
-    q.add_argument("--data-root")
-    q.add_argument("--download", action="store_true")
-    q.add_argument("--split", default="test")
-    q.add_argument("--normalize", default=None, choices=["imagenet", "cifar10", "none"])
-    q.add_argument("--limit", type=int)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--lines", type=int, default=8, help="trained networks: number of lines")
-    q.add_argument("--line", default="direction", choices=["direction", "between"],
-                   help="x0 + t*u with a random unit direction u, or the segment between two images")
-    q.add_argument("--span", type=float, default=0.1, help="direction lines: t in [-span, span) * ||x0||")
-    q.add_argument("--grad-target", default="loss", choices=["loss", "logit"],
-                   help="differentiate the cross-entropy loss or the true-class logit")
-    q.add_argument("--kinds", default="ff,ff-bn,res,res-bn,ff-ll", help="comma-separated: ff, ff-bn, res, res-bn, ff-ll")
-    q.add_argument("--depths", default="1,2,4,8,16,24,32,50")
-    q.add_argument("--seeds", type=int, default=20, help="random initialisations per (kind, depth)")
-    q.add_argument("--width", type=int, default=200)
-    q.add_argument("--points", type=int, default=256, help="points per line (synthetic: on [-2, 2))")
-    q.add_argument("--beta", type=float, default=0.1, help="branch scale of the 'res' kind (no BN)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True)
-    q.set_defaults(func=cmd_gradcorr)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resprobe", description="Probe why residual networks work.",
+                                formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=f"resprobe {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    common = _common()
+    _add_info_eval(sub, common)
+    _add_train(sub, common)
+    _add_probes(sub, common)
+    _add_gradcorr(sub, common)
+    _add_report(sub, common)
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
     try:
+        dist.init(getattr(args, "device", "cpu"))
         return args.func(args)
-    except _expected_errors() as e:
-        print(f"resprobe: error: {e}", file=sys.stderr)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"resprobe: error: {e.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resprobe: interrupted", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,43 +1,147 @@
-"""Batched execution over a data set.
+"""Batched execution over a data set: the one loop every probe, evaluation and the lesion sweeps use.
 
-Everything here streams batches: memory follows the batch size, never the data-set size (only
-per-image scalars — losses, correctness — are kept).
+:class:`RunSpec` holds how to run (batch size, device, dtype, seed, bootstrap size, progress);
+:func:`batches` yields this process's share of normalized batches with progress reporting (in a
+``torchrun`` job, batch ``b`` goes to rank ``b % world``); :func:`check_finite` stops a run at the first
+non-finite value. Memory follows the batch size, never the data-set size (only per-image scalars are
+kept).
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable, Optional
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .anatomy.hooks import preserved_state
+from .errors import NonFiniteError, UsageError
 from .io.data import Dataset
+from .progress import progress
 
-__all__ = ["Predictions", "predict", "evaluate", "resolve_device"]
+__all__ = ["RunSpec", "Predictions", "batches", "predict", "evaluate", "resolve_device", "check_finite",
+           "per_image", "batch_generator", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def resolve_device(device: Optional[str]) -> torch.device:
+def resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise UsageError(f"--device {device} was asked for, but torch sees no CUDA device", "use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device type {dev.type!r} is not supported", "use cpu or cuda")
     return dev
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How to run a probe: batch size, device, dtype (``bfloat16`` is opt-in, for sweeps), the seed of
+    every random choice, the bootstrap size, progress display, and whether non-finite values are
+    allowed (marked in the results) instead of stopping the run."""
+
+    batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+    n_boot: int = 1000
+    progress: bool = True
+    dtype: str = "float32"
+    allow_nonfinite: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.n_boot < 100:
+            raise UsageError(f"the bootstrap needs at least 100 resamples, got {self.n_boot}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def replace(self, **kw) -> "RunSpec":
+        return replace(self, **kw)
+
+    def autocast(self):
+        """Mixed precision for ``bfloat16`` (the model's weights are not cast); a no-op for float32."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.torch_device.type, dtype=DTYPES[self.dtype])
+
+    def describe(self) -> dict:
+        return dict(batch_size=self.batch_size, device=str(self.device), seed=self.seed, n_boot=self.n_boot,
+                    dtype=self.dtype, allow_nonfinite=self.allow_nonfinite, world_size=dist.world())
+
+
+_ON_DEVICE: dict = {}
+
+
+def _resident(data: Dataset, device: torch.device) -> Dataset:
+    """The data held on ``device`` (copied once per data set and device, not per batch)."""
+    if device.type == "cpu":
+        return data
+    key = (id(data), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()
+        _ON_DEVICE[key] = data.to(device)
+    return _ON_DEVICE[key]
+
+
+def batch_generator(spec: RunSpec, *parts) -> torch.Generator:
+    """A generator seeded by the run's seed and ``parts`` (e.g. a batch's first image index): random
+    choices do not depend on how batches are spread over processes."""
+    from .metrics.stats import stable_seed
+    return torch.Generator().manual_seed(stable_seed(spec.seed, *parts))
+
+
+def batches(data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "",
+            unit_weight: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """This process's share of ``(x, y, idx)`` batches (images scaled to [0, 1] and normalized, on the
+    device), with progress reported as ``desc`` (``unit_weight``: work units per batch)."""
+    dev = spec.torch_device
+    n_batches = -(-len(data) // spec.batch_size)
+    mine = set(dist.shard(n_batches))
+    src = _resident(data, dev)
+    with progress(len(mine) * unit_weight, desc, "batches" if unit_weight == 1 else "steps",
+                  enabled=spec.progress) as bar:
+        for x, y, idx in src.batches(spec.batch_size, normalize, dev, only=mine):
+            yield x, y, idx
+            bar.update(unit_weight)
+
+
+def check_finite(t: torch.Tensor, what: str, spec: RunSpec,
+                 locate: Optional[Callable[[], str]] = None) -> bool:
+    """True if ``t`` is finite. Otherwise: with ``spec.allow_nonfinite`` return False (the caller marks
+    its rows), else raise :class:`NonFiniteError` naming ``what`` (and, via ``locate``, the first
+    unit that produced a non-finite value)."""
+    if bool(torch.isfinite(t).all()):
+        return True
+    if spec.allow_nonfinite:
+        return False
+    where = f" (first produced by {locate()})" if locate is not None else ""
+    raise NonFiniteError(f"non-finite values (NaN or inf) in {what}{where}",
+                         "check the weights and the input normalization; --allow-nonfinite marks such rows "
+                         "instead of stopping")
 
 
 @dataclass
 class Predictions:
-    """Per-image results of one network over a data set."""
+    """Per-image results of one network over a data set (in data order)."""
 
-    pred: np.ndarray        # predicted class
+    pred: np.ndarray
     label: np.ndarray
-    loss: np.ndarray        # cross-entropy per image
-    top5: Optional[np.ndarray] = None  # True when the label is among the 5 highest logits
+    loss: np.ndarray
+    top5: Optional[np.ndarray] = None
 
     @property
     def wrong(self) -> np.ndarray:
@@ -63,31 +167,33 @@ def per_image(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nda
     return pred.cpu().numpy(), loss.cpu().numpy(), top5
 
 
-def predict(model: nn.Module | Callable, data: Dataset, batch_size: int = 256, normalize: str = "none",
-            device="cpu", progress: bool = True, desc: str = "eval",
-            module: Optional[nn.Module] = None) -> Predictions:
-    """Run ``model`` (an ``nn.Module`` or a callable on image batches) over ``data`` in eval mode.
-
-    ``module`` is the ``nn.Module`` whose train/eval mode is set (defaults to ``model``).
-    """
-    mod = module if module is not None else (model if isinstance(model, nn.Module) else None)
-    preds, losses, labels, top5s = [], [], [], []
-    with torch.no_grad(), (preserved_state(mod) if mod is not None else nullcontext()):
-        if mod is not None:
-            mod.eval()
-        for x, y, _ in tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
-                            desc=desc, disable=not progress, leave=False):
-            p, l_, t5 = per_image(model(x), y)
-            preds.append(p)
-            losses.append(l_)
-            labels.append(y.cpu().numpy())
+def predict(model: nn.Module, data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "eval",
+            module: Optional[nn.Module] = None, forward: Optional[Callable] = None) -> Optional[Predictions]:
+    """Run ``model`` (or ``forward``, a callable on image batches) over ``data`` in eval mode; per-image
+    results in data order (on rank 0 of a distributed run; None on the others)."""
+    mod = module if module is not None else model
+    fn = forward or model
+    cols: dict[str, list] = {"pred": [], "label": [], "loss": [], "top5": [], "idx": []}
+    with torch.no_grad(), preserved_state(mod), spec.autocast():
+        mod.eval()
+        for x, y, idx in batches(data, spec, normalize, desc):
+            logits = fn(x)
+            check_finite(logits, f"the logits of {desc}", spec)
+            p, l_, t5 = per_image(logits, y)
+            cols["pred"].append(p)
+            cols["loss"].append(l_)
+            cols["label"].append(y.cpu().numpy())
+            cols["idx"].append(idx.numpy())
             if t5 is not None:
-                top5s.append(t5)
-    return Predictions(np.concatenate(preds), np.concatenate(labels), np.concatenate(losses),
-                       np.concatenate(top5s) if top5s else None)
+                cols["top5"].append(t5)
+    arrays = {k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items() if k != "idx" and v}
+    got = dist.gather_rows(np.concatenate(cols["idx"]) if cols["idx"] else np.empty(0, int), arrays)
+    if got is None:
+        return None
+    return Predictions(got["pred"], got["label"], got["loss"], got.get("top5"))
 
 
-def evaluate(model, data: Dataset, batch_size: int = 256, normalize: str = "none", device="cpu",
-             progress: bool = True) -> dict:
+def evaluate(model: nn.Module, data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "eval") -> dict:
     """Error, loss, n_images, n_wrong (and top5_error for >= 10 classes) of ``model`` on ``data``."""
-    return predict(model, data, batch_size, normalize, device, progress).summary()
+    p = predict(model, data, spec, normalize, desc)
+    return p.summary() if p is not None else {}

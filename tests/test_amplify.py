@@ -12,8 +12,12 @@ from resprobe.anatomy import anatomy, hook_count
 from resprobe.cli import main
 from resprobe.io.data import load_dataset
 from resprobe.models import build_model
-from resprobe.probes.amplify import amplification_profile, power_iteration
-from resprobe.report.amplify import amplify_study, amplify_verdict
+from resprobe.engine import RunSpec
+from resprobe.probes import amplify as A
+from resprobe.probes.amplify import power_iteration, spectral_norms
+from resprobe.report import save
+from resprobe.study import Subject
+from resprobe.verdict import Role
 
 from conftest import randomize_bn
 
@@ -31,27 +35,57 @@ def test_power_iteration_matches_exact_spectral_norm(spec):
     m = _small(spec)
     view = anatomy(m, (3, 8, 8))
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
-    hs = view.block_inputs(x)
+    hs = view.unit_inputs(x)
+    fns = [f for i, b in enumerate(view) for f in (lambda t, i=i: view.run_unit(i, t), b.branch)]
+    together = spectral_norms(fns, [hs[i] for i in range(len(view)) for _ in range(2)], iters=300)
     for i, b in enumerate(view):
-        for fn in (lambda t, i=i: view.run_block(i, t), b.branch):
+        for j, fn in enumerate((lambda t, i=i: view.run_unit(i, t), b.branch)):
             est = power_iteration(fn, hs[i], iters=300)
             for n in range(3):
                 J = torch.autograd.functional.jacobian(lambda t: fn(t.unsqueeze(0)).squeeze(0), hs[i][n])
                 exact = torch.linalg.matrix_norm(J.reshape(fn(hs[i][:1]).numel(), -1), ord=2)
                 assert float(est[n]) == pytest.approx(float(exact), rel=1e-3)
+                assert float(together[2 * i + j][n]) == pytest.approx(float(exact), rel=1e-3)  # all units at once
+
+
+def _profile(m, data, eps=(1e-4, 1e-3, 1e-2), power_iters=2, label="m"):
+    values, view, timing = A.profile(Subject(label, m, "none"), data, RunSpec(batch_size=16, n_boot=100, progress=False),
+                                     A.AmplifyOptions(eps=eps, power_iters=power_iters))
+    return pd.DataFrame(A._rows(label, values, RunSpec(n_boot=100)), columns=A.COLUMNS), values
 
 
 def test_random_gain_flat_in_linear_regime():
     data = load_dataset("synthetic(n=16,classes=4,size=8)", "test")
     m = _small().float()
-    df, _ = amplification_profile(m, data, "m", eps=(1e-4, 1e-3, 1e-2), power_iters=2, batch_size=16,
-                                  progress=False, n_boot=20, weight_perturbation=False)
-    for metric in ("random_gain_block", "random_gain_branch", "amplifier_ratio"):
-        g = df[df["metric"] == metric].pivot_table(index="block", columns="eps", values="value")
+    df, _ = _profile(m, data)
+    for metric in ("random_gain_unit", "random_gain_branch", "amplifier_ratio", "kappa"):
+        g = df[df["metric"] == metric].pivot_table(index="unit", columns="eps", values="value")
         assert np.allclose(g[1e-4], g[1e-3], rtol=5e-3) and np.allclose(g[1e-3], g[1e-2], rtol=2e-2), metric
     sc = df[df["metric"] == "random_gain_shortcut"]
-    ident = sc[sc["block"].isin(["layer1.0"])]
+    ident = sc[sc["unit"].isin(["layer1.0"])]
     assert np.allclose(ident["value"], 1.0, atol=1e-4)  # the identity shortcut has gain exactly 1
+
+
+def test_kappa_and_the_arithmetic_identity():
+    """κ = (‖ΔF‖/‖F‖)/ε by definition; the amplifier ratio is (‖ΔF‖/‖Δy‖)·‖y‖/‖F‖ per image, checked on
+    an independent computation through the model's own modules."""
+    data = load_dataset("synthetic(n=8,classes=4,size=8)", "test")
+    m = _small().float()
+    df, values = _profile(m, data, eps=(1e-3,))
+    view = anatomy(m, data.input_shape)
+    x = next(data.batches(8))[0]
+    with torch.no_grad():
+        hs = view.unit_inputs(x)
+        blk = m.layer1[0]
+        f0 = blk.bn2(blk.conv2(torch.relu(blk.bn1(blk.conv1(hs[0])))))
+        ratio_y_f = (hs[1].flatten(1).norm(dim=1) / f0.flatten(1).norm(dim=1)).double()
+    got = values[("layer1.0", "output_branch_ratio", None)]
+    assert np.allclose(got, ratio_y_f.numpy(), rtol=1e-5)
+    k = values[("layer1.0", "kappa", 1e-3)]
+    gb = values[("layer1.0", "random_gain_branch", 1e-3)]
+    # κ·‖F‖/‖x‖ is the branch gain ‖ΔF‖/‖δ‖
+    nx = hs[0].flatten(1).norm(dim=1).double().numpy()
+    assert np.allclose(k * f0.flatten(1).norm(dim=1).double().numpy() / nx, gb, rtol=1e-4)
 
 
 def test_probe_leaves_model_untouched():
@@ -61,38 +95,43 @@ def test_probe_leaves_model_untouched():
     for p in m.parameters():
         p.requires_grad_(True)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    amplification_profile(m, data, "m", eps=(1e-2,), power_iters=2, progress=False, n_boot=10)
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # weight perturbations undone
+    _profile(m, data, eps=(1e-2,))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
 
 
-def test_verdict_is_computed_from_numbers():
-    rows = []
-    for m, ratio in (("res", 1.5), ("plain", 0.5)):
-        for i in range(3):
-            rows.append(dict(model=m, block=f"b{i}", metric="amplifier_ratio", eps=1e-3, value=ratio + 0.1 * i,
-                             ci_low=ratio + 0.1 * i - 0.05, ci_high=ratio + 0.1 * i + 0.05, n_images=10))
-            rows.append(dict(model=m, block=f"b{i}", metric="worst_gain_block", eps=np.nan, value=2.0 if m == "res" else 3.0,
-                             ci_low=1.9, ci_high=2.1, n_images=10))
-    v = amplify_verdict(pd.DataFrame(rows), plain_models=["plain"])
-    assert v["verdict"] == "supported" and v["models"]["res"]["blocks_amplifier_ratio_above_1"] == 3
-    assert v["models"]["res"]["amplifier_ratio_depth_spearman"] == pytest.approx(1.0)
-    assert any("amplify worst-case perturbations less than plain's" in s for s in v["statements"])
-    low = pd.DataFrame(rows).assign(value=lambda d: np.where(d.metric == "amplifier_ratio", 0.5, d.value))
-    assert amplify_verdict(low, ["plain"])["verdict"] == "not supported"
+def _kappas(model, scale, n=200, units=("u0", "u1", "u2"), seed=0):
+    rng = np.random.default_rng(seed)
+    return {(u, "kappa", 1e-3): np.abs(rng.normal(scale, 0.1 * scale, n)) for u in units}
+
+
+def test_amplifier_verdict_boundaries_and_without_twin():
+    roles = {"res": Role("res", None, True), "plain": Role("plain", None, False)}
+    t = pd.DataFrame(columns=A.COLUMNS)
+    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 2.0), "plain": _kappas("plain", 1.0)}, 1e-3, 200)
+    assert v.verdict == "supported" and v.statistic == pytest.approx(np.log(2), abs=0.03)
+    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 0.5), "plain": _kappas("plain", 1.0)}, 1e-3, 200)
+    assert v.verdict == "not supported"
+    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 1.0, seed=1), "plain": _kappas("plain", 1.0, seed=2)},
+                            1e-3, 200)
+    assert v.verdict == "inconclusive" and v.ci_low < 0 < v.ci_high
+    v = A.amplifier_verdict(t, {"res": roles["res"]}, {"res": _kappas("res", 2.0)}, 1e-3)
+    assert v.verdict == "inconclusive" and "--plain" in v.reason
 
 
 def test_study_outputs_and_cli_errors(tmp_path, capsys):
     data = load_dataset("synthetic(n=8,classes=4,size=8)", "test")
-    models = [("res", _small().float(), {"model": "cifar_resnet8"}),
-              ("plain", _small("cifar_plain8(width=4)").float(), {"model": "cifar_plain8"})]
-    df = amplify_study(models, data, eps=(1e-3,), power_iters=2, out=tmp_path, progress=False)
-    assert set(df.columns) == {"model", "block", "metric", "eps", "value", "ci_low", "ci_high", "n_images"}
+    subjects = [Subject("res", _small().float(), "none", {"model": "cifar_resnet8"}),
+                Subject("plain", _small("cifar_plain8(width=4)").float(), "none", {"model": "cifar_plain8"})]
+    r = A.run(subjects, data, RunSpec(batch_size=8, n_boot=100, progress=False), A.AmplifyOptions(eps=(1e-3,),
+                                                                                                 power_iters=2))
+    save(r, tmp_path)
+    assert list(r.table.columns) == A.COLUMNS
     meta = json.loads((tmp_path / "amplify.json").read_text())
-    assert meta["verdict"]["verdict"] in ("supported", "not supported", "inconclusive")
+    assert meta["verdicts"][0]["verdict"] in ("supported", "not supported", "inconclusive")
     assert meta["timing"]["res"]["power_iteration_per_forward"] > 0
     for f in meta["files"]:
         assert (tmp_path / f).stat().st_size > 0
-    assert main(["amplify", "--model", "cifar_resnet8", "--data", "synthetic(n=8)", "--eps", "0,2", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert main(["amplify", "--model", "cifar_resnet8", "--random-init", "--data", "synthetic(n=8)", "--eps", "0,2",
+                 "--out", str(tmp_path / "x")]) == 2
     assert "--eps values must lie in (0, 1)" in capsys.readouterr().err

@@ -8,11 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resprobe.anatomy import (AnatomyError, BlockParts, Edits, Trace, anatomy, hook_count, preserved_state,
-                              register_block, unregister_block)
+from resprobe.anatomy import (AnatomyError, BlockParts, Edits, Trace, UnitParts, anatomy, hook_count,
+                              preserved_state, register_block, unregister_block)
 from resprobe.models import build_model
 
 from conftest import randomize_bn
+from oracle import patched
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -107,27 +108,52 @@ class UserNet(nn.Module):
         return self.out(h.mean(-1, keepdim=True).expand_as(h) + h)
 
 
-def test_user_model_through_adapter():
-    with pytest.raises(AnatomyError) as e:
-        anatomy(UserNet())
-    assert "GatedBlock" in str(e.value) and "register_block" in str(e.value)
-    register_block(GatedBlock, lambda m: BlockParts(branch=lambda x: 0.5 * m.lin2(F.relu(m.lin1(x))),
-                                                    shortcut=lambda x: x, post=torch.tanh,
-                                                    shortcut_kind="identity"))
+def test_user_block_decomposes_automatically_and_an_adapter_overrides():
+    """An unregistered block that adds its input to a branch is read from its own forward; a registered
+    adapter takes precedence."""
+    net = UserNet().eval()
+    view = anatomy(net, (3,))
+    assert view.names == ["body.0", "body.1", "body.2"]
+    assert [u.kind for u in view] == ["residual"] * 3 and view[0].shortcut_kind == "identity"
+    assert view.check_decomposition(torch.randn(5, 3)) <= 1e-6
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.allclose(view[1].branch(view.unit_inputs(x)[1]),
+                              0.5 * net.body[1].lin2(F.relu(net.body[1].lin1(view.unit_inputs(x)[1]))))
+    calls = []
+    register_block(GatedBlock, lambda m: calls.append(1) or BlockParts(
+        branch=lambda x: 0.5 * m.lin2(F.relu(m.lin1(x))), shortcut=lambda x: x, post=torch.tanh,
+        shortcut_kind="identity"))
     try:
-        net = UserNet().eval()
         view = anatomy(net, (3,))
-        assert view.names == ["body.0", "body.1", "body.2"]
-        assert view.check_decomposition(torch.randn(5, 3)) <= 1e-5
-        # deleting block 1 = the same net with that block's branch zeroed by hand
+        assert calls and view.check_decomposition(torch.randn(5, 3)) <= 1e-5
+        # deleting unit 1 = the same net with that block's branch zeroed by hand
         naive = copy.deepcopy(net)
         with torch.no_grad():
             naive.body[1].lin2.weight.zero_()
             naive.body[1].lin2.bias.zero_()
-            x = torch.randn(5, 3)
             assert torch.allclose(view(x, Edits(delete=frozenset({1}))), naive(x), atol=1e-6)
     finally:
         unregister_block(GatedBlock)
+
+
+class ScaledGate(nn.Module):
+    """Not residual: the input gates the branch multiplicatively."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.lin = nn.Linear(w, w)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.lin(x))
+
+
+def test_undecomposable_model_names_its_module_types():
+    net = nn.Sequential(nn.Linear(3, 8), ScaledGate(8), ScaledGate(8), nn.Linear(8, 2))
+    with pytest.raises(AnatomyError) as e:
+        anatomy(net)
+    msg = str(e.value)
+    assert "no residual block" in msg and "ScaledGate" in msg and "register_block" in msg
 
 
 def test_non_residual_model_clear_error():

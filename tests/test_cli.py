@@ -35,9 +35,10 @@ def test_info_counts_blocks(capsys, spec, n):
     pytest.importorskip("torchvision")
     code, out, _ = run(capsys, "info", "--model", spec, "--json", "--input-size", "3,64,64")
     info = json.loads(out)
-    assert code == 0 and info["n_blocks"] == n and len(info["blocks"]) == n
+    assert code == 0 and info["n_blocks"] == n and info["n_units"] == n and len(info["units"]) == n
+    assert {u["kind"] for u in info["units"]} == {"residual"}
     code, out, _ = run(capsys, "info", "--model", spec)
-    assert f"{n} residual blocks" in out and "layer1.0" in out
+    assert f"{n} units in {n} blocks" in out and f"({n} residual)" in out and "layer1.0" in out
 
 
 def test_info_non_residual_model_is_clear(capsys):

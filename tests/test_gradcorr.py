@@ -12,7 +12,10 @@ import torch
 from resprobe.cli import main
 from resprobe.metrics.signal import (autocorrelation, brown_noise, correlation_matrix, fit_exponential_log2,
                                      fit_power_law, lag1, spectral_slope, white_noise)
+from resprobe.engine import RunSpec
 from resprobe.probes import gradcorr as G
+from resprobe.study import Subject
+from resprobe.verdict import Role
 
 
 def test_white_and_brown_noise_calibration():
@@ -69,23 +72,50 @@ def test_looks_linear_is_linear_at_init():
 
 
 def test_sweep_findings_and_determinism(tmp_path):
-    kw = dict(kinds=("ff", "ff-bn", "res-bn"), depths=(1, 24), seeds=8, width=100, points=128, n_boot=200,
-              progress=False)
-    df, _ = G.synthetic_sweep(**kw)
+    opts = G.SyntheticOptions(kinds=("ff", "ff-bn", "res-bn"), depths=(1, 24), seeds=8, width=100, points=128)
+    spec = RunSpec(n_boot=200, progress=False)
+    df, _ = G.synthetic_sweep(opts, spec)
     agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")].set_index(["kind", "depth"])
     assert agg.loc[("ff", 1), "value"] > 0.9                       # 1-layer net: brown-noise-like
     lo, hi = agg.loc[("ff-bn", 24), ["ci_low", "ci_high"]]
     assert lo < 0.1 and abs(agg.loc[("ff-bn", 24), "value"]) < 0.1  # deep BN feedforward: white-like
     assert agg.loc[("res-bn", 24), "value"] > agg.loc[("ff-bn", 24), "value"] + 0.5  # ResNet keeps it
-    df2, _ = G.synthetic_sweep(**kw)
+    df2, _ = G.synthetic_sweep(opts, spec)
     pd.testing.assert_frame_equal(df, df2)
+    # far points decorrelate faster than neighbours in deep BN feedforward nets; their ReLU patterns are
+    # nearly independent (co-activation near 1/2), the regime of the paper's 2^-L
+    far = df[(df["metric"] == "corr_far") & (df["kind"] == "ff-bn")].set_index("depth")["value"]
+    near = df[(df["metric"] == "corr_neighbor") & (df["kind"] == "ff-bn")].set_index("depth")["value"]
+    assert far[24] < 0.2 and far[1] < near[1]
+    co = df[(df["metric"] == "coactive_far") & (df["kind"] == "ff-bn")].set_index("depth")["value"]
+    assert abs(co[24] - 0.5) < 0.1
+    v = G.synthetic_verdict(df)
+    assert v.verdict == "supported" and v.n_seeds == 8 and v.ci_low > 0
 
 
-def test_bad_kind_and_seeds():
-    with pytest.raises(ValueError, match="unknown kind"):
-        G.synthetic_sweep(kinds=("mlp",), depths=(1,), seeds=2, progress=False)
+def test_bad_kind_seeds_and_points():
+    with pytest.raises(ValueError, match="unknown kinds"):
+        G.SyntheticOptions(kinds=("mlp",))
     with pytest.raises(ValueError, match="at least 2"):
-        G.synthetic_sweep(kinds=("ff",), depths=(1,), seeds=1, progress=False)
+        G.SyntheticOptions(seeds=1)
+    with pytest.raises(ValueError, match="at least 16"):
+        G.LineOptions(points=2)
+    with pytest.raises(ValueError, match="at least 2"):
+        G.LineOptions(lines=1)
+
+
+def test_fits_have_seed_ci_and_recover_a_known_rate():
+    rows = []
+    rng = np.random.default_rng(0)
+    for depth in (1, 2, 4, 8):
+        for s in range(10):
+            rows.append(dict(kind="ff-bn", depth=depth, seed=str(s), metric="lag1",
+                             value=2.0 ** (-0.5 * depth) * (1 + rng.normal(0, 0.02)), ci_low=np.nan, ci_high=np.nan))
+    df = pd.DataFrame(rows)
+    agg = df.groupby(["kind", "depth"], as_index=False)["value"].mean().assign(seed="all", metric="lag1")
+    df = pd.concat([df, agg], ignore_index=True)
+    f = G.fits(df, "lag1", floor=0.01, n_boot=200)["ff-bn"]["exponential"]
+    assert f["slope"] == pytest.approx(-0.5, abs=0.02) and f["ci_low"] < -0.5 < f["ci_high"]
 
 
 def test_cli_same_seed_same_csv(tmp_path, capsys):
@@ -95,10 +125,10 @@ def test_cli_same_seed_same_csv(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a/gradcorr.csv").read_bytes() == (tmp_path / "b/gradcorr.csv").read_bytes()
     meta = json.loads((tmp_path / "a/gradcorr.json").read_text())
-    assert "held constant" in meta["provenance"]["batchnorm"] and "ff-bn" in meta["fits"]
+    assert "held constant" in meta["provenance"]["batchnorm"] and "ff-bn" in meta["summary"]["fits"]["lag1"]
     for f in meta["files"]:
         assert (tmp_path / "a" / f).stat().st_size > 1000
-    assert "ff-bn: lag-1" in capsys.readouterr().out
+    assert "ff-bn: mean lag-1" in capsys.readouterr().out
 
 
 # --- on trained networks --------------------------------------------------------------------------------
@@ -128,26 +158,26 @@ def _trained_setup():
 
 def test_lines_are_seeded_and_shaped():
     data, _ = _trained_setup()
-    a = G.make_lines(data, 3, points=32, span=0.5, seed=2)
-    b = G.make_lines(data, 3, points=32, span=0.5, seed=2)
+    a = G.make_lines(data, G.LineOptions(3, points=32, span=0.5), seed=2)
+    b = G.make_lines(data, G.LineOptions(3, points=32, span=0.5), seed=2)
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
     xs, y = a[0]
     assert xs.shape == (32, 3, 16, 16) and (y == y[0]).all()
     steps = (xs[1:] - xs[:-1]).flatten(1).norm(dim=1)
     assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-4)  # evenly spaced
     assert float(steps.sum()) == pytest.approx(float(0.5 * 2 * xs[16].norm() * 31 / 32), rel=1e-3)  # x0 at t=0
-    between = G.make_lines(data, 2, points=8, mode="between", seed=1)
-    assert between[0][0].shape[0] == 8
+    between = G.make_lines(data, G.LineOptions(2, points=16, mode="between"), seed=1)
+    assert between[0][0].shape[0] == 16
+    with pytest.raises(ValueError, match="need 60 images"):
+        G.make_lines(data, G.LineOptions(30))
     with pytest.raises(ValueError):
-        G.make_lines(data, 1)
-    with pytest.raises(ValueError):
-        G.make_lines(data, 3, mode="circle")
+        G.LineOptions(3, mode="circle")
 
 
 def test_line_gradients_match_autograd_through_model():
     data, m = _trained_setup()
     view = anatomy(m, data.input_shape)
-    xs, y = G.make_lines(data, 2, points=16, seed=0)[0]
+    xs, y = G.make_lines(data, G.LineOptions(2, points=16), seed=0)[0]
     for p in m.parameters():
         p.requires_grad_(False)
     grads = G.line_gradients(view, xs, y, "loss")
@@ -161,19 +191,40 @@ def test_line_gradients_match_autograd_through_model():
     assert torch.allclose(gl[0], ref, atol=1e-6)
 
 
-def test_trained_profile_rows_and_hygiene():
+def test_trained_profile_rows_hygiene_and_verdict():
     data, m = _trained_setup()
     m.train()
-    df, traces = G.trained_profile(m, data, "m", lines=3, points=32, progress=False, n_boot=50)
+    spec = RunSpec(n_boot=100, progress=False)
+    opts = G.LineOptions(3, points=32)
+    r = G.run([Subject("m", m, "none")], data, spec, opts)
+    df = r.table
     assert set(df["layer"]) == {"input", "layer1.0", "layer2.0", "layer3.0"}
     agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
     assert len(agg) == 4 and (agg["ci_low"] <= agg["value"]).all() and (agg["value"] <= agg["ci_high"]).all()
-    assert traces["m"].shape == (32,)
+    assert r.extras["traces"]["m"].shape == (32,)
     assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
-    df2, _ = G.trained_profile(m, data, "m", lines=3, points=32, progress=False, n_boot=50)
-    pd.testing.assert_frame_equal(df, df2)
+    pd.testing.assert_frame_equal(df, G.run([Subject("m", m, "none")], data, spec, opts).table)
+    # the verdict is computed from this network: another network gives another statistic
+    torch.manual_seed(5)
+    other = randomize_bn(build_model("cifar_resnet8(width=4)", num_classes=4), 5).eval()
+    r2 = G.run([Subject("m", other, "none")], data, spec, opts)
+    assert r.verdicts[0].statistic != r2.verdicts[0].statistic
 
 
-def test_cli_gradcorr_needs_a_target(capsys):
-    assert main(["gradcorr", "--out", "x"]) == 2
+def test_shattering_verdict_boundaries():
+    roles = {"r": Role("r", None, True)}
+    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.95, 0.96, 0.97, 0.96])}}, roles).verdict == \
+        "supported"
+    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.0, 0.05, -0.02, 0.01])}}, roles).verdict == \
+        "not supported"
+    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.1, 0.9, 0.3, 0.8])}}, roles).verdict == \
+        "inconclusive"
+    roles2 = {"r": Role("r", None, True), "p": Role("p", None, False)}
+    v = G.shattering_verdict({"r": {("input", "lag1"): np.array([0.9, 0.91, 0.92])},
+                              "p": {("input", "lag1"): np.array([0.95, 0.96, 0.97])}}, roles2)
+    assert v.verdict == "not supported" and v.statistic == pytest.approx(-0.05)  # the plain twin is smoother
+
+
+def test_cli_gradcorr_needs_a_target(capsys, tmp_path):
+    assert main(["gradcorr", "--out", str(tmp_path)]) == 2
     assert "synthetic' or --model" in capsys.readouterr().err

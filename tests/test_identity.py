@@ -17,8 +17,10 @@ from resprobe.io.data import load_dataset
 from resprobe.metrics.similarity import (MinibatchCKA, PerImageMoments, cka_linear, cka_unbiased_full, cosine,
                                          hsic_unbiased, linear_gram, norm_ratio)
 from resprobe.models import build_model
+from resprobe.engine import RunSpec
 from resprobe.probes import identity as I
-from resprobe.report.identity import identity_study
+from resprobe.report import save
+from resprobe.study import Subject
 
 from conftest import RESNET20, RESNET56, TEST_ARCHIVE, need_shared, randomize_bn
 
@@ -137,6 +139,12 @@ def _model(spec, seed=0):
     return randomize_bn(build_model(spec, num_classes=4), seed).eval()
 
 
+def _profile(m, data, label="m", batch_size=256, n_boot=100, normalize="none", **options):
+    options.setdefault("cka_images", None)
+    spec = RunSpec(batch_size=batch_size, n_boot=n_boot, progress=False)
+    return I.profile(Subject(label, m, normalize), data, spec, I.IdentityOptions(**options))[0]
+
+
 def _shortcut_a(x, planes):
     """He et al. option A, written out independently of the zoo."""
     if x.shape[1] == planes:
@@ -162,29 +170,42 @@ def _independent_ratios(model, x, names):
 
 def test_ratio_and_cosine_match_hooked_forward(data):
     m = _model("cifar_resnet20")
-    df = I.identity_profile(m, data, "m", batch_size=32, progress=False, n_boot=50)
+    df = _profile(m, data, batch_size=32, n_boot=100)
     x = torch.cat([b for b, _, _ in data.batches(80)])
     names = [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
     ref = _independent_ratios(m, x, names)
     for n in names:
-        got = df[(df["block"] == n)].set_index("metric")["value"]
+        got = df[(df["unit"] == n)].set_index("metric")["value"]
         assert got["residual_ratio"] == pytest.approx(float(ref[n][0].mean()), rel=1e-5)
         assert got["cosine"] == pytest.approx(float(ref[n][1].mean()), rel=1e-5)
+        xin = torch.cat([b for b, _, _ in data.batches(80)])
+        with torch.no_grad(), Trace(m, [n, n + ".bn2"], input=True, output=True) as tr:
+            m(xin)
+        bratio = (tr[n + ".bn2"].output.flatten(1).norm(dim=1) / tr[n].input.flatten(1).norm(dim=1)).double()
+        assert got["branch_ratio"] == pytest.approx(float(bratio.mean()), rel=1e-5)  # ‖F‖/‖x‖, also at layer2.0
+        if tr[n].input.shape == tr[n].output.shape:
+            bi = 1 - F.cosine_similarity(tr[n].input.flatten(1).double(), tr[n].output.flatten(1).double(), dim=1)
+            assert got["block_influence"] == pytest.approx(float(bi.mean()), rel=1e-5, abs=1e-9)
+        else:
+            assert "block_influence" not in got
 
 
 def test_values_do_not_depend_on_batch_size(data):
     m = _model("cifar_resnet20")
-    a = I.identity_profile(m, data, "m", batch_size=16, progress=False, n_boot=50, cka_minibatch=16)
-    b = I.identity_profile(m, data, "m", batch_size=80, progress=False, n_boot=50, cka_minibatch=16)
+    a = _profile(m, data, batch_size=16, cka_minibatch=16)
+    b = _profile(m, data, batch_size=80, cka_minibatch=16)
+    c = _profile(m, data, batch_size=50, cka_minibatch=16)  # not a multiple: rounded down to 48 for whole groups
     pd.testing.assert_frame_equal(a, b)  # per-image metrics, CKA minibatches of 16 and pooled stds alike
+    pd.testing.assert_frame_equal(a, c)
+    assert (a[a["metric"] == "cka"]["n_images"] == len(data)).all()  # every image in a CKA minibatch
 
 
 def test_response_std_matches_hooked_layers(data):
     m = _model("cifar_resnet20")
-    df = I.identity_profile(m, data, "m", batch_size=32, progress=False, n_boot=20)
+    df = _profile(m, data, batch_size=32)
     rs = df[df["metric"] == "response_std"]
     assert len(rs) == 19  # stem conv + 18 block convs: the 3x3 layers of a 20-layer net
-    layers = rs["block"].tolist()
+    layers = rs["unit"].tolist()
     assert layers[:3] == ["bn1", "layer1.0.bn1", "layer1.0.bn2"]
     x = torch.cat([b for b, _, _ in data.batches(80)])
     with torch.no_grad(), Trace(m, layers) as tr:
@@ -204,9 +225,9 @@ def test_response_layers_preact_and_plain():
 
 def test_grad_cosine_matches_autograd(data):
     m = _model("cifar_resnet20")
-    df = I.identity_profile(m, data, "m", batch_size=40, grad=True, progress=False, n_boot=20)
+    df = _profile(m, data, batch_size=40, grad=True)
     x, y = next(data.batches(80))[:2]
-    assert df[(df["block"] == "layer2.0") & (df["metric"] == "grad_cosine")].empty  # F(x), x differ in shape
+    assert df[(df["unit"] == "layer2.0") & (df["metric"] == "grad_cosine")].empty  # F(x), x differ in shape
     names = ["layer1.1", "layer2.1", "layer3.2"]
     with Trace(m, names, input=True, detach=False, clone=False) as tr, \
             Trace(m, [n + ".bn2" for n in names]) as tf:
@@ -214,15 +235,15 @@ def test_grad_cosine_matches_autograd(data):
         grads = torch.autograd.grad(loss, [tr[n].input for n in names])
     for n, g in zip(names, grads):
         ref = F.cosine_similarity(tf[n + ".bn2"].output.flatten(1).double(), g.flatten(1).double(), dim=1).mean()
-        got = df[(df["block"] == n) & (df["metric"] == "grad_cosine")]["value"].item()
+        got = df[(df["unit"] == n) & (df["metric"] == "grad_cosine")]["value"].item()
         assert got == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
 
 
 def test_plain_blocks_have_no_residual_ratio(data):
-    df = I.identity_profile(_model("cifar_plain20"), data, "p", batch_size=40, progress=False, n_boot=20)
-    assert not (df["metric"] == "residual_ratio").any()
+    df = _profile(_model("cifar_plain20"), data, "p", batch_size=40)
+    assert not (df["metric"] == "residual_ratio").any() and not (df["metric"] == "branch_ratio").any()
     rc = df[df["metric"] == "relative_change"]
-    assert set(rc["block"]) == {f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)} - {"layer2.0", "layer3.0"}
+    assert set(rc["unit"]) == {f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)} - {"layer2.0", "layer3.0"}
     assert (df[df["metric"] == "cka"]["value"].notna()).all()
 
 
@@ -232,7 +253,7 @@ def test_hygiene_on_exception_mid_probe(data, monkeypatch):
     flags = [p.requires_grad for p in m.parameters()]
     before = {k: v.clone() for k, v in m.state_dict().items()}
     calls = {"n": 0}
-    orig = I._block_metrics
+    orig = I._norm_metrics
 
     def boom(*a, **k):
         calls["n"] += 1
@@ -240,36 +261,70 @@ def test_hygiene_on_exception_mid_probe(data, monkeypatch):
             raise RuntimeError("mid-probe")
         return orig(*a, **k)
 
-    monkeypatch.setattr(I, "_block_metrics", boom)
+    monkeypatch.setattr(I, "_norm_metrics", boom)
     with pytest.raises(RuntimeError, match="mid-probe"):
-        I.identity_profile(m, data, "m", batch_size=16, grad=True, progress=False)
+        _profile(m, data, batch_size=16, grad=True)
     assert hook_count(m) == 0 and m.training and all(x.training for x in m.modules())
     assert [p.requires_grad for p in m.parameters()] == flags
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
-def test_effective_depth_and_findings():
-    rows = [dict(model="a", block=f"layer1.{i}", stage=0, index_in_stage=i, downsample=False,
-                 metric="residual_ratio", value=v, ci_low=v, ci_high=v, n_images=10)
-            for i, v in enumerate([0.9, 0.2, 0.1, 0.5, 0.25])]
+def test_effective_depth_counts_only_decided_units_and_findings_state_ci_rankings():
+    vals = [(0.9, 0.85, 0.95), (0.2, 0.15, 0.25), (0.1, 0.05, 0.15), (0.5, 0.4, 0.6), (0.299, 0.28, 0.32)]
+    rows = [dict(model="a", block=f"layer1.{i}", unit=f"layer1.{i}", stage=0, index_in_stage=i, downsample=False,
+                 metric=metric, value=v, ci_low=lo, ci_high=hi, n_images=10)
+            for metric in ("residual_ratio", "branch_ratio") for i, (v, lo, hi) in enumerate(vals)]
     df = pd.DataFrame(rows)
     e = I.effective_depth(df, 0.3)["a"]
-    assert e["effective_depth"] == 2 and e["near_identity_blocks"] == ["layer1.1", "layer1.2", "layer1.4"]
-    from resprobe.report.identity import identity_findings
-    text = " ".join(identity_findings(df, 0.3))
-    assert "effective depth 2 of 5" in text and "layer1.1–layer1.2" in text and "layer1.4" in text
-    assert "first block ‖F‖/‖S‖ = 0.900, larger than the later blocks' mean 0.263" in text
+    # layer1.4 (0.299) straddles the threshold: undecided, not near identity
+    assert e["effective_depth"] == 2 and e["near_identity_units"] == ["layer1.1", "layer1.2"]
+    assert e["undecided_units"] == ["layer1.4"]
+    text = " ".join(I.findings(df, 0.3))
+    assert "effective depth 2 of 5" in text and "layer1.1–layer1.2" in text and "1 undecided" in text
+    assert "first block layer1.0 ‖F‖/‖x‖ 0.900 [0.850, 0.950], larger than every later block's" in text
+    # overlapping CIs: no ranking is stated
+    df.loc[df["unit"] == "layer1.0", "ci_low"] = 0.55
+    df.loc[df["unit"] == "layer1.3", "ci_high"] = 0.7
+    assert "not distinguishable from the later blocks' (CIs overlap)" in " ".join(I.findings(df, 0.3))
+
+
+def test_response_std_verdict_boundaries_and_without_twin():
+    from resprobe.verdict import Role
+    n, L = 200, 5
+    rng = np.random.default_rng(0)
+
+    def resp(scale):
+        r = rng.normal(0, scale, (n, L, 50))
+        return dict(s1=r.sum(2), s2=(r ** 2).sum(2), per_image=[50] * L)
+    roles = {"res": Role("res", None, True), "plain": Role("plain", None, False)}
+    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(0.5), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "supported" and v.statistic == pytest.approx(0.5, rel=0.05) and v.ci_high < 1
+    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(1.0), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "inconclusive" and v.ci_low < 1 < v.ci_high
+    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(2.0), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "not supported"
+    v = I.response_std_verdict(pd.DataFrame(), {"res": roles["res"]}, {"res": resp(0.5)})
+    assert v.verdict == "inconclusive" and "plain twin" in v.reason
+    # across seeds: ratios 0.50, 0.52, 0.48 -> t-interval below 1
+    roles3 = {f"{f}/s{s}": Role(f, s, f == "res") for f in ("res", "plain") for s in range(3)}
+    resps = {f"res/s{s}": resp(0.5 + 0.02 * (s - 1)) for s in range(3)}
+    resps.update({f"plain/s{s}": resp(1.0) for s in range(3)})
+    v = I.response_std_verdict(pd.DataFrame(), roles3, resps)
+    assert v.verdict == "supported" and v.scope == "across 3 seeds" and v.n_seeds == 3
 
 
 def test_study_writes_report(data, tmp_path):
-    models = [("res", _model("cifar_resnet20"), {"model": "cifar_resnet20"}),
-              ("plain", _model("cifar_plain20", 1), {"model": "cifar_plain20"})]
-    df = identity_study(models, data, batch_size=40, grad=True, lesion_check=True, out=tmp_path, progress=False,
-                        n_boot=50)
+    subjects = [Subject("res", _model("cifar_resnet20"), "none", {"model": "cifar_resnet20"}),
+                Subject("plain", _model("cifar_plain20", 1), "none", {"model": "cifar_plain20"})]
+    r = I.run(subjects, data, RunSpec(batch_size=40, n_boot=100, progress=False),
+              I.IdentityOptions(grad=True, lesion_check=True))
+    save(r, tmp_path)
+    df = r.table
     on_disk = pd.read_csv(tmp_path / "identity.csv")
     assert list(on_disk.columns) == I.COLUMNS and len(on_disk) == len(df)
     meta = json.loads((tmp_path / "identity.json").read_text())
     assert meta["provenance"]["data"]["n_images"] == len(data) and meta["findings"]
+    assert meta["verdicts"][0]["conjecture"].startswith("Closeness to identity")
     html = (tmp_path / "report.html").read_text()
     imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
     assert len(imgs) >= 5
@@ -279,6 +334,8 @@ def test_study_writes_report(data, tmp_path):
     assert "effective depth" in md and "](identity_residual_ratio.png)" in md
     for f in meta["files"]:
         assert (tmp_path / f).is_file()
+    # the per-unit table is in forward order
+    assert md.index("| res | layer1.0 |") < md.index("| res | layer1.1 |") < md.index("| res | layer2.0 |")
 
 
 @pytest.mark.slow
@@ -286,32 +343,40 @@ def test_study_writes_report(data, tmp_path):
 def test_shared_residual_ratio_matches_straightforward_computation(weights, spec):
     """On the real checkpoints: ‖F‖/‖S‖ per block agrees with hooks on the model's own forward (1e-4 rel)."""
     need_shared(weights, TEST_ARCHIVE)
-    from resprobe.api import load_model
+    from resprobe.loading import load_model
     data = load_dataset(f"imagefolder:{TEST_ARCHIVE}", "test", limit=500)
     m, _ = load_model(spec, str(weights))
-    df = I.identity_profile(m, data, spec, batch_size=250, normalize="imagenet", progress=False, n_boot=50)
-    names = [b for b in df["block"].unique() if b.startswith("layer") and b.count(".") == 1]
+    df = _profile(m, data, spec, batch_size=250, normalize="imagenet")
+    names = [b for b in df["unit"].unique() if b.startswith("layer") and b.count(".") == 1]
     ratios = {n: [] for n in names}
     for x, _, _ in data.batches(250, "imagenet"):
         for n, (r, _) in _independent_ratios(m, x, names).items():
             ratios[n].append(r)
     for n in names:
-        got = df[(df["block"] == n) & (df["metric"] == "residual_ratio")]["value"].item()
+        got = df[(df["unit"] == n) & (df["metric"] == "residual_ratio")]["value"].item()
         assert got == pytest.approx(float(torch.cat(ratios[n]).mean()), rel=1e-4), n
 
 
 def test_metric_groups_compute_the_same_numbers_alone(data, tmp_path):
     m = _model("cifar_resnet20")
-    full = I.identity_profile(m, data, "m", batch_size=40, progress=False, n_boot=20)
-    for groups, metrics in ((("cka",), {"cka"}), (("norms",), {"residual_ratio", "relative_change", "cosine"}),
-                            (("response_std",), {"response_std"})):
-        part = I.identity_profile(m, data, "m", batch_size=40, progress=False, n_boot=20, metrics=groups)
+    full = _profile(m, data, batch_size=40)
+    norms = {"residual_ratio", "branch_ratio", "relative_change", "cosine", "block_influence"}
+    for groups, metrics in ((("cka",), {"cka"}), (("norms",), norms), (("response_std",), {"response_std"})):
+        part = _profile(m, data, batch_size=40, metrics=groups)
         assert set(part.metric) == metrics
         ref = full[full.metric.isin(metrics)].reset_index(drop=True)
         pd.testing.assert_frame_equal(part.reset_index(drop=True), ref)
-    with pytest.raises(ValueError, match="non-empty subset of norms, cka, response_std; got \\['ckaa'\\]"):
-        I.identity_profile(m, data, "m", progress=False, metrics=("ckaa",))
-    from resprobe.report.identity import identity_study
-    df = identity_study([("m", m, {"model": "cifar_resnet20"})], data, 40, metrics=("cka",), n_boot=20,
-                        out=tmp_path, progress=False)
-    assert set(df.metric) == {"cka"} and (tmp_path / "report.html").is_file()
+    with pytest.raises(ValueError, match="non-empty subset of norms, cka, response_std; got ckaa"):
+        I.IdentityOptions(metrics=("ckaa",))
+
+
+def test_cka_subset_is_seeded_and_has_a_ci(data):
+    m = _model("cifar_resnet20")
+    a = _profile(m, data, batch_size=32, cka_minibatch=8, cka_images=40)
+    b = _profile(m, data, batch_size=80, cka_minibatch=8, cka_images=40)
+    ca, cb = a[a["metric"] == "cka"], b[b["metric"] == "cka"]
+    assert (ca["n_images"] == 40).all()
+    pd.testing.assert_frame_equal(ca.reset_index(drop=True), cb.reset_index(drop=True))
+    assert (ca["ci_low"] <= ca["value"]).all() and (ca["value"] <= ca["ci_high"]).all()
+    with pytest.raises(ValueError, match="at least one minibatch"):
+        I.IdentityOptions(cka_minibatch=32, cka_images=10)

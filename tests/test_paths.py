@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from resprobe.anatomy import anatomy, hook_count
 from resprobe.io.data import load_dataset
 from resprobe.models import build_model
-from resprobe.probes.paths import (RoutedBackward, effective_range, gradient_per_path_length,
-                                   path_length_distribution, unraveled_graph)
-from resprobe.report.paths import paths_study
+from resprobe.engine import RunSpec
+from resprobe.errors import UsageError
+from resprobe.probes import paths as P
+from resprobe.probes.paths import RoutedBackward, effective_range, path_length_distribution, unraveled_graph
+from resprobe.report import save
+from resprobe.study import Subject
 
 from conftest import randomize_bn
 
@@ -94,22 +97,47 @@ def test_effective_range():
     assert effective_range([0, 5, 5, 0], 1.0) == (1, 2)
 
 
+def test_weighted_length():
+    assert P.weighted_length([0, 1, 0]) == 1
+    assert P.weighted_length([1, 0, 0, 1]) == 1.5
+
+
 def test_gradient_per_path_length_outputs(tmp_path):
     data = load_dataset("synthetic(n=24,classes=4,size=16)", "test")
     m = _small().float()
-    df = gradient_per_path_length(m, data, "m", samples=4, seed=1, batch_size=12, progress=False)
+    spec = RunSpec(batch_size=12, seed=1, n_boot=200, progress=False)
+    r = P.run([Subject("m", m, "none", {"model": "cifar_resnet14"})], data, spec, P.PathsOptions(samples=4))
+    df = r.table
     assert list(df["k"]) == list(range(7)) and list(df["n_paths"]) == [math.comb(6, k) for k in range(7)]
     assert np.allclose(df["total_grad"], df["grad_per_path"] * df["n_paths"])
     assert (df["samples"] == [1, 4, 4, 4, 4, 4, 1]).all()  # C(6,k) <= samples: enumerated
-    df2 = gradient_per_path_length(m, data, "m", samples=4, seed=1, batch_size=24, progress=False)
-    pd.testing.assert_frame_equal(df, df2, rtol=1e-5)  # batch size only regroups images
-    with pytest.raises(ValueError, match="out of range"):
-        gradient_per_path_length(m, data, "m", ks=[9], progress=False)
-    models = [("m", m, {"model": "cifar_resnet14"})]
-    paths_study(models, data, samples=3, batch_size=24, out=tmp_path, progress=False)
-    meta = json.loads((tmp_path / "paths.json").read_text())
-    s = meta["summary"]["m"]
+    assert ((df["ci_low"] <= df["grad_per_path"]) & (df["grad_per_path"] <= df["ci_high"])).all()
+    r2 = P.run([Subject("m", m, "none")], data, spec.replace(batch_size=24), P.PathsOptions(samples=4))
+    pd.testing.assert_frame_equal(df, r2.table, rtol=1e-5)  # batch size only regroups images
+    with pytest.raises(UsageError, match="out of range"):
+        P.run([Subject("m", m, "none")], data, spec, P.PathsOptions(ks=(9,)))
+    s = r.summary["m"]
     assert s["range"][0] <= s["peak_k"] <= s["range"][1] and 0 < s["fraction_of_paths"] <= 1
+    assert set(s["ranges"]) == {"0.8", "0.9", "0.95"}
+    w = s["weighted_length"]
+    assert w["ci_low"] <= w["value"] <= w["ci_high"]
+    assert w["value"] == pytest.approx(P.weighted_length(df["total_grad"].to_numpy()))
+    v = r.verdicts[0]
+    assert v.statistic == pytest.approx(w["value"] / 3) and v.threshold == P.SHORT_PATHS
+    save(r, tmp_path)
+    meta = json.loads((tmp_path / "paths.json").read_text())
     for f in meta["files"]:
         assert (tmp_path / f).stat().st_size > 0
     assert list(pd.read_csv(tmp_path / "paths.csv")["k"]) == list(range(7))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        P.PathsOptions(share=1.5)
+
+
+def test_short_paths_verdict_boundaries():
+    def summary(value, lo, hi, n=10):
+        return {"m": dict(typical_length=n / 2, weighted_length=dict(value=value, ci_low=lo, ci_high=hi), ranges={},
+                          peak_k=2)}
+    assert P.short_paths_verdict(summary(2.0, 1.8, 2.2), "m", 100).verdict == "supported"      # 0.36..0.44
+    assert P.short_paths_verdict(summary(3.75, 3.5, 4.0), "m", 100).verdict == "inconclusive"  # straddles 0.75
+    assert P.short_paths_verdict(summary(4.5, 4.2, 4.8), "m", 100).verdict == "not supported"
+    assert P.short_paths_verdict({"m": dict(note="x")}, "m", 1).verdict == "inconclusive"

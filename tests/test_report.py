@@ -8,11 +8,13 @@ import re
 import pytest
 import torch
 
-import resprobe.report.amplify as A
+import resprobe.probes.amplify as A
 from resprobe.cli import main
+from resprobe.engine import RunSpec
 from resprobe.io.data import load_dataset
 from resprobe.models import build_model
-from resprobe.report.full import full_report
+from resprobe.report.full import SECTIONS, full_report
+from resprobe.study import Subject
 
 from conftest import randomize_bn
 
@@ -21,7 +23,7 @@ def _models():
     torch.manual_seed(0)
     res = randomize_bn(build_model("cifar_resnet8", num_classes=4)).eval()
     plain = randomize_bn(build_model("cifar_plain8", num_classes=4), 1).eval()
-    return ("res", res, {"model": "cifar_resnet8"}), ("plain", plain, {"model": "cifar_plain8"})
+    return [Subject("res", res, "none", {"model": "cifar_resnet8"}), Subject("plain", plain, "none", {"model": "cifar_plain8"})]
 
 
 def _check_html(path):
@@ -43,25 +45,28 @@ def _check_html(path):
 
 def test_full_report_sections_and_failure_isolation(tmp_path, monkeypatch):
     data = load_dataset("synthetic(n=48,classes=4,size=16)", "test")
-    res, plain = _models()
 
     def broken(*a, **k):
         raise RuntimeError("amplify exploded")
 
-    monkeypatch.setattr(A, "amplify_study", broken)
-    sections = full_report(res, data, plain, "fast", out=tmp_path, progress=False)
-    assert set(sections) == {"lesion", "paths", "identity", "amplify", "gradcorr"}
+    monkeypatch.setattr(A, "run", broken)
+    sections = full_report(_models(), data, RunSpec(progress=False), "fast", out=tmp_path)
+    assert set(sections) == set(SECTIONS)
     assert sections["amplify"]["verdict"] == "failed" and "amplify exploded" in sections["amplify"]["error"]
     for k, v in sections.items():
         assert v["verdict"] in ("supported", "not supported", "inconclusive", "failed"), k
         if k != "amplify":
             assert v["verdict"] != "failed", (k, v.get("error"))
-            assert v["criterion"]
+            assert v["criterion"] and v["scope"] and "ci_low" in v and "statistic" in v
     html = _check_html(tmp_path / "report.html")
-    assert html.count("Verdict:") == 5 and "amplify exploded" in html
+    assert html.count("<b>Verdict:") == len(SECTIONS) - 1 and "amplify exploded" in html
+    # the summary table of verdicts comes first
+    assert html.index("<h2>Verdicts</h2>") < html.index("<b>Verdict:")
     meta = json.loads((tmp_path / "report.json").read_text())
     assert meta["provenance"]["data"]["n_images"] == len(data)
     assert (tmp_path / "results.csv").stat().st_size > 0
+    for sec in ("lesion", "paths", "identity", "gradcorr", "gradcorr-synthetic"):
+        assert (tmp_path / sec / "report.html").is_file()
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
-"""Model surgery and hooks: a model seen as stem -> residual blocks (F, S, post) -> head."""
-from .adapters import BlockParts, SHORTCUT_KINDS, register_block, registered_block_types, unregister_block
+"""Model surgery and hooks: a model seen as stem -> residual units (F, S, post) -> head."""
 from .hooks import Trace, frozen_eval, hook_count, preserved_state
-from .view import AnatomyError, Block, Edits, ResidualView, anatomy, register_model
+from .parts import (SHORTCUT_KINDS, UNIT_KINDS, BlockParts, UnitParts, register_adapter_module, register_block,
+                    registered_block_types, unregister_block)
+from .view import (PARALLEL_MODES, AnatomyError, BlockInfo, Edits, ResidualView, Step, Unit, anatomy, find_blocks,
+                   register_model)
 
-__all__ = ["BlockParts", "SHORTCUT_KINDS", "register_block", "unregister_block", "registered_block_types",
-           "Trace", "frozen_eval", "hook_count", "preserved_state", "AnatomyError", "Block", "Edits", "ResidualView",
-           "anatomy", "register_model"]
+__all__ = ["UnitParts", "BlockParts", "SHORTCUT_KINDS", "UNIT_KINDS", "register_block", "unregister_block",
+           "registered_block_types", "register_adapter_module", "Trace", "frozen_eval", "hook_count",
+           "preserved_state", "AnatomyError", "Unit", "BlockInfo", "Edits", "Step", "ResidualView", "anatomy",
+           "register_model", "find_blocks", "PARALLEL_MODES"]

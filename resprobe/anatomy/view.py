@@ -1,47 +1,60 @@
-"""The residual anatomy: any ResNet seen as stem -> blocks -> head.
+"""The residual anatomy: a network seen as stem -> residual units -> head.
 
-``anatomy(model)`` finds the registered residual blocks (see :mod:`.adapters`), orders them as the
-forward pass calls them, and splits the model's own forward into a *stem* (everything before the
-first block) and a *head* (everything after the last) with ``torch.fx``: the stem and head are the
-model's own code, not a re-implementation. A model that ``torch.fx`` cannot trace can supply them
-with :func:`register_model`.
+``anatomy(model)`` finds the model's blocks (registered, from an adapter module, or decomposed
+automatically from their own ``forward``; see :mod:`.parts`), orders them as the forward pass calls
+them, and cuts the model's own forward into a *stem*, the *chain* (units, and non-residual
+transitions between blocks) and a *head* with ``torch.fx`` (see :mod:`.decompose`): the stem and
+the head are the model's own code. A model ``torch.fx`` cannot trace supplies them with
+:func:`register_model`.
 
-``view.run(h, start=i, edits=Edits(...))`` runs the network from the input of block ``i`` to the
-logits with blocks deleted (branch dropped, shortcut and post-activation kept; a plain block becomes
-the identity), given another block's branch (reordering), scaled or replaced.
+``view.run(h, start=i, edits=Edits(...))`` runs the network from the input of unit ``i`` to the
+logits with units deleted (branch dropped, shortcut and post kept; a plain unit becomes the
+identity), given another unit's branch (reordering), scaled, replaced, run in parallel or repeated.
+``view.walk(h)`` yields every unit's input, shortcut, branch and output (the cache verb);
+``view.run_with_cache(x)`` is the thin wrapper that keeps them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
-from .adapters import BlockParts, parts_for, registered_block_types
+from ..errors import UserError
+from .decompose import SplitError, auto_units, split_model
+from .parts import UnitParts, load_adapters, parts_for, registered_block_types
 
-__all__ = ["AnatomyError", "Block", "Edits", "ResidualView", "anatomy", "register_model"]
+__all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Step", "ResidualView", "anatomy", "register_model",
+           "PARALLEL_MODES"]
 
 Tensor = torch.Tensor
+PARALLEL_MODES = ("sum", "mean")
 
 
-class AnatomyError(ValueError):
-    """The model cannot be seen as stem -> residual blocks -> head, or an edit is invalid."""
+class AnatomyError(UserError, ValueError):
+    """The model cannot be seen as stem -> residual units -> head, or an edit is invalid."""
 
 
 @dataclass
-class Block:
-    """One residual block: its name (module path), position, parts and (once known) shapes."""
+class Unit:
+    """One unit of the chain: a residual unit, a plain unit (a plain twin's block) or a transition."""
 
     name: str
     index: int
+    block: str               # the block (module path) the unit belongs to; the transition's name for one
+    block_index: int
+    part: str                # the unit's part within its block ("" when the block is one unit)
     stage: int
-    index_in_stage: int
-    module: nn.Module
-    parts: BlockParts
+    index_in_stage: int      # the block's position within its stage
+    parts: UnitParts
+    module: nn.Module        # the block module (a transition: its GraphModule)
     in_shape: Optional[tuple] = None
     out_shape: Optional[tuple] = None
+
+    @property
+    def kind(self) -> str:
+        return self.parts.kind
 
     @property
     def shortcut_kind(self) -> str:
@@ -49,55 +62,91 @@ class Block:
 
     @property
     def residual(self) -> bool:
-        return self.parts.shortcut is not None
+        return self.parts.residual
 
     @property
     def downsample(self) -> bool:
-        """True when the block changes the tensor's shape (or has a non-identity shortcut)."""
+        """True when the unit changes the tensor's shape (or has a non-identity shortcut)."""
         if self.in_shape is not None and self.out_shape is not None:
             return tuple(self.in_shape) != tuple(self.out_shape)
-        return self.shortcut_kind in ("projection", "zeropad")
+        return self.shortcut_kind in ("projection", "zeropad") or self.kind == "transition"
 
     def branch(self, x: Tensor) -> Tensor:
         return self.parts.branch(x)
 
     def shortcut(self, x: Tensor) -> Tensor:
         if self.parts.shortcut is None:
-            raise AnatomyError(f"block {self.name} is a plain block: it has no shortcut")
+            raise AnatomyError(f"unit {self.name} is a {self.kind} unit: it has no shortcut")
         return self.parts.shortcut(x)
 
     def post(self, t: Tensor) -> Tensor:
         return self.parts.post(t)
 
     def decomposed(self, x: Tensor) -> Tensor:
-        """``post(S(x) + F(x))`` (``post(F(x))`` for a plain block), computed from the parts."""
-        f = self.branch(x)
-        return self.post(f if not self.residual else self.shortcut(x) + f)
+        """``post(S(x) + F(x))`` (``post(F(x))`` without a shortcut), computed from the parts."""
+        return self.parts.output(x)
+
+    def params(self) -> list[nn.Parameter]:
+        mods = self.parts.modules or (self.module,)
+        seen, out = set(), []
+        for m in mods:
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
 
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
+        return sum(p.numel() for p in self.params())
+
+
+@dataclass
+class BlockInfo:
+    """A block (module) and the units it holds, in order."""
+
+    name: str
+    index: int
+    stage: int
+    index_in_stage: int
+    units: list[int]
+    module: nn.Module
+    kind: str  # "block" | "transition"
 
 
 @dataclass(frozen=True)
 class Edits:
-    """A modification of the network, by block index.
+    """A modification of the network, by unit index.
 
-    - ``delete``: drop the residual branch (keep shortcut and post-activation); plain blocks become
-      the identity (only shape-preserving ones);
-    - ``branch_from``: ``{i: j}`` block ``i`` uses the residual branch of block ``j`` (reordering);
-      for plain blocks, block ``i`` is replaced by block ``j`` whole;
-    - ``scale``: ``{i: s}`` multiply block ``i``'s residual branch by ``s``;
-    - ``replace``: ``{i: callable}`` replace block ``i`` entirely.
+    - ``delete``: drop the residual branch (keep shortcut and post); plain units become the identity
+      (only shape-preserving ones); transitions cannot be deleted;
+    - ``branch_from``: ``{i: j}`` unit ``i`` uses the residual branch of unit ``j`` (reordering); a
+      plain unit ``i`` is replaced by unit ``j`` whole;
+    - ``scale``: ``{i: s}`` multiply unit ``i``'s residual branch by ``s``;
+    - ``replace``: ``{i: callable}`` replace unit ``i`` entirely;
+    - ``parallel``: ``((first, last, mode), ...)``: residual units ``first..last`` (inclusive) all read the
+      same input x and their branches are combined: ``post_last(x + Σ F_k(x))`` (``mode="sum"``) or
+      ``post_last(x + mean_k F_k(x))`` (``"mean"``) — Painters' parallel layers; identity shortcuts only;
+    - ``repeat``: ``{i: n}`` unit ``i`` applied ``n`` times in a row (Painters' looped layers).
+
+    ``Edits.skip(first, last)`` deletes the units ``first..last`` (a skipped range).
     """
 
     delete: frozenset = frozenset()
     branch_from: Mapping[int, int] = field(default_factory=dict)
     scale: Mapping[int, float] = field(default_factory=dict)
     replace: Mapping[int, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    parallel: tuple = ()
+    repeat: Mapping[int, int] = field(default_factory=dict)
+
+    @staticmethod
+    def skip(first: int, last: int) -> "Edits":
+        return Edits(delete=frozenset(range(first, last + 1)))
 
     def touched(self) -> set[int]:
         moved = {i for i, j in self.branch_from.items() if i != j}
-        return set(self.delete) | moved | set(self.scale) | set(self.replace)
+        par = {i for a, b, _ in self.parallel for i in range(a, b + 1)}
+        reps = {i for i, n in self.repeat.items() if n != 1}
+        return set(self.delete) | moved | set(self.scale) | set(self.replace) | par | reps
 
     def first(self) -> Optional[int]:
         t = self.touched()
@@ -106,8 +155,40 @@ class Edits:
     def is_empty(self) -> bool:
         return not self.touched()
 
+    def code(self, i: int) -> tuple:
+        """A sortable code of what happens to unit ``i`` (configurations sorted by their codes share
+        the longest prefixes)."""
+        for a, b, mode in self.parallel:
+            if a <= i <= b:
+                return (4, a, b, PARALLEL_MODES.index(mode))
+        if i in self.replace:
+            return (5, id(self.replace[i]))
+        if i in self.delete:
+            return (1,)
+        c: tuple = (0,)
+        j = self.branch_from.get(i, i)
+        if j != i:
+            c = (2, j)
+        if i in self.scale:
+            c = c + (3, float(self.scale[i]))
+        if self.repeat.get(i, 1) != 1:
+            c = c + (6, int(self.repeat[i]))
+        return c
+
 
 NO_EDITS = Edits()
+
+
+class Step(NamedTuple):
+    """One unit as the cache verb sees it: input x, shortcut s (None without one), branch f, output y."""
+
+    index: int
+    unit: Unit
+    x: Tensor
+    s: Optional[Tensor]
+    f: Tensor
+    y: Tensor
+
 
 # model class -> (stem(model, x), head(model, h)) for models that torch.fx cannot split
 _MODEL_ADAPTERS: dict[type, tuple[Callable, Callable]] = {}
@@ -115,19 +196,33 @@ _MODEL_ADAPTERS: dict[type, tuple[Callable, Callable]] = {}
 
 def register_model(cls: type, stem: Callable[[nn.Module, Tensor], Tensor],
                    head: Callable[[nn.Module, Tensor], Tensor]) -> None:
-    """Give the stem and head of a model class explicitly (for models ``torch.fx`` cannot trace)."""
+    """Give the stem and head of a model class explicitly (for models ``torch.fx`` cannot trace);
+    its blocks must then be called one after the other in registration order."""
     _MODEL_ADAPTERS[cls] = (stem, head)
 
 
-def _find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, BlockParts]]:
-    found = []
-    skip: list[str] = []
+def _is_container(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+
+
+def _is_torch_leaf(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch.nn") and not _is_container(m)
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, list[UnitParts], bool]]:
+    """``(name, module, units, automatic)`` for every block, outermost first, in module order."""
+    load_adapters(model)
+    found, skip = [], []
     for name, mod in model.named_modules():
-        if any(name.startswith(p + ".") for p in skip):
+        if not name or any(name.startswith(p + ".") for p in skip):
             continue
-        parts = parts_for(mod)
-        if parts is not None and name:
-            found.append((name, mod, parts))
+        units = parts_for(mod)
+        auto = False
+        if units is None and not _is_container(mod) and not _is_torch_leaf(mod):
+            units = auto_units(mod)
+            auto = units is not None
+        if units:
+            found.append((name, mod, units, auto))
             skip.append(name)
     return found
 
@@ -136,142 +231,133 @@ def _no_blocks_error(model: nn.Module) -> AnatomyError:
     types = sorted({type(m).__name__ for m in model.modules()})
     known = ", ".join(sorted(t.__module__.split(".")[0] + "." + t.__name__ for t in registered_block_types()))
     return AnatomyError(
-        f"no residual block found in {type(model).__name__}. Module types in the model: {', '.join(types)}. "
-        f"Known block types: {known}. If your model has residual blocks of its own class, register them with "
-        "resprobe.anatomy.register_block(YourBlock, parts_fn) (see resprobe/anatomy/adapters.py)."
-    )
+        f"no residual block found in {type(model).__name__}: no module adds its input to a branch of its own. "
+        f"Module types in the model: {', '.join(types)}. Registered block types: {known}",
+        "if the model has residual blocks, register their class with "
+        "resprobe.anatomy.register_block(YourBlock, parts_fn) (see resprobe/anatomy/parts.py)")
 
 
-class _BlockTracer(fx.Tracer):
-    def __init__(self, leaves: set[int]):
+class _Transition(nn.Module):
+    """The code between two blocks, run as a non-residual unit."""
+
+    def __init__(self, gm: nn.Module):
         super().__init__()
-        self._leaves = leaves
+        self.gm = gm
 
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return id(m) in self._leaves or super().is_leaf_module(m, qualname)
-
-
-def _split_fx(model: nn.Module, names: list[str], modules: list[nn.Module]):
-    """Split the model's traced graph into stem and head GraphModules; return them and the block order."""
-    tracer = _BlockTracer({id(m) for m in modules})
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
-        raise AnatomyError(
-            f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); give its stem and head "
-            "with resprobe.anatomy.register_model(ModelClass, stem=fn(model, x), head=fn(model, h))"
-        ) from e
-    name_set = set(names)
-    order = list(graph.nodes)
-    bnodes = [n for n in order if n.op == "call_module" and n.target in name_set]
-    called = [n.target for n in bnodes]
-    if sorted(called) != sorted(names) or len(set(called)) != len(called):
-        raise AnatomyError(f"each residual block must be called exactly once in forward; calls: {called}")
-    for prev, nxt in zip(bnodes, bnodes[1:]):
-        if tuple(nxt.args) != (prev,) or nxt.kwargs or set(prev.users) != {nxt}:
-            raise AnatomyError(
-                f"blocks {prev.target} -> {nxt.target} are not chained directly (the output of one must be the "
-                "only input of the next, and used nowhere else); use register_model for such a model")
-    first, last = bnodes[0], bnodes[-1]
-    if len(first.args) != 1 or first.kwargs:
-        raise AnatomyError(f"block {first.target} must take a single tensor argument")
-    if len(last.users) == 0:
-        raise AnatomyError(f"the output of the last block {last.target} is unused")
-
-    stem_g, env = fx.Graph(), {}
-    for n in order:
-        if n is first:
-            break
-        env[n] = stem_g.node_copy(n, lambda a: env[a])
-    stem_g.output(env[first.args[0]])
-
-    head_g, henv = fx.Graph(), {}
-    henv[last] = head_g.placeholder("h")
-    pos = {n: k for k, n in enumerate(order)}
-
-    def lookup(a):
-        if a in henv:
-            return henv[a]
-        if a.op == "get_attr":  # a parameter or buffer fetched before the blocks
-            henv[a] = head_g.node_copy(a, lookup)
-            return henv[a]
-        raise AnatomyError(
-            f"the head uses {a.name!r}, computed before the last block; the model is not stem -> blocks -> head "
-            "(use register_model)")
-
-    for n in order[pos[last] + 1:]:
-        henv[n] = head_g.node_copy(n, lookup)
-    return _graph_module(model, stem_g), _graph_module(model, head_g), called
-
-
-def _graph_module(root: nn.Module, graph: fx.Graph) -> fx.GraphModule:
-    gm = fx.GraphModule(root, graph)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
+    def forward(self, x):
+        return self.gm(x)
 
 
 class ResidualView:
-    """A model seen as ``stem -> blocks -> head``. The model itself is never modified."""
+    """A model seen as ``stem -> units -> head``. The model itself is never modified."""
 
     def __init__(self, model: nn.Module):
         self.model = model
-        found = _find_blocks(model)
+        found = find_blocks(model)
         if not found:
             raise _no_blocks_error(model)
-        names = [n for n, _, _ in found]
-        by_name = {n: (m, p) for n, m, p in found}
+        by_name = {n: (m, u, a) for n, m, u, a in found}
+        self._auto = {n for n, _, _, a in found if a}
         adapter = next((v for c, v in _MODEL_ADAPTERS.items() if isinstance(model, c)), None)
         if adapter is not None:
             stem_fn, head_fn = adapter
             self._stem = lambda x: stem_fn(model, x)
             self._head = lambda h: head_fn(model, h)
-            order = names  # registration order; the user's adapter vouches for it
+            items = [("block", n, None) for n, _, _, _ in found]
         else:
-            stem_gm, head_gm, order = _split_fx(model, names, [m for _, m, _ in found])
-            self._stem, self._head = stem_gm, head_gm
-        parents = [n.rsplit(".", 1)[0] if "." in n else "" for n in order]
-        self.blocks: list[Block] = []
-        stage, in_stage = 0, 0
-        for i, (n, parent) in enumerate(zip(order, parents)):
-            if i > 0 and parent != parents[i - 1]:
-                stage, in_stage = stage + 1, 0
-            m, p = by_name[n]
-            self.blocks.append(Block(n, i, stage, in_stage, m, p))
-            in_stage += 1
-        self._index = {b.name: b.index for b in self.blocks}
+            try:
+                chain = split_model(model, [n for n, _, _, _ in found], [m for _, m, _, _ in found])
+            except SplitError as e:
+                raise AnatomyError(f"{type(model).__name__} is not stem -> blocks -> head: {e}",
+                                   e.hint or "give its stem and head with resprobe.anatomy.register_model("
+                                   "ModelClass, stem=fn(model, x), head=fn(model, h))") from e
+            except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
+                raise AnatomyError(f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e})",
+                                   "give its stem and head with resprobe.anatomy.register_model(ModelClass, "
+                                   "stem=fn(model, x), head=fn(model, h))") from e
+            self._stem, self._head, items = chain.stem, chain.head, chain.items
+        self.units: list[Unit] = []
+        self.blocks: list[BlockInfo] = []
+        self._build(items, by_name)
+        self._index = {u.name: u.index for u in self.units}
+        self._block_index = {b.name: b.index for b in self.blocks}
         self._shape_key = None
+
+    def _build(self, items, by_name) -> None:
+        parents = [n.rsplit(".", 1)[0] if "." in n else "" for kind, n, _ in items]
+        stage, in_stage, prev_parent, after_transition = 0, 0, None, False
+        pending: list = []
+        for (kind, name, gm), parent in zip(items, parents):
+            if kind == "transition":
+                pending.append((name, gm))
+                after_transition = True
+                continue
+            if prev_parent is not None and (parent != prev_parent or after_transition):
+                stage, in_stage = stage + 1, 0
+            for tname, tgm in pending:  # a transition belongs to the stage it leads into
+                self._add_block(tname, _Transition(tgm), [UnitParts(branch=tgm, kind="transition", modules=(tgm,))],
+                                stage, -1, "transition")
+            pending = []
+            mod, units, _ = by_name[name]
+            self._add_block(name, mod, units, stage, in_stage, "block")
+            in_stage += 1
+            prev_parent, after_transition = parent, False
+
+    def _add_block(self, name, module, units, stage, in_stage, kind) -> None:
+        b = BlockInfo(name, len(self.blocks), stage, in_stage, [], module, kind)
+        for p in units:
+            uname = f"{name}.{p.name}" if p.name else name
+            u = Unit(uname, len(self.units), name, b.index, p.name, stage, in_stage, p, module)
+            b.units.append(u.index)
+            self.units.append(u)
+        self.blocks.append(b)
 
     # --- lookup ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.blocks)
+        return len(self.units)
 
-    def __iter__(self):
-        return iter(self.blocks)
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self.units)
 
-    def __getitem__(self, key) -> Block:
-        return self.blocks[self.index(key)]
+    def __getitem__(self, key) -> Unit:
+        return self.units[self.index(key)]
 
     @property
     def names(self) -> list[str]:
-        return [b.name for b in self.blocks]
+        return [u.name for u in self.units]
 
     @property
     def n_stages(self) -> int:
-        return self.blocks[-1].stage + 1
+        return self.units[-1].stage + 1
 
     def index(self, key) -> int:
-        """Block index from an index or a name; a bad name lists the valid ones."""
-        if isinstance(key, int):
-            if not -len(self.blocks) <= key < len(self.blocks):
-                raise AnatomyError(f"block index {key} out of range 0..{len(self.blocks) - 1}")
-            return key % len(self.blocks)
-        if key not in self._index:
-            raise AnatomyError(f"unknown block {key!r}; valid block names: {', '.join(self.names)}")
-        return self._index[key]
+        """Unit index from an index or a unit name (a one-unit block's name is its unit's name)."""
+        if isinstance(key, (int,)) and not isinstance(key, bool):
+            if not -len(self.units) <= key < len(self.units):
+                raise AnatomyError(f"unit index {key} out of range 0..{len(self.units) - 1}")
+            return key % len(self.units)
+        if key in self._index:
+            return self._index[key]
+        if key in self._block_index:
+            b = self.blocks[self._block_index[key]]
+            if len(b.units) == 1:
+                return b.units[0]
+            raise AnatomyError(f"{key!r} is a block of {len(b.units)} units "
+                               f"({', '.join(self.units[i].name for i in b.units)})", "name one of its units")
+        raise AnatomyError(f"unknown unit or block {key!r}; valid names: {', '.join(self.names)}")
 
     def indices(self, keys: Iterable) -> list[int]:
-        return [self.index(k) for k in keys]
+        """Unit indices of names or indices; a block's name stands for all its units."""
+        out: list[int] = []
+        for k in keys:
+            if isinstance(k, str) and k not in self._index and k in self._block_index:
+                out += self.blocks[self._block_index[k]].units
+            else:
+                out.append(self.index(k))
+        return out
+
+    def block_of(self, i: int) -> BlockInfo:
+        return self.blocks[self.units[i].block_index]
 
     # --- execution ------------------------------------------------------------------------------
     def stem(self, x: Tensor) -> Tensor:
@@ -280,105 +366,185 @@ class ResidualView:
     def head(self, h: Tensor) -> Tensor:
         return self._head(h)
 
-    def run_block(self, i: int, x: Tensor, edits: Edits = NO_EDITS, decompose: bool = False) -> Tensor:
-        b = self.blocks[i]
-        if i in edits.replace:
-            return edits.replace[i](x)
+    def _unit_once(self, i: int, x: Tensor, edits: Edits, decompose: bool) -> Tensor:
+        u = self.units[i]
         deleted = i in edits.delete
         src = edits.branch_from.get(i, i)
         scale = edits.scale.get(i)
         if not deleted and src == i and scale is None:
-            return b.decomposed(x) if decompose else b.module(x)
-        if not b.residual:
-            if deleted:
-                if not self.shape_preserving(i):
-                    raise AnatomyError(f"plain block {b.name} changes shape {b.in_shape} -> {b.out_shape}: "
-                                       "it cannot be deleted (replaced by the identity)")
-                return x
-            y = self.blocks[src].module(x)
+            if decompose or len(self.blocks[u.block_index].units) > 1:
+                return u.decomposed(x)
+            return u.module(x)
+        if u.kind == "transition":
+            raise AnatomyError(f"{u.name} is a non-residual transition unit: it cannot be deleted, moved or scaled")
+        if deleted and not self.deletable(i):
+            raise AnatomyError(f"plain unit {u.name} changes shape {u.in_shape} -> {u.out_shape}: "
+                               "it cannot be deleted (replaced by the identity)")
+        if not u.residual and not deleted and src != i:
+            y = self.units[src].module(x) if len(self.block_of(src).units) == 1 else self.units[src].decomposed(x)
             return y if scale is None else y * scale
-        if deleted:
-            return b.post(b.shortcut(x))
-        f = self.blocks[src].branch(x)
-        if scale is not None:
-            f = f * scale
-        return b.post(b.shortcut(x) + f)
+        return u.parts.output(x, branch=None if src == i else self.units[src].branch, scale=scale, deleted=deleted)
+
+    def run_unit(self, i: int, x: Tensor, edits: Edits = NO_EDITS, decompose: bool = False) -> Tensor:
+        """Unit ``i`` (with its edits) on ``x``."""
+        if i in edits.replace:
+            return edits.replace[i](x)
+        for _ in range(int(edits.repeat.get(i, 1))):
+            x = self._unit_once(i, x, edits, decompose)
+        return x
+
+    run_block = run_unit
+
+    def _parallel(self, x: Tensor, first: int, last: int, mode: str, edits: Edits) -> Tensor:
+        if mode not in PARALLEL_MODES:
+            raise AnatomyError(f"parallel mode must be one of {PARALLEL_MODES}, got {mode!r}")
+        units = self.units[first:last + 1]
+        bad = [u.name for u in units if u.shortcut_kind != "identity"]
+        if bad:
+            raise AnatomyError(f"units {', '.join(bad)} have no identity shortcut: they cannot run in parallel")
+        fs = [self.units[edits.branch_from.get(u.index, u.index)].branch(x) * edits.scale.get(u.index, 1.0)
+              for u in units if u.index not in edits.delete]
+        total = torch.stack(fs).sum(0) if fs else torch.zeros_like(x)
+        if mode == "mean" and fs:
+            total = total / len(fs)
+        return units[-1].post(x + total)
 
     def run(self, h: Tensor, start: int = 0, stop: Optional[int] = None, edits: Edits = NO_EDITS,
             head: bool = True, decompose: bool = False,
             observe: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
-        """Run from the input ``h`` of block ``start`` through block ``stop - 1`` (then the head).
+        """Run from the input ``h`` of unit ``start`` through unit ``stop - 1`` (then the head).
 
         ``start=0`` with an image batch: pass ``view.stem(x)`` as ``h``, or use :meth:`forward`.
-        ``observe(i, x_in, x_out)`` is called after each block.
-        """
-        stop = len(self.blocks) if stop is None else stop
-        for i in range(start, stop):
-            out = self.run_block(i, h, edits, decompose)
+        ``observe(i, x_in, x_out)`` is called after each unit (after a parallel range, with its last
+        unit's index)."""
+        n = len(self.units)
+        stop = n if stop is None else stop
+        groups = {a: (a, b, mode) for a, b, mode in edits.parallel}
+        for a, b, _ in edits.parallel:
+            if not (0 <= a <= b < n):
+                raise AnatomyError(f"parallel range {a}..{b} out of range 0..{n - 1}")
+            if a < start <= b:
+                raise AnatomyError(f"cannot start at unit {start}, inside the parallel range {a}..{b}")
+        i = start
+        while i < stop:
+            if i in groups:
+                a, b, mode = groups[i]
+                out = self._parallel(h, a, b, mode, edits)
+                last = b
+            else:
+                blk = self.blocks[self.units[i].block_index]
+                multi = len(blk.units) > 1
+                if (multi and not decompose and observe is None and i == blk.units[0] and blk.units[-1] < stop
+                        and not (edits.touched() & set(blk.units))):
+                    out, last = blk.module(h), blk.units[-1]  # the block's own forward, all its units at once
+                else:
+                    out, last = self.run_unit(i, h, edits, decompose), i
             if observe is not None:
-                observe(i, h, out)
+                observe(last, h, out)
             h = out
-        return self.head(h) if head and stop == len(self.blocks) else h
+            i = last + 1
+        return self.head(h) if head and stop == n else h
 
     def forward(self, x: Tensor, edits: Edits = NO_EDITS, decompose: bool = False) -> Tensor:
-        """Image -> logits through stem, blocks (with ``edits``) and head."""
+        """Image -> logits through stem, units (with ``edits``) and head."""
         return self.run(self.stem(x), 0, edits=edits, decompose=decompose)
 
     __call__ = forward
 
-    def block_inputs(self, x: Tensor) -> list[Tensor]:
-        """Inputs of every block, and the input of the head as the last element (n + 1 tensors)."""
+    def unit_inputs(self, x: Tensor) -> list[Tensor]:
+        """Inputs of every unit, and the input of the head as the last element (n + 1 tensors)."""
         hs = [self.stem(x)]
-        for i in range(len(self.blocks)):
-            hs.append(self.run_block(i, hs[-1]))
+        for i in range(len(self.units)):
+            hs.append(self.run_unit(i, hs[-1]))
         return hs
+
+    block_inputs = unit_inputs
+
+    def walk(self, h: Tensor, start: int = 0, stop: Optional[int] = None) -> Iterator[Step]:
+        """The cache verb: for each unit from ``start``, its input, shortcut S(x), branch F(x) and output
+        y = post(S(x) + F(x)), computed once from the parts (y of unit i is x of unit i + 1)."""
+        stop = len(self.units) if stop is None else stop
+        for i in range(start, stop):
+            u = self.units[i]
+            f = u.branch(h)
+            s = u.shortcut(h) if u.residual else None
+            y = u.post(f if s is None else s + f)
+            yield Step(i, u, h, s, f, y)
+            h = y
+
+    def run_with_cache(self, x: Tensor) -> tuple[Tensor, list[Step]]:
+        """Logits and every unit's :class:`Step` for an image batch (keeps all activations: for small
+        batches; probes stream with :meth:`walk`)."""
+        steps = list(self.walk(self.stem(x)))
+        return self.head(steps[-1].y), steps
 
     # --- shapes ---------------------------------------------------------------------------------
     def infer_shapes(self, input_shape: Sequence[int]) -> list[tuple[tuple, tuple]]:
-        """Per-block (input shape, output shape) without the batch dimension, for ``input_shape``."""
+        """Per-unit (input shape, output shape) without the batch dimension, for ``input_shape``; also
+        checks that every automatically decomposed block reproduces its own output."""
         key = tuple(input_shape)
         if self._shape_key != key:
             from .hooks import preserved_state
             p = next(self.model.parameters(), None)
             dev = p.device if p is not None else "cpu"
             dtype = p.dtype if p is not None else torch.float32
+            g = torch.Generator().manual_seed(0)
             with preserved_state(self.model), torch.no_grad():
                 self.model.eval()
-                x = torch.zeros((2, *key), device=dev, dtype=dtype)
-
-                def obs(i, a, b):
-                    self.blocks[i].in_shape, self.blocks[i].out_shape = tuple(a.shape[1:]), tuple(b.shape[1:])
-
-                self.run(self.stem(x), observe=obs, head=False)
+                x = torch.randn((2, *key), generator=g).to(device=dev, dtype=dtype)
+                try:
+                    h = self.stem(x)
+                except Exception as e:  # noqa: BLE001 - a wrong input shape is the user's to fix
+                    raise AnatomyError(f"the model does not accept inputs of shape {key} ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0] if str(e) else ''})",
+                                       "check the data's image size or pass --input-size C,H,W") from e
+                for b in self.blocks:
+                    x_in = h
+                    for i in b.units:
+                        out = self.units[i].decomposed(h)
+                        self.units[i].in_shape, self.units[i].out_shape = tuple(h.shape[1:]), tuple(out.shape[1:])
+                        h = out
+                    if b.name in self._auto:
+                        ref = b.module(x_in)
+                        err = float((ref - h).abs().max()) / max(float(ref.abs().max()), 1e-12)
+                        if not err <= 1e-4:
+                            raise AnatomyError(
+                                f"the automatic decomposition of block {b.name} ({type(b.module).__name__}) does not "
+                                f"reproduce its output (relative max |Δ| = {err:.2e})",
+                                f"register an adapter: resprobe.anatomy.register_block({type(b.module).__name__}, "
+                                "parts_fn)")
             self._shape_key = key
-        return [(b.in_shape, b.out_shape) for b in self.blocks]
+        return [(u.in_shape, u.out_shape) for u in self.units]
 
     def shape_preserving(self, i: int) -> bool:
-        b = self.blocks[i]
-        if b.in_shape is None:
-            raise AnatomyError("block shapes are unknown: call view.infer_shapes(input_shape) first")
-        return tuple(b.in_shape) == tuple(b.out_shape)
+        u = self.units[i]
+        if u.in_shape is None:
+            raise AnatomyError("unit shapes are unknown: call view.infer_shapes(input_shape) first")
+        return tuple(u.in_shape) == tuple(u.out_shape)
 
     def deletable(self, i: int) -> bool:
-        """Residual blocks always; plain blocks only when they preserve shape."""
-        return self.blocks[i].residual or self.shape_preserving(i)
+        """Residual units always; plain units when they keep the shape; transitions never."""
+        u = self.units[i]
+        if u.kind == "transition":
+            return False
+        return u.residual or self.shape_preserving(i)
 
     def check_decomposition(self, x: Tensor) -> float:
-        """Max |model(x) - stem/blocks(F, S, post)/head(x)| in eval mode, without grad."""
+        """Max |model(x) - stem/units(F, S, post)/head(x)| in eval mode, without grad."""
         from .hooks import preserved_state
         with preserved_state(self.model), torch.no_grad():
             self.model.eval()
             return (self.model(x) - self.forward(x, decompose=True)).abs().max().item()
 
     def table(self) -> list[dict]:
-        """One dict per block: name, stage, index in stage, shapes, shortcut kind, parameters."""
-        return [dict(name=b.name, stage=b.stage, index_in_stage=b.index_in_stage,
-                     in_shape=b.in_shape, out_shape=b.out_shape, shortcut=b.shortcut_kind,
-                     downsample=b.downsample, params=b.n_params()) for b in self.blocks]
+        """One dict per unit: name, block, part, kind, stage, index in stage, shapes, shortcut, params."""
+        return [dict(name=u.name, block=u.block, part=u.part, kind=u.kind, stage=u.stage,
+                     index_in_stage=u.index_in_stage, in_shape=u.in_shape, out_shape=u.out_shape,
+                     shortcut=u.shortcut_kind, downsample=u.downsample, params=u.n_params()) for u in self.units]
 
 
 def anatomy(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> ResidualView:
-    """See ``model`` as stem -> residual blocks -> head (optionally inferring block shapes)."""
+    """See ``model`` as stem -> residual units -> head (optionally inferring unit shapes)."""
     view = ResidualView(model)
     if input_shape is not None:
         view.infer_shapes(input_shape)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,13 +10,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
+
 __all__ = ["CheckpointError", "read_state_dict", "load_weights", "sha256_file"]
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model (``missing``, ``unexpected``: keys;
+    ``shapes``: ``(key, checkpoint shape, model shape)``)."""
+
+    def __init__(self, message: str, hint: str | None = None, missing=(), unexpected=(), shapes=()):
+        super().__init__(message, hint)
+        self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -68,35 +74,37 @@ def _strip(sd: dict) -> dict:
 def read_state_dict(path, trust: bool = False) -> dict:
     """Read a state dict (bare, or under ``state_dict``/``model``), ``module.`` prefixes stripped.
 
-    Loads with ``weights_only=True``. Full unpickling (which can run arbitrary code) happens only
-    with ``trust=True`` (CLI: ``--trust-checkpoint``).
+    Loads with ``weights_only=True``. A file that holds other Python objects (a pickle the safe loader
+    refuses) is read by full unpickling — which can run arbitrary code — only with ``trust=True`` (CLI:
+    ``--trust-checkpoint``). A corrupt, truncated or foreign file is reported as such.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}", "check the --weights path")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        msg = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else type(e).__name__)
-        if not _looks_like_safety_refusal(e):
-            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg})") from e
+    except Exception as e:  # noqa: BLE001 - every failure gets one of two clear messages
+        text = str(e)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if "GLOBAL" not in text:
+            msg = next((ln for ln in lines if "Unsupported" in ln or "failed" in ln.lower()), lines[0] if lines else "")
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another "
+                                  f"format: {type(e).__name__}: {msg[:200]})") from e
+        msg = next(ln for ln in lines if "GLOBAL" in ln)
         if not trust:
             raise CheckpointError(
-                f"{path}: the checkpoint holds Python objects that the safe loader (weights_only=True) refuses "
-                f"({msg}). Full unpickling can execute arbitrary code; if you trust this file, pass "
-                "--trust-checkpoint (API: trust=True).") from e
+                f"{path}: the checkpoint holds Python objects that the safe loader refuses ({msg})",
+                "full unpickling can execute arbitrary code; if you trust this file, pass --trust-checkpoint "
+                "(API: trust=True)") from e
         warnings.warn(f"{path}: loading with full unpickling (weights_only=False) because trust was given",
                       stacklevel=2)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e2).__name__}: {e2})") from e2
     return _strip(_extract(obj, path))
-
-
-def _looks_like_safety_refusal(e: Exception) -> bool:
-    s = str(e)
-    return any(t in s for t in ("Weights only load failed", "weights_only", "Unsupported global", "WeightsUnpickler"))
 
 
 def load_weights(model: nn.Module, path, trust: bool = False) -> dict:
@@ -118,9 +126,13 @@ def load_weights(model: nn.Module, path, trust: bool = False) -> dict:
         def show(xs, n=12):
             return ", ".join(xs[:n]) + (f", ... ({len(xs)} in all)" if len(xs) > n else "") if xs else "none"
         raise CheckpointError(
-            f"{path} does not fit {type(model).__name__}:\n"
-            f"  missing keys ({len(missing)}): {show(missing)}\n"
-            f"  unexpected keys ({len(unexpected)}): {show(unexpected)}\n"
-            f"  shape mismatches ({len(shapes)}): {show(shapes, 6)}")
+            f"{path} does not fit {type(model).__name__}: "
+            f"missing keys ({len(missing)}): {show(missing)}; "
+            f"unexpected keys ({len(unexpected)}): {show(unexpected)}; "
+            f"shape mismatches ({len(shapes)}): {show(shapes, 6)}",
+            "check that --model matches the checkpoint (depth, width, shortcut type)",
+            missing=missing, unexpected=unexpected,
+            shapes=[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
+                    if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)])
     model.load_state_dict(sd, strict=True)
     return {"weights": os.fspath(path), "weights_sha256": sha256_file(path), "n_tensors": len(sd)}

@@ -25,6 +25,7 @@ import pickle
 import struct
 import tarfile
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+
+from ..errors import UserError
 
 __all__ = ["DataError", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
 
@@ -52,7 +55,7 @@ FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 CACHE_VERSION = 1
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that is missing, corrupt or not in the expected layout."""
 
 
@@ -87,6 +90,8 @@ class Dataset:
             raise DataError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise DataError("images and labels differ in length")
+        if len(self.labels) == 0:
+            raise DataError(f"{self.spec} [{self.split}] holds no images")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,13 +123,16 @@ class Dataset:
 
     def batches(self, batch_size: int = 256, normalize: str = "none", device="cpu", augment: bool = False,
                 shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y, idx)``: float images scaled to [0, 1] and normalized, labels, indices."""
+                start: int = 0, only=None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y, idx)``: float images scaled to [0, 1] and normalized, labels, indices (the last
+        batch holds the remainder). ``only``: the batch numbers to yield (the others are skipped unread)."""
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, got {batch_size}")
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         mean, std = _norm_tensors(normalize, self.images.shape[1])
-        for s in range(start, len(self), batch_size):
+        for b, s in enumerate(range(start, len(self), batch_size)):
+            if only is not None and b not in only:
+                continue
             idx = order[s:s + batch_size]
             on = idx.to(self.images.device)
             x = self.images[on].float().div_(255.0)
@@ -197,86 +205,180 @@ def _content_key(path: Path) -> str:
         return h.hexdigest()
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = p.stat()
+        kind = "d" if p.is_dir() else "f"
+        h.update(f"{kind}\0{p.relative_to(path)}\0{st.st_size if kind == 'f' else 0}\0"
+                 f"{st.st_mtime_ns if kind == 'f' else 0}\n".encode())
     return h.hexdigest()
 
 
-def _read_members(path: Path, progress: bool) -> list[tuple[tuple, bytes]]:
-    """All image files as (path parts, bytes); archives in one sequential pass."""
-    out = []
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-                out.append((p.relative_to(path).parts, p.read_bytes()))
-        return out
+def _archive_bytes(path: Path) -> bytes:
+    """The archive's (decompressed) bytes; a gzip stream is read to its end, so a cut anywhere fails the
+    length and CRC check of its trailer."""
+    with open(path, "rb") as f:
+        head = f.read(2)
     try:
-        with tarfile.open(path, mode="r|*") as tf:
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:
+                return g.read()
+        return path.read_bytes()
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})",
+                        "the file is incomplete: download or copy it again") from e
+
+
+def _read_tar(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
+    """Image files as (path parts, bytes) and directories as path parts, from a verified tar: every
+    member's data is complete and the archive ends with its end-of-archive blocks."""
+    raw = _archive_bytes(path)
+    if len(raw) < 1024 or len(raw) % 512:
+        raise DataError(f"{path}: truncated tar archive ({len(raw)} bytes, not whole 512-byte blocks)",
+                        "the file is incomplete: download or copy it again")
+    files, dirs, end = [], set(), 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
             for m in tf:
-                if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
-                    f = tf.extractfile(m)
-                    out.append((tuple(Path(m.name).parts), f.read()))
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e})") from e
-    return out
+                end = max(end, m.offset_data + ((m.size + 511) // 512) * 512)
+                if m.offset_data + m.size > len(raw):
+                    raise DataError(f"{path}: member {m.name} is cut short (truncated archive)")
+                parts = tuple(p for p in Path(m.name).parts if p not in (".", ""))
+                if m.isdir():
+                    dirs.add(parts)
+                elif m.isfile():
+                    files.append((parts, tf.extractfile(m).read() if parts[-1].lower().endswith(IMAGE_EXTS) else None))
+    except tarfile.TarError as e:
+        raise DataError(f"{path}: corrupt tar archive ({type(e).__name__}: {e})") from e
+    tail = raw[end:]
+    if len(tail) < 1024 or tail[:1024].count(0) != 1024:
+        raise DataError(f"{path}: truncated tar archive (no end-of-archive marker after the last member, "
+                        f"{len(tail)} bytes left)", "the file is incomplete: download or copy it again")
+    return files, dirs
+
+
+def _read_members(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
+    """All files as (path parts, bytes or None for non-images) and all directories, from a folder or an
+    archive."""
+    if path.is_dir():
+        files, dirs = [], set()
+        for p in sorted(path.rglob("*")):
+            parts = p.relative_to(path).parts
+            if p.is_dir():
+                dirs.add(parts)
+            elif p.is_file():
+                files.append((parts, p.read_bytes() if p.suffix.lower() in IMAGE_EXTS else None))
+        return files, dirs
+    return _read_tar(path)
+
+
+def _layout(path: Path, files, dirs, split: str) -> tuple[list[tuple[tuple, bytes]], str, list[str]]:
+    """Pick the split's images and their classes. The documented rules (a single folder wrapping
+    everything is skipped first):
+
+    - ``<class>/<image>``: one data set (split ``all``), whatever ``split`` says;
+    - ``<split>/<class>/<image>`` with split folders train, test, val, valid or validation: the named split;
+    - anything else is an error: images outside class folders, split folders mixed with other folders,
+      class folders without images. Non-image files are ignored."""
+    images = [(p, (b, "/".join(p))) for p, b in files if b is not None]  # (parts, (bytes, name in the source))
+    if not images:
+        raise DataError(f"{path}: no image files found", "expected [split/]<class>/<image> files")
+    # a single wrapping folder (an archive of "cifar10/test/cat/0.png") is skipped
+    while len({p[0] for p, _ in images}) == 1 and images[0][0][0] not in SPLIT_NAMES and \
+            all(len(p) >= 3 for p, _ in images):
+        top = images[0][0][0]
+        images = [(p[1:], b) for p, b in images]
+        dirs = {d[1:] for d in dirs if len(d) > 1 and d[0] == top}
+    tops = {p[0] for p in dirs if len(p) >= 1} | {p[0] for p, _ in images if len(p) >= 2}
+    stray = [p for p, _ in images if len(p) == 1]
+    if stray:
+        raise DataError(f"{path}: {len(stray)} images lie outside class folders (e.g. {'/'.join(stray[0])})",
+                        "put every image in a <class>/ folder (or <split>/<class>/)")
+    split_dirs = sorted(t for t in tops if t in SPLIT_NAMES)
+    if split_dirs:
+        others = sorted(t for t in tops if t not in SPLIT_NAMES)
+        if others:
+            raise DataError(f"{path}: split folders ({', '.join(split_dirs)}) beside other folders "
+                            f"({', '.join(others[:5])})", "keep either <split>/<class>/ or <class>/ folders at the top")
+        if split not in split_dirs:
+            raise DataError(f"{path}: no split {split!r}", f"available splits: {', '.join(split_dirs)}")
+        chosen = [(p[1:], b) for p, b in images if p[0] == split]
+        sub = {p[1:] for p in dirs if p[0] == split and len(p) >= 2}
+        used = split
+    else:
+        chosen, sub, used = images, dirs, "all"
+    loose = [p for p, _ in chosen if len(p) < 2]
+    if loose:
+        raise DataError(f"{path}: images directly in the split folder {split!r} (e.g. {'/'.join(loose[0])})",
+                        "put them in <split>/<class>/ folders")
+    classes = sorted({p[0] for p, _ in chosen})
+    empty = sorted({p[0] for p in sub if len(p) >= 1} - set(classes))
+    if empty:
+        raise DataError(f"{path}: class folders without images: {', '.join(empty[:5])}",
+                        "remove them or add their images (an empty class would shift every class index)")
+    return chosen, used, classes
+
+
+_CACHE_WARNED = False
+
+
+def _cache_write(cfile: Path, payload: dict) -> None:
+    """Write the decoded cache atomically; an unusable cache folder warns once and carries on."""
+    global _CACHE_WARNED
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfile.with_name(cfile.name + f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, cfile)
+    except OSError as e:
+        if not _CACHE_WARNED:
+            _CACHE_WARNED = True
+            warnings.warn(f"resprobe: cannot write the decoded-image cache in {cfile.parent} ({e.strerror or e}); "
+                          "carrying on without it (set RESPROBE_CACHE to a writable folder)", stacklevel=3)
 
 
 def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bool = False) -> Dataset:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"image folder or archive not found: {path}")
-    if path.is_file() and not tarfile.is_tarfile(path):
-        raise DataError(f"{path}: not a tar archive (corrupt, truncated, or another format)")
+        raise DataError(f"image folder or archive not found: {path}", "check the path after imagefolder:")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the archive is empty")
     key = _content_key(path)
     cfile = cache_dir() / "imagefolder" / f"{key[:32]}-{split}-v{CACHE_VERSION}.pt"
     source = dict(path=os.fspath(path), content_sha256=key)
-    if cache and cfile.is_file():
+    if cache:
         try:
             d = torch.load(cfile, map_location="cpu", weights_only=True)
             return Dataset(d["images"], d["labels"], list(d["classes"]), f"imagefolder:{path}", d["split"],
                            dict(source, cached=True))
-        except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
+        except FileNotFoundError:
             pass
-    members = _read_members(path, progress)
-    if not members:
-        raise DataError(f"{path}: no image files found (expected [split/]<class>/<image> files)")
-    has_split = all(len(p) >= 3 and p[-3] in SPLIT_NAMES for p, _ in members)
-    if has_split:
-        splits = sorted({p[-3] for p, _ in members})
-        chosen = [(p, b) for p, b in members if p[-3] == split]
-        if not chosen:
-            raise DataError(f"{path}: no split {split!r}; available splits: {', '.join(splits)}")
-        used_split = split
-    else:
-        chosen, used_split = members, "all"
-    classes = sorted({p[-2] for p, _ in chosen})
+        except Exception:  # noqa: BLE001 - a broken or unreadable cache file is rebuilt
+            pass
+    files, dirs = _read_members(path)
+    chosen, used_split, classes = _layout(path, files, dirs, split)
     cidx = {c: i for i, c in enumerate(classes)}
     chosen.sort(key=lambda pb: pb[0])
     from PIL import Image, UnidentifiedImageError
     imgs, labels = [], []
     size = None
-    for parts, data in chosen:
+    for parts, (data, name) in chosen:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{path}: cannot decode image {'/'.join(parts)} ({e})") from e
+            raise DataError(f"{path}: cannot decode image {name} ({e})",
+                            "the file is corrupt or not an image") from e
         if size is None:
             size = arr.shape
         elif arr.shape != size:
-            raise DataError(f"{path}: image {'/'.join(parts)} has shape {arr.shape}, others {size}; "
+            raise DataError(f"{path}: image {name} has shape {arr.shape}, others {size}",
                             "resprobe expects images of one size")
         imgs.append(arr)
-        labels.append(cidx[parts[-2]])
+        labels.append(cidx[parts[0]])
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     ds = Dataset(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{path}", used_split,
                  dict(source, cached=False))
     if cache:
-        cfile.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cfile.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "labels": ds.labels, "classes": classes, "split": used_split}, tmp)
-        os.replace(tmp, cfile)
+        _cache_write(cfile, {"images": images, "labels": ds.labels, "classes": classes, "split": used_split})
     return ds
 
 

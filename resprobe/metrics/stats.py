@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["bootstrap_mean_ci", "bootstrap_proportion_ci", "pooled_std", "bootstrap_pooled_std_ci",
+__all__ = ["bootstrap_mean_ci", "bootstrap_proportion_ci", "pooled_std", "bootstrap_pooled_std_ci", "mcnemar_exact", "holm",
            "stable_seed"]
 
 
@@ -88,3 +88,28 @@ def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float 
     a = (1 - level) / 2
     lo, hi = np.quantile(stds, [a, 1 - a], axis=0)
     return lo, hi
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test of paired 0/1 outcomes from the discordant counts ``b`` and ``c``
+    (images that flip one way and the other): binomial test of ``b`` out of ``b + c`` at 1/2."""
+    from scipy.stats import binomtest
+    b, c = int(b), int(c)
+    if b + c == 0:
+        return 1.0
+    return float(binomtest(b, b + c, 0.5).pvalue)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj

@@ -5,19 +5,28 @@ Spec strings (the same on the CLI and in the API):
 - ``cifar_resnet56``, ``cifar_plain20``, ``cifar_preresnet110``, ``cifar_preplain20``; suffix ``_b`` for
   option-B (projection) shortcuts: ``cifar_resnet20_b``;
 - ``mlp(depth=24,width=200,residual=true,batchnorm=true)``;
-- ``torchvision:resnet50`` (any torchvision classification model name, random init);
-- ``package.module:factory`` (a user's factory returning an ``nn.Module``).
+- ``torchvision:resnet50``, ``timm:vit_tiny_patch16_224(img_size=32, patch_size=4)`` (random init; weights
+  come from ``--weights``);
+- ``package.module:factory`` (a user's factory returning an ``nn.Module``): resprobe imports the module
+  and calls the factory, which runs its code, like running a script. Standard-library and builtin
+  callables are refused.
 
-Any spec may end with ``(key=value,...)`` keyword arguments passed to its factory.
+Any spec may end with ``(key=value, ...)`` keyword arguments passed to its factory (Python literals).
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib
 import inspect
 import re
+import sys
+import types
 from typing import Any
 
 import torch.nn as nn
+
+from ..errors import UserError
 
 from .cifar import CifarResNet, cifar_resnet
 from .mlp import MLP, mlp
@@ -25,66 +34,66 @@ from .mlp import MLP, mlp
 __all__ = ["build_model", "parse_spec", "CifarResNet", "cifar_resnet", "MLP", "mlp", "SpecError"]
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A model spec string that cannot be resolved."""
 
 
 _CIFAR = re.compile(r"^cifar_(resnet|plain|preresnet|preplain)(\d+)(_[ab])?$", re.I)
+_WORDS = {"true": True, "yes": True, "false": False, "no": False, "none": None}
 
 
-def _value(text: str) -> Any:
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "yes"):
-        return True
-    if low in ("false", "no"):
-        return False
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(t)
-        except ValueError:
-            pass
-    return t.strip("'\"")
+def _literal(node: ast.AST, text: str) -> Any:
+    """A keyword value: any Python literal (numbers, strings, tuples, lists, dicts), or a bare word
+    (``true``/``false``/``none`` in any case, else the word as a string)."""
+    if isinstance(node, ast.Name):
+        return _WORDS.get(node.id.lower(), node.id)
+    try:
+        return ast.literal_eval(node)
+    except ValueError as e:
+        raise SpecError(f"model spec argument {ast.get_source_segment(text, node)!r} is not a literal value",
+                        "use numbers, quoted strings, true/false/none, tuples or lists") from e
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """Split ``name(k=v,...)`` into the name and a dict of keyword arguments."""
+    """Split ``name(k=v, ...)`` into the name and a dict of keyword arguments (values: Python literals
+    such as ``8``, ``0.5``, ``'B'``, ``(2, 2, 6, 2)``, or bare words ``true``/``false``/``none``)."""
     spec = spec.strip()
-    kwargs: dict[str, Any] = {}
-    m = re.match(r"^(.*?)\((.*)\)$", spec)
-    if m:
-        spec, args = m.group(1).strip(), m.group(2).strip()
-        for part in filter(None, (p.strip() for p in args.split(","))):
-            if "=" not in part:
-                raise SpecError(f"model spec arguments must be key=value, got {part!r}")
-            k, v = part.split("=", 1)
-            kwargs[k.strip()] = _value(v)
-    return spec, kwargs
+    if "(" not in spec:
+        if ")" in spec:
+            raise SpecError(f"model spec {spec!r} has a ')' without '('")
+        return spec, {}
+    name, _, rest = spec.partition("(")
+    name = name.strip()
+    if not rest.rstrip().endswith(")") or not name:
+        raise SpecError(f"cannot read model spec {spec!r}", "write NAME or NAME(key=value, ...)")
+    text = "f(" + rest
+    try:
+        call = ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise SpecError(f"cannot read the arguments of model spec {spec!r} ({e.msg})",
+                        "write NAME(key=value, ...) with literal values") from e
+    if not isinstance(call, ast.Call) or call.args:
+        raise SpecError(f"model spec arguments must be key=value, got {spec!r}")
+    kwargs = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise SpecError(f"model spec {spec!r}: '**' is not allowed")
+        kwargs[kw.arg] = _literal(kw.value, text)
+    return name, kwargs
 
 
-def _call(factory, kwargs: dict, num_classes: int | None, in_channels: int | None) -> nn.Module:
-    params = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if num_classes is not None and "num_classes" not in kwargs and ("num_classes" in params or accepts_any):
-        kwargs["num_classes"] = num_classes
-    if in_channels is not None and "in_channels" not in kwargs and "in_channels" in params:
-        kwargs["in_channels"] = in_channels
-    return factory(**kwargs)
+def _accepts(factory, key: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def build_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
-    """Build a model from a spec string (see the module docstring)."""
-    try:
-        return _build(spec, num_classes, in_channels)
-    except SpecError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise SpecError(f"cannot build model {spec!r}: {e}") from e
-
-
-def _build(spec: str, num_classes: int | None, in_channels: int | None) -> nn.Module:
+    """Build a model from a spec string (see the module docstring). Specs of the form
+    ``package.module:factory`` import that module and call the factory: like running a script, this
+    runs its code."""
     name, kwargs = parse_spec(spec)
     m = _CIFAR.match(name)
     if m:
@@ -92,39 +101,93 @@ def _build(spec: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
         kwargs.setdefault("shortcut", sc)
         kwargs.setdefault("preact", kind.startswith("pre"))
         kwargs.setdefault("plain", kind.endswith("plain"))
-        return cifar_resnet(depth, **_with_defaults(kwargs, num_classes, in_channels))
+        kwargs["depth"] = depth
+        return _call(cifar_resnet, _with_defaults(kwargs, num_classes, in_channels), spec)
     if name == "mlp":
-        return mlp(**kwargs)
+        return _call(mlp, kwargs, spec)
     if name.startswith("torchvision:"):
-        try:
-            import torchvision
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise SpecError("torchvision is not installed: pip install 'resprobe[torchvision]'") from e
-        tv_name = name.split(":", 1)[1]
-        available = torchvision.models.list_models(module=torchvision.models)
-        if tv_name not in available:
-            raise SpecError(f"unknown torchvision model {tv_name!r}; known: {', '.join(sorted(available))}")
-        kwargs.setdefault("weights", None)
-        if num_classes is not None:
-            kwargs.setdefault("num_classes", num_classes)
-        return torchvision.models.get_model(tv_name, **kwargs)
+        return _torchvision(name.split(":", 1)[1], kwargs, num_classes, spec)
+    if name.startswith("timm:"):
+        return _timm(name.split(":", 1)[1], kwargs, num_classes, in_channels, spec)
     if ":" in name:
-        mod_name, fn_name = name.split(":", 1)
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise SpecError(f"cannot import module {mod_name!r} of model spec {spec!r}: {e}") from e
-        factory = getattr(mod, fn_name, None)
-        if factory is None or not callable(factory):
-            raise SpecError(f"module {mod_name!r} has no callable {fn_name!r} (model spec {spec!r})")
-        model = _call(factory, kwargs, num_classes, in_channels)
-        if not isinstance(model, nn.Module):
-            raise SpecError(f"factory {name!r} returned {type(model).__name__}, not an nn.Module")
-        return model
-    raise SpecError(
-        f"unknown model spec {spec!r}; use cifar_resnet<6n+2> / cifar_plain<d> / cifar_preresnet<d> "
-        "(optionally _b), mlp(...), torchvision:<name>, or package.module:factory"
-    )
+        return _user_factory(name, kwargs, num_classes, in_channels, spec)
+    raise SpecError(f"unknown model spec {spec!r}",
+                    "use cifar_resnet<6n+2> / cifar_plain<d> / cifar_preresnet<d> (optionally _b), mlp(...), "
+                    "torchvision:<name>, timm:<name> or package.module:factory")
+
+
+def _call(factory, kwargs: dict, spec: str) -> nn.Module:
+    """Call a factory; an exception it raises is the spec's fault (bad arguments), reported in one line."""
+    try:
+        model = factory(**kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the factory's own complaint, shown to the user
+        raise SpecError(f"cannot build model {spec!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                        "check the spec's name and keyword arguments") from e
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model spec {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _torchvision(tv_name: str, kwargs: dict, num_classes, spec: str) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise SpecError("torchvision is not installed", "pip install 'resprobe[torchvision]'") from e
+    available = torchvision.models.list_models(module=torchvision.models)
+    if tv_name not in available:
+        close = difflib.get_close_matches(tv_name, available, n=3)
+        raise SpecError(f"unknown torchvision model {tv_name!r}",
+                        f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()")
+    kwargs.setdefault("weights", None)
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    return _call(lambda **kw: torchvision.models.get_model(tv_name, **kw), kwargs, spec)
+
+
+def _timm(timm_name: str, kwargs: dict, num_classes, in_channels, spec: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as e:
+        raise SpecError("timm is not installed", "pip install 'resprobe[timm]'") from e
+    base = timm_name.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        raise SpecError(f"unknown timm model {timm_name!r}",
+                        f"did you mean {', '.join(close)}?" if close else "see timm.list_models()")
+    if kwargs.pop("pretrained", False):
+        raise SpecError("timm:...(pretrained=true) would download weights", "pass --weights FILE instead")
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    if in_channels is not None:
+        kwargs.setdefault("in_chans", in_channels)
+    return _call(lambda **kw: timm.create_model(timm_name, pretrained=False, **kw), kwargs, spec)
+
+
+def _user_factory(name: str, kwargs: dict, num_classes, in_channels, spec: str) -> nn.Module:
+    mod_name, fn_name = name.split(":", 1)
+    top = mod_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
+        raise SpecError(f"model spec {spec!r} names the standard-library module {mod_name!r}",
+                        "a spec package.module:factory must name your own model factory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise SpecError(f"cannot import module {mod_name!r} of model spec {spec!r}: {e}",
+                        "check the module path (the module must be importable: on PYTHONPATH or installed)") from e
+    factory = getattr(mod, fn_name, None)
+    if factory is None or not callable(factory):
+        raise SpecError(f"module {mod_name!r} has no callable {fn_name!r} (model spec {spec!r})")
+    if isinstance(factory, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        raise SpecError(f"{name!r} is a builtin function, not a model factory")
+    if isinstance(factory, type) and not issubclass(factory, nn.Module):
+        raise SpecError(f"{name!r} is a class that is not a torch.nn.Module")
+    if num_classes is not None and "num_classes" not in kwargs and _accepts(factory, "num_classes"):
+        kwargs["num_classes"] = num_classes
+    if in_channels is not None and "in_channels" not in kwargs and _accepts(factory, "in_channels"):
+        kwargs["in_channels"] = in_channels
+    return _call(factory, kwargs, spec)
 
 
 def _with_defaults(kwargs: dict, num_classes: int | None, in_channels: int | None) -> dict:

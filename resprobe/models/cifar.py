@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..anatomy.parts import UnitParts, identity, register_block
+
 __all__ = [
     "ZeroPadShortcut",
     "BasicBlock",
@@ -178,3 +180,42 @@ def cifar_resnet(depth: int = 20, shortcut: str = "A", preact: bool = False, pla
                  num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
     """Factory for He et al. CIFAR ResNets and their plain twins (``plain=True``)."""
     return CifarResNet(depth, shortcut.upper(), preact, plain, num_classes, in_channels, width)
+
+
+# --- the blocks' parts for the residual anatomy -----------------------------------------------------
+
+def _shortcut_kind(sc: nn.Module) -> str:
+    if isinstance(sc, nn.Identity):
+        return "identity"
+    return "zeropad" if isinstance(sc, ZeroPadShortcut) else "projection"
+
+
+def _basic(m: BasicBlock) -> UnitParts:
+    return UnitParts(branch=lambda x: m.bn2(m.conv2(F.relu(m.bn1(m.conv1(x))))), shortcut=m.shortcut, post=F.relu,
+                     shortcut_kind=_shortcut_kind(m.shortcut))
+
+
+def _plain(m: PlainBlock) -> UnitParts:
+    return UnitParts(branch=lambda x: m.bn2(m.conv2(F.relu(m.bn1(m.conv1(x))))), shortcut=None, post=F.relu)
+
+
+def _preact(m: PreActBlock) -> UnitParts:
+    def branch(x):
+        return m.conv2(F.relu(m.bn2(m.conv1(F.relu(m.bn1(x))))))
+
+    if m.preact_shortcut():
+        def shortcut(x):
+            return m.shortcut(F.relu(m.bn1(x)))
+    else:
+        shortcut = m.shortcut
+    return UnitParts(branch=branch, shortcut=shortcut, post=identity, shortcut_kind=_shortcut_kind(m.shortcut))
+
+
+def _preact_plain(m: PreActPlainBlock) -> UnitParts:
+    return UnitParts(branch=lambda x: m.conv2(F.relu(m.bn2(m.conv1(F.relu(m.bn1(x)))))), shortcut=None)
+
+
+register_block(BasicBlock, _basic)
+register_block(PlainBlock, _plain)
+register_block(PreActBlock, _preact)
+register_block(PreActPlainBlock, _preact_plain)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..anatomy.parts import UnitParts, identity, register_block
+
 __all__ = ["MLPBlock", "MLP", "mlp", "LooksLinearMLP"]
 
 
@@ -81,3 +83,12 @@ class LooksLinearMLP(nn.Module):
         for lin in self.layers:
             u = lin(torch.cat([F.relu(u), F.relu(-u)], dim=-1))
         return self.head(u)
+
+
+def _mlp_parts(m: MLPBlock) -> UnitParts:
+    if m.residual:
+        return UnitParts(branch=m.branch, shortcut=identity, shortcut_kind="identity")
+    return UnitParts(branch=lambda x: m.bn(m.linear(x)), shortcut=None, post=F.relu)
+
+
+register_block(MLPBlock, _mlp_parts)

@@ -1,40 +1,70 @@
-"""Perturbation amplification: is a residual block a "differential amplifier"?
+"""Perturbation amplification: is a residual unit a "differential amplifier"?
 
-Per block B (input x, shortcut S, branch F, output y = post(S(x) + F(x))), streamed over images:
+The conjecture (seed §2.3): *the residual structure amplifies small perturbations of its input, and is
+therefore more sensitive.* Two readings, kept apart:
 
-- ``random_gain_{block,branch,shortcut}`` ‖B(x+δ) − B(x)‖/‖δ‖ (and for F, S) for a random δ with
-  ‖δ‖ = ε‖x‖, per ε (the linear regime shows as gains that do not depend on ε);
-- ``amplifier_ratio`` (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) for the same δ: > 1 means the branch changes
-  relatively more than the block's output — the "differential amplifier" reading;
-- ``worst_gain_{block,branch}`` the spectral norm of the Jacobian at x, by K power iterations with
-  ``torch.func`` jvp/vjp, batched over images (images are independent in eval mode);
-- ``gain_to_logits`` from the input of block i to the logits, ``gain_from_image`` from the image to
-  block i's output (random δ, per ε), and end to end ``flip_rate`` and ``margin_change`` under input noise;
-- ``weight_rel_change_{branch,block}`` and ``weight_amplifier_ratio``: every parameter tensor p of the
-  block perturbed by ε‖p‖ in a random direction; relative change of F(x) vs of y (weights restored
-  bit-identically afterwards).
+(a) **Arithmetic.** For a unit y = S(x) + F(x) with a small branch, a change of y is a large *relative*
+    change of F: (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) = (‖ΔF‖/‖Δy‖)·(‖y‖/‖F‖), and ‖ΔF‖ ≈ ‖Δy‖ when the change comes from
+    the branch. The ratio (``amplifier_ratio``) restates ‖y‖/‖F‖ (``output_branch_ratio``), the inverse of
+    the identity probe's ratio: it is shown, never counted as evidence.
+(b) **Empirical** (the verdict). The relative sensitivity of the branch to its input,
+    κ = (‖ΔF‖/‖F‖)/(‖δ‖/‖x‖), for random directions δ at several ε (``kappa``) and for the worst-case
+    direction (``kappa_worst`` = σ_max(∂F/∂x)·‖x‖/‖F‖), compared unit by unit with the matching unit of a
+    plain twin trained with the same recipe.
 
-95% CIs: seeded bootstrap over images.
+Also per unit: random gains of the unit, its branch and its shortcut (‖Δout‖/‖δ‖ for ‖δ‖ = ε‖x‖; one
+direction per image shared by all ε, so a flat gain across ε shows the linear regime), worst-case gains
+(Jacobian spectral norms by power iteration, all units at once: one linearization and one pullback per
+batch, batched over images), gains from each unit's input to the logits and from the image to each
+unit's output, and end to end the flip rate and margin change under input noise. 95% CIs: bootstrap
+over images.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
-from torch.func import jvp, vjp
-from tqdm.auto import tqdm
+from torch.func import linearize, vjp
 
-from ..anatomy import anatomy, frozen_eval
+from .. import distributed as dist
+from ..anatomy import ResidualView, anatomy, frozen_eval
+from ..engine import RunSpec, batch_generator, batches, check_finite
+from ..errors import UsageError
+from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
+from ..study import StudyResult, Subject, roles_of
+from ..verdict import Role, Verdict, decide, inconclusive, pairs_by_seed, scope_of, seed_ci, unpaired_reason
+from . import common
 
-__all__ = ["COLUMNS", "power_iteration", "amplification_profile"]
+__all__ = ["AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdict",
+           "AMPLIFIER_LOG_RATIO"]
 
-COLUMNS = ["model", "block", "metric", "eps", "value", "ci_low", "ci_high", "n_images"]
+COLUMNS = ["model", "unit", "metric", "eps", "value", "ci_low", "ci_high", "n_images"]
+# The comparative reading: a residual unit's branch is more sensitive, relative to its size, than the matching
+# plain unit. Statistic: median over matched units of log(κ_residual / κ_plain); supported above 0.
+AMPLIFIER_LOG_RATIO = 0.0
+
+
+@dataclass(frozen=True)
+class AmplifyOptions:
+    eps: tuple = (1e-4, 1e-3, 1e-2)
+    power_iters: int = 10
+
+    def __post_init__(self):
+        if not self.eps or any(not 0 < e < 1 for e in self.eps):
+            raise UsageError(f"--eps values must lie in (0, 1), got {list(self.eps)}")
+        if self.power_iters < 1:
+            raise UsageError(f"--power-iters must be >= 1, got {self.power_iters}")
+
+    def describe(self) -> dict:
+        return dict(eps=list(self.eps), power_iters=self.power_iters)
 
 
 def _unit(shape, gen, device, dtype):
@@ -42,115 +72,263 @@ def _unit(shape, gen, device, dtype):
     return u / per_image_norm(u).to(dtype).view(-1, *[1] * (u.dim() - 1)).clamp_min(1e-30)
 
 
+def _normalize(w: torch.Tensor) -> torch.Tensor:
+    return w / per_image_norm(w).to(w.dtype).view(-1, *[1] * (w.dim() - 1)).clamp_min(1e-30)
+
+
+def _math_attention():
+    """Forward-mode AD needs attention's math kernel (the fused CPU kernel has no jvp)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel([SDPBackend.MATH])
+    except ImportError:  # pragma: no cover - older torch
+        return contextlib.nullcontext()
+
+
+def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
+                   gen: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Per-image spectral norm of the Jacobian of each ``fns[j]`` at ``xs[j]`` (images independent, eval
+    mode), all maps at once: one linearization (J v) and one pullback (Jᵀ u) of the tuple of maps, then
+    ``iters`` power iterations v ← JᵀJ v / ‖JᵀJ v‖, σ = ‖J v‖."""
+    gen = gen or torch.Generator().manual_seed(0)
+
+    def f(*args):
+        return tuple(fn(a) for fn, a in zip(fns, args))
+
+    xs = tuple(xs)
+    with _math_attention(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # linearize's tracer warns about its own internals
+        _, jv_fn = linearize(f, *xs)
+        _, pull = vjp(f, *xs)
+        v = tuple(_unit(x.shape, gen, x.device, x.dtype) for x in xs)
+        for _ in range(iters):
+            v = tuple(_normalize(w) for w in pull(jv_fn(*v)))
+        return [per_image_norm(j) for j in jv_fn(*v)]
+
+
 def power_iteration(fn, x: torch.Tensor, iters: int = 10, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image spectral norm of the Jacobian of ``fn`` at ``x`` (a batch of independent images):
-    v ← Jᵀ J v / ‖Jᵀ J v‖ by jvp and vjp, then σ = ‖J v‖."""
-    v = _unit(x.shape, gen or torch.Generator().manual_seed(0), x.device, x.dtype)
-    for _ in range(iters):
-        _, jv = jvp(fn, (x,), (v,))
-        _, pull = vjp(fn, x)
-        (w,) = pull(jv)
-        v = w / per_image_norm(w).to(w.dtype).view(-1, *[1] * (w.dim() - 1)).clamp_min(1e-30)
-    _, jv = jvp(fn, (x,), (v,))
-    return per_image_norm(jv)
+    """Per-image spectral norm of the Jacobian of ``fn`` at ``x`` (a batch of independent images)."""
+    return spectral_norms([fn], [x], iters, gen)[0]
 
 
-def amplification_profile(model: nn.Module, data, model_label: str = "model",
-                          eps: Sequence[float] = (1e-4, 1e-3, 1e-2), power_iters: int = 10, batch_size: int = 128,
-                          normalize: str = "none", device="cpu", seed: int = 0, n_boot: int = 1000,
-                          weight_perturbation: bool = True, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """The measurements above for every block of ``model``; returns the long DataFrame and timings."""
-    view = anatomy(model, data.input_shape)
-    n = len(view)
+def profile(subject: Subject, data: Dataset, spec: RunSpec, options: AmplifyOptions = AmplifyOptions()):
+    """The measurements of the module docstring for every unit of one network: per-image values
+    ``{(unit, metric, eps): array}`` in data order (rank 0), the view and timings."""
+    view = anatomy(subject.model, data.input_shape)
+    subject.model.to(spec.torch_device)
     vals: dict[tuple, list] = {}
-
-    def add(block, metric, e, t):
-        vals.setdefault((block, metric, e), []).append(t.detach().double().cpu().numpy())
-
-    gen = torch.Generator().manual_seed(seed)
+    idx_all: list = []
     timing = dict(forward_s=0.0, power_iteration_s=0.0, images=0)
-    model.to(device)
-    with frozen_eval(model), torch.no_grad():
-        bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
-                   desc=f"amplify {model_label}", disable=not progress, leave=False)
-        for x, y, _ in bar:
+
+    def add(unit, metric, e, t):
+        vals.setdefault((unit, metric, e), []).append(t.detach().double().cpu().numpy())
+
+    with frozen_eval(subject.model), torch.no_grad():
+        for x, y, idx in batches(data, spec, subject.normalize, f"amplify {subject.label}"):
+            idx_all.append(idx.numpy())
+            gen = batch_generator(spec, "amplify", int(idx[0]))
             t0 = time.perf_counter()
-            hs = view.block_inputs(x)
+            hs = view.unit_inputs(x)
             logits = view.head(hs[-1])
             timing["forward_s"] += time.perf_counter() - t0
             timing["images"] += len(y)
-            top2 = logits.topk(2, 1).values
-            margin = top2[:, 0] - top2[:, 1]
-            pred = logits.argmax(1)
-            # one random direction per image (and per block input), shared by every ε: differences
-            # between ε then reflect the nonlinearity only, not a new draw
-            u_img = _unit(x.shape, gen, x.device, x.dtype)
-            u_blk = [_unit(h.shape, gen, h.device, h.dtype) for h in hs[:-1]]
-            for e in eps:
-                # end to end and from the image to every block's output
-                d = u_img * e * per_image_norm(x).to(x.dtype).view(-1, 1, 1, 1)
-                hp = view.block_inputs(x + d)
-                lp = view.head(hp[-1])
-                nd = per_image_norm(d)
-                for i in range(n):
-                    add(view[i].name, "gain_from_image", e, per_image_norm(hp[i + 1] - hs[i + 1]) / nd)
-                add("network", "flip_rate", e, (lp.argmax(1) != pred).double())
-                tp = lp.gather(1, pred[:, None]).squeeze(1)
-                other = lp.scatter(1, pred[:, None], float("-inf")).max(1).values
-                add("network", "margin_change", e, ((tp - other) - margin).abs() / margin.clamp_min(1e-12))
-                for i, b in enumerate(view):
-                    h = hs[i]
-                    dh = u_blk[i] * e * per_image_norm(h).to(h.dtype).view(-1, *[1] * (h.dim() - 1))
-                    ndh = per_image_norm(dh)
-                    f0, f1 = b.branch(h), b.branch(h + dh)
-                    y0, y1 = hs[i + 1], view.run_block(i, h + dh)
-                    dy, df = per_image_norm(y1 - y0), per_image_norm(f1 - f0)
-                    add(b.name, "random_gain_block", e, dy / ndh)
-                    add(b.name, "random_gain_branch", e, df / ndh)
-                    if b.residual:
-                        add(b.name, "random_gain_shortcut", e, per_image_norm(b.shortcut(h + dh) - b.shortcut(h)) / ndh)
-                        rel_f = df / per_image_norm(f0).clamp_min(1e-12)
-                        rel_y = dy / per_image_norm(y0).clamp_min(1e-12)
-                        add(b.name, "amplifier_ratio", e, rel_f / rel_y.clamp_min(1e-30))
-                    out_p = view.run(y1, i + 1)  # to the logits, from the perturbed output of block i
-                    add(b.name, "gain_to_logits", e, per_image_norm(out_p - logits) / ndh)
-                    if weight_perturbation:
-                        _weight_rows(b, h, e, gen, add)
+            check_finite(logits, f"the logits of {subject.label}", spec)
+            _random_rows(view, x, hs, logits, options.eps, gen, add)
             t0 = time.perf_counter()
             with torch.enable_grad():
-                for i, b in enumerate(view):
-                    add(b.name, "worst_gain_block", None, power_iteration(lambda t, i=i: view.run_block(i, t),
-                                                                          hs[i], power_iters, gen))
-                    add(b.name, "worst_gain_branch", None, power_iteration(b.branch, hs[i], power_iters, gen))
+                _worst_rows(view, hs, options.power_iters, gen, add)
             timing["power_iteration_s"] += time.perf_counter() - t0
-    rows = []
-    for (block, metric, e), parts in vals.items():
-        v = np.concatenate(parts)
-        lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=stable_seed(seed, model_label, block, metric, e))
-        rows.append(dict(model=model_label, block=block, metric=metric, eps=e, value=float(v.mean()), ci_low=lo,
-                         ci_high=hi, n_images=len(v)))
-    timing["power_iterations"] = power_iters
+    keys = sorted(vals, key=str)
+    got = dist.gather_rows(np.concatenate(idx_all) if idx_all else np.empty(0, int),
+                           {str(j): np.concatenate(vals[k]) for j, k in enumerate(keys)})
+    timing = dist.reduce_sum(timing)
+    if got is None:
+        return None, view, None
+    timing["power_iterations"] = options.power_iters
     timing["power_iteration_per_forward"] = timing["power_iteration_s"] / max(timing["forward_s"], 1e-12)
-    return pd.DataFrame(rows, columns=COLUMNS), timing
+    return {k: got[str(j)] for j, k in enumerate(keys)}, view, timing
 
 
-def _weight_rows(b, h, e, gen, add) -> None:
-    """Relative change of F(x) and of y when every parameter tensor of the block moves by ε‖p‖."""
-    params = [p for p in b.module.parameters()]
-    if not params:
-        return
-    saved = [p.detach().clone() for p in params]
-    f0, y0 = b.branch(h), b.module(h)
-    try:
-        for p in params:
-            r = torch.randn(p.shape, generator=gen).to(p)
-            p.add_(r * (e * p.norm() / r.norm().clamp_min(1e-30)))
-        f1, y1 = b.branch(h), b.module(h)
-    finally:
-        for p, s in zip(params, saved):
-            p.copy_(s)
-    rel_f = per_image_norm(f1 - f0) / per_image_norm(f0).clamp_min(1e-12)
-    rel_y = per_image_norm(y1 - y0) / per_image_norm(y0).clamp_min(1e-12)
-    add(b.name, "weight_rel_change_branch", e, rel_f)
-    add(b.name, "weight_rel_change_block", e, rel_y)
-    add(b.name, "weight_amplifier_ratio", e, rel_f / rel_y.clamp_min(1e-30))
+def _random_rows(view: ResidualView, x, hs, logits, eps, gen, add) -> None:
+    top2 = logits.topk(2, 1).values
+    margin = top2[:, 0] - top2[:, 1]
+    pred = logits.argmax(1)
+    # one random direction per image (and per unit input), shared by every ε: differences between ε then
+    # reflect the nonlinearity only, not a new draw
+    u_img = _unit(x.shape, gen, x.device, x.dtype)
+    u_in = [_unit(h.shape, gen, h.device, h.dtype) for h in hs[:-1]]
+    f0 = [u.branch(hs[i]) for i, u in enumerate(view)]
+    nf0 = [per_image_norm(f) for f in f0]
+    for i, u in enumerate(view):
+        ny = per_image_norm(hs[i + 1])
+        if u.residual:
+            add(u.name, "output_branch_ratio", None, ny / nf0[i].clamp_min(1e-12))
+    for e in eps:
+        d = u_img * e * per_image_norm(x).to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        hp = view.unit_inputs(x + d)
+        lp = view.head(hp[-1])
+        nd = per_image_norm(d)
+        for i, u in enumerate(view):
+            add(u.name, "gain_from_image", e, per_image_norm(hp[i + 1] - hs[i + 1]) / nd)
+        add("network", "flip_rate", e, (lp.argmax(1) != pred).double())
+        tp = lp.gather(1, pred[:, None]).squeeze(1)
+        other = lp.scatter(1, pred[:, None], float("-inf")).max(1).values
+        add("network", "margin_change", e, ((tp - other) - margin).abs() / margin.clamp_min(1e-12))
+        for i, u in enumerate(view):
+            h = hs[i]
+            nh = per_image_norm(h)
+            dh = u_in[i] * e * nh.to(h.dtype).view(-1, *[1] * (h.dim() - 1))
+            ndh = per_image_norm(dh)
+            f1 = u.branch(h + dh)
+            y0, y1 = hs[i + 1], view.run_unit(i, h + dh)
+            dy, df = per_image_norm(y1 - y0), per_image_norm(f1 - f0[i])
+            add(u.name, "random_gain_unit", e, dy / ndh)
+            add(u.name, "random_gain_branch", e, df / ndh)
+            add(u.name, "kappa", e, (df / nf0[i].clamp_min(1e-12)) / e)  # ‖δ‖/‖x‖ = ε exactly
+            if u.residual:
+                add(u.name, "random_gain_shortcut", e, per_image_norm(u.shortcut(h + dh) - u.shortcut(h)) / ndh)
+                rel_y = dy / per_image_norm(y0).clamp_min(1e-12)
+                add(u.name, "amplifier_ratio", e, (df / nf0[i].clamp_min(1e-12)) / rel_y.clamp_min(1e-30))
+            out_p = view.run(y1, i + 1)  # to the logits, from the perturbed output of unit i
+            add(u.name, "gain_to_logits", e, per_image_norm(out_p - logits) / ndh)
+
+
+def _worst_rows(view: ResidualView, hs, iters: int, gen, add) -> None:
+    n = len(view)
+    fns = [u.branch for u in view] + [lambda t, i=i: view.run_unit(i, t) for i in range(n)]
+    xs = [h.detach() for h in hs[:-1]] * 2
+    sig = spectral_norms(fns, xs, iters, gen)
+    for i, u in enumerate(view):
+        add(u.name, "worst_gain_branch", None, sig[i])
+        add(u.name, "worst_gain_unit", None, sig[n + i])
+        nf = per_image_norm(u.branch(hs[i]))
+        add(u.name, "kappa_worst", None, sig[i] * per_image_norm(hs[i]) / nf.clamp_min(1e-12))
+
+
+def _rows(label: str, values: dict, spec: RunSpec) -> list[dict]:
+    rows = []
+    for (unit, metric, e), v in values.items():
+        lo, hi = bootstrap_mean_ci(v, n_boot=spec.n_boot, seed=stable_seed(spec.seed, label, unit, metric, e))
+        rows.append(dict(model=label, unit=unit, metric=metric, eps=e, value=float(v.mean()), ci_low=lo, ci_high=hi,
+                         n_images=len(v)))
+    return rows
+
+
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=128),
+        options: AmplifyOptions = AmplifyOptions()) -> StudyResult:
+    """Amplification measurements of every subject; the verdict compares residual and plain twins."""
+    common.check_labels(subjects)
+    rows, per_image, timings, views = [], {}, {}, {}
+    for s in subjects:
+        values, view, timing = profile(s, data, spec, options)
+        views[s.label] = view
+        if values is None:
+            continue
+        rows += _rows(s.label, values, spec)
+        per_image[s.label] = values
+        timings[s.label] = timing
+    if not dist.is_main():
+        return StudyResult("amplify", pd.DataFrame(columns=COLUMNS))
+    order = {lab: {u.name: u.index for u in v} for lab, v in views.items()}
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = table.assign(_u=[order[m].get(u, 10 ** 6) for m, u in zip(table["model"], table["unit"])]) \
+        .sort_values(["model", "metric", "eps", "_u"], kind="stable", key=lambda c: c if c.name != "model" else
+                     c.map({lab: i for i, lab in enumerate(order)})).drop(columns="_u").reset_index(drop=True)
+    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
+    verdict = amplifier_verdict(table, roles, per_image, min(options.eps), spec.n_boot, spec.seed)
+    return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=[verdict],
+                       findings=findings(table, roles), provenance=common.provenance(subjects, data, spec),
+                       settings=options.describe(), extras=dict(timing=timings, roles=roles,
+                                                                 units={lab: v.table() for lab, v in views.items()}))
+
+
+def _kappa_log_ratio(res: dict, plain: dict, e: float, idx=None) -> float:
+    """Median over matched units of log(mean κ residual / mean κ plain) (``idx``: an image resample)."""
+    logs = []
+    for (unit, metric, eps), v in res.items():
+        if metric != "kappa" or eps != e or (unit, metric, eps) not in plain:
+            continue
+        w = plain[(unit, metric, eps)]
+        a, b = (v.mean(), w.mean()) if idx is None else (v[idx].mean(), w[idx].mean())
+        if a > 0 and b > 0:
+            logs.append(np.log(a / b))
+    return float(np.median(logs)) if logs else float("nan")
+
+
+def amplifier_verdict(table: pd.DataFrame, roles: dict[str, Role], per_image: dict, eps: float,
+                      n_boot: int = 1000, seed: int = 0) -> Verdict:
+    """The empirical reading (b): a residual unit's branch is relatively more sensitive to its input
+    than the matching unit of an equal-recipe plain twin."""
+    conj = ("Differential amplifier: a residual unit's branch is relatively more sensitive to small input "
+            "perturbations than the matching plain unit")
+    crit = (f"statistic: median over matched units of log(κ_residual / κ_plain), κ = (‖ΔF‖/‖F‖)/(‖δ‖/‖x‖) for "
+            f"random δ with ‖δ‖ = ε‖x‖, ε = {eps:g}; supported when the 95% CI lies above {AMPLIFIER_LOG_RATIO}, "
+            "not supported when below, inconclusive otherwise. CI over seeds (t), or over images (bootstrap) for one "
+            "pair. The ratio (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) is ‖y‖/‖F‖ in disguise and is not evidence")
+    pairs = [(r, p, s) for r, p, s in pairs_by_seed(roles) if r in per_image and p in per_image]
+    if not pairs:
+        return inconclusive(conj, crit, "median log(κ_res / κ_plain)",
+                            "the conjecture compares residual with plain units (--plain): " + unpaired_reason(roles))
+    stats = {(r, p): _kappa_log_ratio(per_image[r], per_image[p], eps) for r, p, _ in pairs}
+    n_img = len(next(iter(per_image[pairs[0][0]].values())))
+    if len(pairs) >= 2:
+        stat, lo, hi = seed_ci(list(stats.values()))
+    else:
+        r, p, _ = pairs[0]
+        rng = np.random.default_rng(stable_seed(seed, "kappa", r, p))
+        boots = np.array([_kappa_log_ratio(per_image[r], per_image[p], eps, rng.integers(0, n_img, n_img))
+                          for _ in range(n_boot)])
+        stat = stats[(r, p)]
+        lo, hi = (float(q) for q in np.nanquantile(boots, [0.025, 0.975]))
+    return Verdict(conj, decide(lo, hi, AMPLIFIER_LOG_RATIO, "above"), crit, "median log(κ_res / κ_plain)", stat,
+                   lo, hi, AMPLIFIER_LOG_RATIO, scope_of(len(pairs)), n_img, len(pairs),
+                   evidence={f"{r} vs {p}": v for (r, p), v in stats.items()})
+
+
+def summarize(table: pd.DataFrame, roles: dict[str, Role]) -> dict:
+    """Per model: medians over units of every per-unit metric at the smallest ε (worst case: no ε)."""
+    d = table[table["unit"] != "network"]
+    e0 = d["eps"].dropna().min()
+    out = {"eps_used": float(e0) if e0 == e0 else None, "models": {}}
+    for m, g in d.groupby("model", sort=False):
+        sel = g[(g["eps"] == e0) | g["eps"].isna()]
+        out["models"][str(m)] = {metric: float(s["value"].median()) for metric, s in sel.groupby("metric")}
+        out["models"][str(m)]["residual"] = bool(roles[str(m)].residual) if str(m) in roles else None
+    net = table[table["unit"] == "network"]
+    for m, g in net.groupby("model", sort=False):
+        out["models"].setdefault(str(m), {}).update(
+            {f"{r['metric']}@{r['eps']:g}": float(r["value"]) for _, r in g.iterrows()})
+    return out
+
+
+def findings(table: pd.DataFrame, roles: dict[str, Role]) -> list[str]:
+    from .. import fmt
+    s = summarize(table, roles)
+    e0 = s["eps_used"]
+    out = []
+    for m, v in s["models"].items():
+        if "kappa" in v:
+            out.append(f"{m}: median over units κ = {v['kappa']:.3f} (random, ε = {e0:g}), worst case "
+                       f"{v.get('kappa_worst', float('nan')):.3f}; random unit gain {v.get('random_gain_unit', float('nan')):.3f}, "
+                       f"worst-case unit gain {v.get('worst_gain_unit', float('nan')):.3f}.")
+        if "amplifier_ratio" in v:
+            out.append(f"{m} (arithmetic, not evidence): median (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) = {v['amplifier_ratio']:.3f}, "
+                       f"and median ‖y‖/‖F‖ = {v['output_branch_ratio']:.3f} — the ratio is "
+                       "(‖ΔF‖/‖Δy‖)·‖y‖/‖F‖ by definition.")
+    res = [m for m, r in roles.items() if r.residual and m in s["models"]]
+    plain = [m for m, r in roles.items() if not r.residual and m in s["models"]]
+    d = table[(table["metric"] == "kappa") & (table["eps"] == e0)]
+    for r in res:
+        for p in plain:
+            a, b = d[d["model"] == r].set_index("unit"), d[d["model"] == p].set_index("unit")
+            both = [u for u in a.index if u in b.index]
+            higher = [u for u in both if a.loc[u, "ci_low"] > b.loc[u, "ci_high"]]
+            lower = [u for u in both if a.loc[u, "ci_high"] < b.loc[u, "ci_low"]]
+            out.append(f"κ unit by unit, {r} against {p} ({len(both)} matched units): higher in {len(higher)}, lower "
+                       f"in {len(lower)}, not distinguishable (CIs overlap) in {len(both) - len(higher) - len(lower)}.")
+    for key in ("flip_rate", "margin_change"):
+        rows = table[(table["metric"] == key)]
+        for _, r in rows[rows["eps"] == rows["eps"].max()].iterrows():
+            out.append(f"{r['model']}: {key.replace('_', ' ')} under input noise ε = {r['eps']:g}: "
+                       f"{fmt.ci(r['value'], r['ci_low'], r['ci_high'], 4)}.")
+    return out

@@ -1,48 +1,118 @@
 """Shattered gradients (Balduzzi et al. 2017): how correlated are input gradients along a line?
 
-Synthetic reproduction: networks f: R -> R of width 200, inputs = ``points`` evenly spaced values on
-[-2, 2); kinds ``ff`` (feedforward, no BN), ``ff-bn``, ``res`` (residual, no BN, branch scale beta),
-``res-bn`` and ``ff-ll`` (CReLU with looks-linear initialisation). For every depth and seed (init) the
-gradient df/dx is taken at each point.
+**On a trained network** (the verdict): gradients of the loss at every point of seeded lines in input
+space (``direction``: x0 + t·u; ``between``: the segment between two images), at the image and at every
+unit's input (a per-unit shattering profile), in one batched backward pass per line. Statistics per
+line: lag-1 autocorrelation of the gradient vectors along the line, Σ_t ⟨d_t, d_t+1⟩ / Σ_t ‖d_t‖²
+(d_t = g_t − mean g), and the spectral slope of their periodogram (white noise ≈ 0, brown ≈ −2).
 
-**Batch norm**: its statistics are computed on the grid (one forward pass in training mode) and then
-*held constant* (eval-mode BN with exactly those statistics) when differentiating. Otherwise each
-point's gradient would leak into every other point's through the batch mean and variance, and
-df/dx would not be a property of the function at that point.
-
-Statistics per seed: ``lag1`` (lag-1 autocorrelation of the gradient sequence) and
-``spectral_slope`` (log-log slope of its periodogram: white ≈ 0, brown ≈ -2); per (kind, depth) across
-seeds: their means with seeded bootstrap 95% CIs, and ``corr_neighbor``, the mean normalized
-covariance between gradients at neighbouring points across inits (the quantity of the paper's Fig. 1
-bottom row). White and brown noise sequences go through the same statistics as a calibration.
+**Synthetic reproduction at initialisation**: networks f: R -> R of width 200, inputs = ``points``
+evenly spaced values on [-2, 2); kinds ``ff`` (feedforward, no BN), ``ff-bn``, ``res`` (residual, no BN,
+branch scale beta), ``res-bn`` and ``ff-ll`` (CReLU with looks-linear initialisation). BN statistics
+are computed on the grid (one forward pass in training mode) and then *held constant* when
+differentiating, so that each point's gradient is a property of the function there. Per (kind, depth)
+across inits: the mean lag-1 autocorrelation and spectral slope (bootstrap CIs over inits), the mean
+correlation between gradients at neighbouring points (``corr_neighbor``) and at points a quarter of
+the range apart (``corr_far``, inputs 1.0 apart: their ReLU patterns are nearly independent, the
+regime of the paper's 2^-L), and the fraction of last-layer ReLUs with the same sign at neighbouring
+and at far points (``coactive_neighbor``, ``coactive_far``). White and brown noise go through the same
+statistics as a calibration.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .. import distributed as dist
+from ..anatomy import anatomy, frozen_eval
+from ..engine import RunSpec, check_finite
+from ..errors import UsageError
 from ..io.data import Dataset
-
 from ..metrics.signal import (brown_noise, correlation_matrix, fit_exponential_log2, fit_power_law, lag1,
-                              spectral_slope, white_noise)
+                              lag1_vectors, spectral_slope, spectral_slope_vectors, white_noise)
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
-from ..models.mlp import LooksLinearMLP, mlp
+from ..models.mlp import LooksLinearMLP, MLP, mlp
+from ..progress import progress
+from ..study import StudyResult, Subject, roles_of
+from ..verdict import Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of, seed_ci, unpaired_reason
+from . import common
 
-__all__ = ["KINDS", "make_net", "grid", "input_gradients", "synthetic_sweep", "fits", "COLUMNS"]
+__all__ = ["KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
+           "fits", "run_synthetic", "run", "make_lines", "line_gradients", "trained_profile", "COLUMNS",
+           "TRAINED_COLUMNS", "shattering_verdict", "synthetic_verdict", "NOT_SHATTERED", "BROWN_VS_WHITE"]
 
 KINDS = ("ff", "ff-bn", "res", "res-bn", "ff-ll")
 COLUMNS = ["kind", "depth", "seed", "metric", "value", "ci_low", "ci_high"]
+TRAINED_COLUMNS = ["model", "layer", "seed", "metric", "value", "ci_low", "ci_high"]
+# White noise has lag-1 autocorrelation 0, brown noise (a random walk) 0.97 over 256 points: a network whose
+# input gradients have lag-1 above 0.5 (midway) is on the brown, unshattered side.
+NOT_SHATTERED = 0.5
+# Synthetic: BN ResNets keep gradients more correlated than BN feedforward nets of the same depth.
+BROWN_VS_WHITE = 0.0
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    kinds: tuple = KINDS
+    depths: tuple = (1, 2, 4, 8, 16, 24, 32, 50)
+    seeds: int = 20
+    width: int = 200
+    points: int = 256
+    beta: float = 0.1
+
+    def __post_init__(self):
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise UsageError(f"unknown kinds {bad or 'none'}; choose from {', '.join(KINDS)}")
+        if self.seeds < 2:
+            raise UsageError("--seeds must be at least 2 (statistics across inits)")
+        if self.points < 16:
+            raise UsageError(f"--points must be at least 16 (autocorrelation and spectra along the line), got {self.points}")
+        if not self.depths or min(self.depths) < 1:
+            raise UsageError("--depths must be positive integers")
+        if self.width < 2:
+            raise UsageError("--width must be at least 2")
+
+    def describe(self) -> dict:
+        return dict(kinds=list(self.kinds), depths=list(self.depths), seeds=self.seeds, width=self.width,
+                    points=self.points, beta=self.beta, input_range=[-2.0, 2.0],
+                    batchnorm="statistics computed on the grid, then held constant when differentiating",
+                    init="He (kaiming normal) for ReLU layers; ff-ll: orthogonal W0 in [W0, -W0]")
+
+
+@dataclass(frozen=True)
+class LineOptions:
+    lines: int = 8
+    points: int = 256
+    mode: str = "direction"
+    span: float = 0.1
+    target: str = "loss"
+
+    def __post_init__(self):
+        if self.mode not in ("direction", "between"):
+            raise UsageError(f"line mode must be 'direction' or 'between', got {self.mode!r}")
+        if self.target not in ("loss", "logit"):
+            raise UsageError(f"--grad-target must be 'loss' or 'logit', got {self.target!r}")
+        if self.lines < 2:
+            raise UsageError(f"--lines must be at least 2 (statistics across lines), got {self.lines}")
+        if self.points < 16:
+            raise UsageError(f"--points must be at least 16 (lag-1 and spectra need a line of points), got {self.points}")
+        if not self.span > 0:
+            raise UsageError(f"--span must be positive, got {self.span}")
+
+    def describe(self) -> dict:
+        return dict(lines=self.lines, points=self.points, line=self.mode, span=self.span, target=self.target)
 
 
 def make_net(kind: str, depth: int, width: int = 200, beta: float = 0.1) -> nn.Module:
-    if kind not in KINDS and kind not in ("white-noise", "brown-noise"):
-        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise UsageError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     if kind == "ff-ll":
         return LooksLinearMLP(depth, width)
     return mlp(depth=depth, width=width, residual=kind.startswith("res"), batchnorm=kind.endswith("-bn"),
@@ -85,34 +155,53 @@ def input_gradients(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return g.detach().double().numpy().ravel()
 
 
-def synthetic_sweep(kinds: Sequence[str] = KINDS, depths: Sequence[int] = (1, 2, 4, 8, 16, 24, 32, 50),
-                    seeds: int = 20, width: int = 200, points: int = 256, beta: float = 0.1, seed: int = 0,
-                    n_boot: int = 1000, progress: bool = True, keep_gradients: bool = True):
+@torch.no_grad()
+def _last_relu_pattern(model: nn.Module, x: torch.Tensor) -> Optional[np.ndarray]:
+    """Signs of the last hidden layer's ReLU inputs at each point (MLP kinds; None for ff-ll)."""
+    if not isinstance(model, MLP):
+        return None
+    h = model.stem(x.double())
+    pre = None
+    for b in model.blocks:
+        pre = b.bn(h) if b.residual else b.bn(b.linear(h))
+        h = b(h)
+    return (pre > 0).numpy()
+
+
+def synthetic_sweep(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec(),
+                    keep_gradients: bool = True):
     """Run the sweep. Returns ``(df, gradients)``: the long DataFrame and, per (kind, depth), the
     seeds × points array of gradients (for traces and correlation matrices)."""
-    for k in kinds:
-        make_net(k, 1, 2)  # validates the kind early
-    if seeds < 2:
-        raise ValueError("--seeds must be at least 2 (statistics across inits)")
-    x = grid(points)
+    x = grid(options.points)
     rows, grads = [], {}
-    bar = tqdm(total=len(kinds) * len(depths) * seeds, desc="gradcorr synthetic", disable=not progress)
-    for kind in kinds:
-        for depth in depths:
-            gs = []
-            for s in range(seeds):
-                torch.manual_seed(stable_seed(seed, kind, depth, s))
-                gs.append(input_gradients(make_net(kind, depth, width, beta), x))
-                bar.update(1)
-            g = np.stack(gs)
-            if keep_gradients:
-                grads[(kind, depth)] = g
-            rows += _stats_rows(kind, depth, g, seed, n_boot)
-    bar.close()
+    total = len(options.kinds) * len(options.depths) * options.seeds
+    far = options.points // 4
+    with progress(total, "gradcorr synthetic", "networks", enabled=spec.progress) as bar:
+        for kind in options.kinds:
+            for depth in options.depths:
+                gs, co = [], []
+                for s in range(options.seeds):
+                    torch.manual_seed(stable_seed(spec.seed, kind, depth, s))
+                    net = make_net(kind, depth, options.width, options.beta)
+                    gs.append(input_gradients(net, x))
+                    pat = _last_relu_pattern(net, x)
+                    if pat is not None:
+                        co.append(((pat[:-1] == pat[1:]).mean(), (pat[:-far] == pat[far:]).mean()))
+                    bar.update(1)
+                g = np.stack(gs)
+                if keep_gradients:
+                    grads[(kind, depth)] = g
+                rows += _stats_rows(kind, depth, g, spec.seed, spec.n_boot)
+                for j, name in enumerate(("coactive_neighbor", "coactive_far")):
+                    if co:
+                        v = np.array([c[j] for c in co])
+                        lo, hi = bootstrap_mean_ci(v, spec.n_boot, seed=stable_seed(spec.seed, kind, depth, name))
+                        rows.append(dict(kind=kind, depth=depth, seed="all", metric=name, value=float(v.mean()),
+                                         ci_low=lo, ci_high=hi))
     for kind, gen in (("white-noise", white_noise), ("brown-noise", brown_noise)):
-        g = np.stack([gen(points, stable_seed(seed, kind, s)) for s in range(seeds)])
+        g = np.stack([gen(options.points, stable_seed(spec.seed, kind, s)) for s in range(options.seeds)])
         grads[(kind, 0)] = g
-        rows += _stats_rows(kind, 0, g, seed, n_boot)
+        rows += _stats_rows(kind, 0, g, spec.seed, spec.n_boot)
     return pd.DataFrame(rows, columns=COLUMNS), grads
 
 
@@ -123,55 +212,135 @@ def _stats_rows(kind: str, depth: int, g: np.ndarray, seed: int, n_boot: int) ->
         for s, val in enumerate(v):
             rows.append(dict(kind=kind, depth=depth, seed=str(s), metric=metric, value=float(val),
                              ci_low=np.nan, ci_high=np.nan))
-        lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=stable_seed(seed, kind, depth, metric))
-        rows.append(dict(kind=kind, depth=depth, seed="all", metric=metric, value=float(v.mean()), ci_low=lo,
+        lo, hi = bootstrap_mean_ci(v[np.isfinite(v)], n_boot=n_boot, seed=stable_seed(seed, kind, depth, metric))
+        rows.append(dict(kind=kind, depth=depth, seed="all", metric=metric, value=float(np.nanmean(v)), ci_low=lo,
                          ci_high=hi))
-    c = correlation_matrix(g)
-    rows.append(dict(kind=kind, depth=depth, seed="all", metric="corr_neighbor",
-                     value=float(np.mean(np.diag(c, 1))), ci_low=np.nan, ci_high=np.nan))
+    far = g.shape[1] // 4
+    rng = np.random.default_rng(stable_seed(seed, kind, depth, "corr"))
+    for name, lag in (("corr_neighbor", 1), ("corr_far", far)):
+        val = float(np.mean(np.diag(correlation_matrix(g), lag)))
+        boots = [float(np.mean(np.diag(correlation_matrix(g[rng.integers(0, len(g), len(g))]), lag)))
+                 for _ in range(min(n_boot, 200))]
+        lo, hi = np.quantile(boots, [0.025, 0.975])
+        rows.append(dict(kind=kind, depth=depth, seed="all", metric=name, value=val, ci_low=float(lo), ci_high=float(hi)))
     return rows
 
 
-def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1) -> dict:
+def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1, n_boot: int = 500, seed: int = 0) -> dict:
     """Exponential (log2 slope per layer) and power-law (log-log slope) fits of the mean ``metric``
-    against depth, for every kind; the paper predicts 2^-L for ff-bn and L^-1/2 for res-bn.
-    Only depths whose mean is above ``floor`` enter a fit: below it the values are noise around 0
-    (the white-noise calibration's lag-1 is 0 ± 0.015 over 20 seeds of 256 points)."""
+    against depth, per kind, with bootstrap CIs over inits (per-seed metrics only); the paper predicts
+    2^-L for ff-bn and L^-1/2 for res-bn. Only depths whose mean is above ``floor`` enter a fit: below
+    it the values are noise around 0 (white noise's lag-1 is 0 ± 0.015 over 20 seeds of 256 points)."""
     out = {}
     agg = df[(df["seed"] == "all") & (df["metric"] == metric) & (df["depth"] > 0)]
     agg = agg[agg["value"] > floor]
+    per = df[(df["seed"] != "all") & (df["metric"] == metric) & (df["depth"] > 0)]
+    rng = np.random.default_rng(stable_seed(seed, "fits", metric))
     for kind, g in agg.groupby("kind", sort=False):
-        out[kind] = dict(exponential=fit_exponential_log2(g["depth"], g["value"]),
-                         power_law=fit_power_law(g["depth"], g["value"]), depths=[int(d) for d in g["depth"]],
-                         floor=floor)
+        depths = sorted(int(d) for d in g["depth"])
+        f = dict(exponential=fit_exponential_log2(g["depth"], g["value"]),
+                 power_law=fit_power_law(g["depth"], g["value"]), depths=depths, floor=floor)
+        p = per[(per["kind"] == kind) & per["depth"].isin(depths)].pivot(index="seed", columns="depth", values="value")
+        if len(p) >= 2 and len(depths) >= 2:
+            exp_s, pow_s = [], []
+            for _ in range(n_boot):
+                m = p.iloc[rng.integers(0, len(p), len(p))].mean()
+                exp_s.append(fit_exponential_log2(m.index, m.values)["slope"])
+                pow_s.append(fit_power_law(m.index, m.values)["slope"])
+            for key, s in (("exponential", exp_s), ("power_law", pow_s)):
+                s = np.asarray(s)[np.isfinite(s)]
+                if len(s):
+                    f[key]["ci_low"], f[key]["ci_high"] = (float(q) for q in np.quantile(s, [0.025, 0.975]))
+        out[kind] = f
+    return out
+
+
+def synthetic_verdict(df: pd.DataFrame) -> Verdict:
+    """Synthetic reproduction: at initialisation, BN ResNets keep input gradients more correlated than
+    BN feedforward nets of the same depth (the deepest depth measured)."""
+    conj = "Shattered gradients, synthetic at initialisation: BN ResNets stay less shattered than BN feedforward nets"
+    crit = (f"statistic: lag-1 autocorrelation of df/dx, res-bn minus ff-bn, at the deepest depth measured (mean "
+            f"over inits); supported when the 95% CI lies above {BROWN_VS_WHITE}, not supported when below, "
+            "inconclusive otherwise. CI: t over the paired per-init difference; these are random networks, not "
+            "the user's")
+    per = df[(df["seed"] != "all") & (df["metric"] == "lag1")]
+    kinds = set(per["kind"])
+    if not {"ff-bn", "res-bn"} <= kinds:
+        return inconclusive(conj, crit, "lag-1 res-bn − ff-bn", "needs the kinds ff-bn and res-bn", scope="synthetic")
+    deep = int(per[per["kind"].isin(["ff-bn", "res-bn"])]["depth"].max())
+    a = per[(per["kind"] == "res-bn") & (per["depth"] == deep)].set_index("seed")["value"]
+    b = per[(per["kind"] == "ff-bn") & (per["depth"] == deep)].set_index("seed")["value"]
+    d = (a - b).dropna()
+    stat, lo, hi = seed_ci(d.tolist())
+    return Verdict(conj, decide(lo, hi, BROWN_VS_WHITE, "above"), crit, f"lag-1 res-bn − ff-bn at depth {deep}",
+                   stat, lo, hi, BROWN_VS_WHITE, f"synthetic: {len(d)} random inits", 0, len(d),
+                   evidence=dict(res_bn=float(a.mean()), ff_bn=float(b.mean()), depth=deep))
+
+
+def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec()) -> StudyResult:
+    df, grads = synthetic_sweep(options, spec)
+    f = {m: fits(df, m, seed=spec.seed) for m in ("lag1", "corr_far")}
+    summary = dict(fits=f, paper=dict(ff_bn="2^-L (log2 slope -1 per layer)", res_bn="L^-1/2 (log-log slope -0.5)"))
+    find = _synthetic_findings(df, f)
+    return StudyResult("gradcorr-synthetic", df, summary=summary, verdicts=[synthetic_verdict(df)], findings=find,
+                       provenance=dict(probe="gradcorr synthetic", **options.describe(), seed=spec.seed,
+                                       versions=common.versions()),
+                       settings=options.describe(), extras=dict(gradients=grads, points=options.points))
+
+
+def _synthetic_findings(df: pd.DataFrame, f: dict) -> list[str]:
+    from .. import fmt
+    out = []
+    agg = df[(df["seed"] == "all")]
+    for kind in [k for k in KINDS if k in set(agg["kind"])]:
+        g = agg[(agg["kind"] == kind) & (agg["metric"] == "lag1")].sort_values("depth")
+        out.append(f"{kind}: mean lag-1 " + ", ".join(f"L={int(r.depth)}: {fmt.ci(r.value, r.ci_low, r.ci_high)}"
+                                                      for r in g.itertuples()) + ".")
+    for metric, fm in f.items():
+        for kind, expected, key in (("ff-bn", -1.0, "exponential"), ("res-bn", -0.5, "power_law")):
+            if kind in fm:
+                e = fm[kind][key]
+                if not np.isfinite(e["slope"]):
+                    out.append(f"{kind}, {metric}: fewer than two depths above the noise floor {fm[kind]['floor']}; "
+                               "no fit.")
+                    continue
+                lo, hi = e.get("ci_low"), e.get("ci_high")
+                unit = "log₂ slope per layer" if key == "exponential" else "log–log slope"
+                compat = ("" if lo is None else (" — compatible with the paper's " if lo <= expected <= hi else
+                                                 " — the paper's ") + fmt.num(expected, 1)
+                          + ("" if lo is None or lo <= expected <= hi else " lies outside the CI"))
+                out.append(f"{kind}, {metric} against depth (depths {fm[kind]['depths']}): fitted {unit} "
+                           f"{fmt.ci(e['slope'], lo, hi)}{compat}.")
+    co = agg[agg["metric"].isin(["coactive_neighbor", "coactive_far"]) & (agg["kind"] == "ff-bn")]
+    if len(co):
+        piv = co.pivot(index="depth", columns="metric", values="value")
+        out.append("ff-bn, fraction of last-layer ReLUs with the same sign at neighbouring / far points (0.5 = "
+                   "independent): " + ", ".join(f"L={d}: {r['coactive_neighbor']:.3f} / {r['coactive_far']:.3f}"
+                                                for d, r in piv.iterrows()) + ".")
     return out
 
 
 # --- on trained networks ------------------------------------------------------------------------------
 
-TRAINED_COLUMNS = ["model", "layer", "seed", "metric", "value", "ci_low", "ci_high"]
-
-
-def make_lines(data, n_lines: int, points: int = 256, mode: str = "direction", span: float = 0.1, seed: int = 0,
-               normalize: str = "none"):
-    """``n_lines`` seeded lines in (normalized) input space, each ``points`` × C × H × W, with the label
-    used for the loss. ``direction``: x0 + t·u, u a random unit vector, t ∈ [−span, span)·‖x0‖;
+def make_lines(data: Dataset, options: LineOptions, seed: int = 0, normalize: str = "none"):
+    """``options.lines`` seeded lines in (normalized) input space, each ``points`` × C × H × W, with the
+    label used for the loss. ``direction``: x0 + t·u, u a random unit vector, t ∈ [−span, span)·‖x0‖;
     ``between``: the straight segment from one image to another, t ∈ [0, 1)."""
-    if mode not in ("direction", "between"):
-        raise ValueError(f"line mode must be 'direction' or 'between', got {mode!r}")
-    if n_lines < 2:
-        raise ValueError("--lines must be at least 2 (statistics across lines)")
+    if len(data) < 2 * options.lines:
+        raise UsageError(f"{options.lines} lines need {2 * options.lines} images; the data has {len(data)}",
+                         "lower --lines or raise --limit")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[: 2 * n_lines]
+    idx = torch.randperm(len(data), generator=g)[: 2 * options.lines]
     chosen = Dataset(data.images[idx], data.labels[idx], data.classes, data.spec, data.split, data.source)
     imgs, labels, _ = next(chosen.batches(len(idx), normalize))
+    points = options.points
     out = []
-    for j in range(n_lines):
+    for j in range(options.lines):
         x0, y0 = imgs[2 * j], labels[2 * j]
-        if mode == "direction":
+        if options.mode == "direction":
             u = torch.randn(x0.shape, generator=g)
             u = u / u.norm()
-            t = (torch.arange(points, dtype=torch.float32) / points * 2 - 1) * span * x0.norm()
+            t = (torch.arange(points, dtype=torch.float32) / points * 2 - 1) * options.span * x0.norm()
             xs = x0.unsqueeze(0) + t.view(-1, *[1] * x0.dim()) * u.unsqueeze(0)
         else:
             x1 = imgs[2 * j + 1]
@@ -183,16 +352,14 @@ def make_lines(data, n_lines: int, points: int = 256, mode: str = "direction", s
 
 def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss") -> list[torch.Tensor]:
     """Gradients at every point of a line (one batched backward, eval mode): with respect to the
-    image, then to each block's input. ``target``: cross-entropy ``loss`` or the true-class ``logit``."""
-    if target not in ("loss", "logit"):
-        raise ValueError(f"target must be 'loss' or 'logit', got {target!r}")
+    image, then to each unit's input. ``target``: cross-entropy ``loss`` or the true-class ``logit``."""
     with torch.enable_grad():
         x = xs.clone().requires_grad_(True)
         h = view.stem(x)
         inputs = []
         for i in range(len(view)):
             inputs.append(h)
-            h = view.run_block(i, h)
+            h = view.run_unit(i, h)
         logits = view.head(h)
         out = (F.cross_entropy(logits, y, reduction="sum") if target == "loss"
                else logits.gather(1, y[:, None]).sum())
@@ -200,35 +367,129 @@ def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss"
     return [g.detach() for g in grads]
 
 
-def trained_profile(model: nn.Module, data, model_label: str = "model", lines: int = 8, points: int = 256,
-                    mode: str = "direction", span: float = 0.1, target: str = "loss", seed: int = 0,
-                    normalize: str = "none", device="cpu", n_boot: int = 1000, progress: bool = True):
-    """Lag-1 autocorrelation and spectral slope of the gradients along each line — at the image and
-    at each block's input (the per-block shattering profile). Returns (DataFrame, example traces)."""
-    from ..anatomy import anatomy, frozen_eval
-    from ..metrics.signal import lag1_vectors, spectral_slope_vectors
-    view = anatomy(model, data.input_shape)
+def trained_profile(subject: Subject, data: Dataset, spec: RunSpec, options: LineOptions = LineOptions()):
+    """Per line: lag-1 autocorrelation and spectral slope of the gradients, at the image and at each
+    unit's input. Returns (per-line values ``{(layer, metric): array over lines}`` on rank 0, a trace)."""
+    view = anatomy(subject.model, data.input_shape)
     layers = ["input"] + view.names
-    per = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
-    traces = {}
-    model.to(device)
-    with frozen_eval(model):
-        for j, (xs, y) in enumerate(tqdm(make_lines(data, lines, points, mode, span, seed, normalize),
-                                         desc=f"gradcorr {model_label}", disable=not progress, leave=False)):
-            grads = line_gradients(view, xs.to(device), y.to(device), target)
+    lines = make_lines(data, options, spec.seed, subject.normalize)
+    mine = list(dist.shard(len(lines)))
+    vals = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
+    trace = None
+    subject.model.to(spec.torch_device)
+    with frozen_eval(subject.model), progress(len(mine), f"gradcorr {subject.label}", "lines",
+                                              enabled=spec.progress) as bar:
+        for j in mine:
+            xs, y = lines[j]
+            grads = line_gradients(view, xs.to(spec.torch_device), y.to(spec.torch_device), options.target)
+            check_finite(grads[0], f"the input gradients of {subject.label}", spec)
             for layer, g in zip(layers, grads):
                 g = g.flatten(1).double().cpu().numpy()
-                per[(layer, "lag1")].append(lag1_vectors(g))
-                per[(layer, "spectral_slope")].append(spectral_slope_vectors(g))
+                vals[(layer, "lag1")].append(lag1_vectors(g))
+                vals[(layer, "spectral_slope")].append(spectral_slope_vectors(g))
                 if j == 0 and layer == "input":
-                    traces[model_label] = g[:, int(np.argmax(np.abs(g).sum(0)))]  # the busiest pixel
+                    trace = g[:, int(np.argmax(np.abs(g).sum(0)))]  # the busiest pixel
+            bar.update(1)
+    keys = sorted(vals)
+    got = dist.gather_rows(np.asarray(mine), {f"{a}|{b}": np.asarray(vals[(a, b)]) for a, b in keys})
+    if got is None:
+        return None, None, view
+    return {k: got[f"{k[0]}|{k[1]}"] for k in keys}, trace, view
+
+
+def _trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) -> list[dict]:
     rows = []
-    for (layer, metric), v in per.items():
-        v = np.asarray(v)
-        for s, val in enumerate(v):
-            rows.append(dict(model=model_label, layer=layer, seed=str(s), metric=metric, value=float(val),
-                             ci_low=np.nan, ci_high=np.nan))
-        lo, hi = bootstrap_mean_ci(v[~np.isnan(v)], n_boot=n_boot, seed=stable_seed(seed, model_label, layer, metric))
-        rows.append(dict(model=model_label, layer=layer, seed="all", metric=metric, value=float(np.nanmean(v)),
-                         ci_low=lo, ci_high=hi))
-    return pd.DataFrame(rows, columns=TRAINED_COLUMNS), traces
+    for layer in layers:
+        for metric in ("lag1", "spectral_slope"):
+            v = values[(layer, metric)]
+            for s, val in enumerate(v):
+                rows.append(dict(model=label, layer=layer, seed=str(s), metric=metric, value=float(val),
+                                 ci_low=np.nan, ci_high=np.nan))
+            lo, hi = bootstrap_mean_ci(v[~np.isnan(v)], n_boot=spec.n_boot,
+                                       seed=stable_seed(spec.seed, label, layer, metric))
+            rows.append(dict(model=label, layer=layer, seed="all", metric=metric, value=float(np.nanmean(v)),
+                             ci_low=lo, ci_high=hi))
+    return rows
+
+
+def shattering_verdict(values: dict, roles: dict) -> Verdict:
+    """Balduzzi et al. on the user's network: its input gradients along lines are not shattered (and, with
+    a plain twin, less shattered than the twin's)."""
+    conj = "Shattered gradients: this residual network's input gradients are not shattered (Balduzzi et al. 2017)"
+    crit = (f"statistic: lag-1 autocorrelation of the loss gradient at the image along seeded lines (white noise 0, "
+            f"brown noise 0.97). With a plain twin: residual minus plain, paired by line (t over lines, or over seeds "
+            f"with several seeds); supported when the 95% CI lies above {BROWN_VS_WHITE}, not supported when below. "
+            f"Without a twin: the ResNet's mean; supported when the CI lies above {NOT_SHATTERED}, not supported "
+            "when below. Otherwise inconclusive")
+    pairs = [(r, p, s) for r, p, s in pairs_by_seed(roles) if r in values and p in values]
+    if pairs:
+        if len(pairs) >= 2:
+            d = [float(np.nanmean(values[r][("input", "lag1")]) - np.nanmean(values[p][("input", "lag1")]))
+                 for r, p, _ in pairs]
+        else:
+            r, p, _ = pairs[0]
+            d = list(values[r][("input", "lag1")] - values[p][("input", "lag1")])
+        stat, lo, hi = seed_ci(d)
+        return Verdict(conj.replace("are not shattered", "are less shattered than a plain twin's"),
+                       decide(lo, hi, BROWN_VS_WHITE, "above"), crit, "lag-1 residual − plain", stat, lo, hi,
+                       BROWN_VS_WHITE, scope_of(len(pairs)) if len(pairs) >= 2 else "this network pair",
+                       0, len(pairs), evidence={lab: float(np.nanmean(v[("input", "lag1")])) for lab, v in values.items()})
+    res = [lab for lab in primary_residual(roles) if lab in values]
+    if not res:
+        return inconclusive(conj, crit, "lag-1 at the image", "no residual network")
+    if len(res) >= 2:
+        stat, lo, hi = seed_ci([float(np.nanmean(values[lab][("input", "lag1")])) for lab in res])
+    else:
+        stat, lo, hi = seed_ci(list(values[res[0]][("input", "lag1")]))
+    return Verdict(conj, decide(lo, hi, NOT_SHATTERED, "above"), crit, "lag-1 at the image", stat, lo, hi,
+                   NOT_SHATTERED, scope_of(len(res)), 0, len(res),
+                   evidence={lab: float(np.nanmean(values[lab][("input", "lag1")])) for lab in res},
+                   reason=f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
+
+
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
+        options: LineOptions = LineOptions()) -> StudyResult:
+    """Gradients along lines through each subject's input space; verdict: shattered or not."""
+    common.check_labels(subjects)
+    rows, values, traces, residual, units = [], {}, {}, {}, {}
+    for s in subjects:
+        v, trace, view = trained_profile(s, data, spec, options)
+        residual[s.label] = any(u.residual for u in view)
+        units[s.label] = view.table()
+        if v is None:
+            continue
+        values[s.label] = v
+        traces[s.label] = trace
+        rows += _trained_rows(s.label, v, ["input"] + view.names, spec)
+    if not dist.is_main():
+        return StudyResult("gradcorr", pd.DataFrame(columns=TRAINED_COLUMNS))
+    table = pd.DataFrame(rows, columns=TRAINED_COLUMNS)
+    roles = roles_of(list(subjects), residual)
+    return StudyResult("gradcorr", table, summary={}, verdicts=[shattering_verdict(values, roles)],
+                       findings=trained_findings(table), provenance=common.provenance(
+                           subjects, data, spec, statistic="lag-1 autocorrelation of the gradient vectors along each "
+                           "line: sum_t <d_t, d_t+1> / sum_t |d_t|^2, d_t = g_t - mean_t g"),
+                       settings=options.describe(), extras=dict(traces=traces, points=options.points, units=units))
+
+
+def trained_findings(df: pd.DataFrame) -> list[str]:
+    from .. import fmt
+    out = []
+    agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
+    for m, g in agg.groupby("model", sort=False):
+        inp = g[g["layer"] == "input"].iloc[0]
+        units = g[g["layer"] != "input"]
+        lo, hi = units.loc[units["value"].idxmin()], units.loc[units["value"].idxmax()]
+        out.append(f"{m}: lag-1 autocorrelation of the input gradient along the lines "
+                   f"{fmt.ci(inp['value'], inp['ci_low'], inp['ci_high'])}; at unit inputs from {lo['value']:.3f} "
+                   f"({lo['layer']}) to {hi['value']:.3f} ({hi['layer']}).")
+    inp = agg[agg["layer"] == "input"].set_index("model")
+    if len(inp) > 1:
+        best = inp["value"].idxmax()
+        others = [m for m in inp.index if m != best]
+        separated = all(inp.loc[best, "ci_low"] > inp.loc[m, "ci_high"] for m in others)
+        out.append(f"Input gradients are most correlated for {best} ({inp.loc[best, 'value']:.3f})"
+                   if separated else
+                   "The networks' input-gradient lag-1 values are not distinguishable (their 95% CIs overlap): "
+                   + ", ".join(f"{m} {fmt.ci(r['value'], r['ci_low'], r['ci_high'])}" for m, r in inp.iterrows()) + ".")
+    return out

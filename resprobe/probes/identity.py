@@ -1,80 +1,143 @@
-"""How close is each residual block to the identity? (He et al. 2016 Fig. 7; Jastrzebski et al. 2018)
+"""How close is each residual unit to the identity? (He et al. 2016 Fig. 7; Jastrzebski et al. 2018;
+Men et al. 2024)
 
-One pass over the data runs every block in decomposed form — S(x), F(x), y = post(S(x) + F(x)) —
-and streams, per block:
+One pass over the data walks every unit in decomposed form — x, S(x), F(x), y = post(S(x) + F(x)) —
+(:meth:`ResidualView.walk`) and streams, per unit, over each image's whole tensor (all tokens of a
+transformer's token tensor together):
 
-- ``residual_ratio``  mean over images of ‖F(x)‖/‖S(x)‖;
-- ``relative_change`` mean over images of ‖y − S(x)‖/‖S(x)‖ (includes the post-activation);
+- ``residual_ratio``  mean over images of ‖F(x)‖/‖S(x)‖ (the branch against the signal it is added to);
+- ``branch_ratio``    mean over images of ‖F(x)‖/‖x‖ (Jastrzebski et al.'s measure; it differs from
+                      ``residual_ratio`` where the shortcut is a projection or zero-pad);
+- ``relative_change`` mean over images of ‖y − S(x)‖/‖S(x)‖ (includes the post-operation);
 - ``cosine``          mean over images of cos(S(x), y);
-- ``cka``             linear CKA between block input and output across images (S(x) vs y when the block
-                      changes shape), unbiased minibatch estimator (Nguyen et al. 2021);
-- ``grad_cosine``     (optional, one backward pass) mean over images of cos(F(x), ∂L/∂x), L = cross-entropy
-                      (residual blocks that keep the shape; undefined where F(x) and x differ in shape);
-- ``response_std``    per 3×3 conv layer: std of its output after BN (before addition or nonlinearity) over
-                      all elements of all images (He et al. Fig. 7), with a bootstrap CI over images.
+- ``block_influence`` 1 − mean over images of cos(x, y) (ShortGPT's block influence, where x and y have
+                      the same shape);
+- ``cka``             linear CKA between unit input and output across images (S(x) vs y when the unit
+                      changes shape): the unbiased minibatch estimator (Nguyen et al. 2021) on a seeded
+                      subset of minibatch groups (default 2,048 images), with a bootstrap CI over groups;
+- ``grad_cosine``     (optional, one backward pass) mean over images of cos(F(x), ∂L/∂x), L = cross-entropy;
+- ``response_std``    per 3×3 convolution and per linear layer inside a unit: std of its output (after the
+                      BatchNorm that follows it, if any; before addition or nonlinearity) over all elements
+                      of all images (He et al. Fig. 7), with a bootstrap CI over images.
 
-For a plain block (no shortcut) S(x) is taken as x when the block keeps the shape (``residual_ratio``
-is undefined there); shape-changing plain blocks get CKA only. 95% CIs: seeded bootstrap over images
-(CKA: none).
-Memory follows the batch size; only per-image scalars are kept.
+For a plain unit (no shortcut) S(x) is taken as x when it keeps the shape (``residual_ratio`` is
+undefined there). 95% CIs: seeded bootstrap over images. Memory follows the batch size; only per-image
+scalars are kept.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .. import distributed as dist
+from .. import fmt
 from ..anatomy import ResidualView, anatomy, frozen_eval
+from ..engine import RunSpec, batches, check_finite
+from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics.similarity import MinibatchCKA, PerImageMoments, cosine, minibatch_grams, per_image_norm
+from ..metrics.similarity import PerImageMoments, cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
+from ..study import StudyResult, Subject, roles_of
+from ..verdict import Role, Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of, seed_ci, unpaired_reason
+from . import common
 
-__all__ = ["COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "identity_profile", "effective_depth",
-           "stage_summary"]
+__all__ = ["IdentityOptions", "COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "run", "profile",
+           "effective_depth", "stage_summary", "response_std_verdict", "refinement_verdict", "findings",
+           "NEAR_IDENTITY", "CKA_IMAGES"]
 
-COLUMNS = ["model", "block", "stage", "index_in_stage", "downsample", "metric", "value", "ci_low", "ci_high",
+COLUMNS = ["model", "block", "unit", "stage", "index_in_stage", "downsample", "metric", "value", "ci_low", "ci_high",
            "n_images"]
-PER_IMAGE_METRICS = ("residual_ratio", "relative_change", "cosine", "grad_cosine")
-METRIC_GROUPS = ("norms", "cka", "response_std")  # norms: residual_ratio, relative_change, cosine
+PER_IMAGE_METRICS = ("residual_ratio", "branch_ratio", "relative_change", "cosine", "block_influence", "grad_cosine")
+METRIC_GROUPS = ("norms", "cka", "response_std")  # norms: the per-image ratios and cosines
+# Effective depth (Jastrzebski et al. 2018 call blocks with small ‖F‖/‖h‖ "iterative refinement"): a unit counts
+# as near identity when its whole 95% CI of ‖F‖/‖S‖ lies below 0.3, as active when above, undecided otherwise.
+NEAR_IDENTITY = 0.3
+CKA_IMAGES = 2048
+# He et al. Fig. 7: ResNets' responses are smaller than their plain twins'. Statistic: median response std over
+# layers, ResNet / plain twin; supported when the CI lies below 1.
+RESPONSE_RATIO = 1.0
+# Jastrzebski et al.: units that change the representation little are cheap to delete. Statistic: Spearman rank
+# correlation across units between ‖F‖/‖x‖ and the single-deletion relative error increase; supported above 0.
+REFINEMENT_RHO = 0.0
 
 
-def response_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, module whose output is measured) for every 3×3 convolution: the BatchNorm that
-    directly follows it inside the same parent module, else the convolution itself."""
+@dataclass(frozen=True)
+class IdentityOptions:
+    """``metrics``: groups to compute (fewer groups, less time); ``grad``: add grad_cosine;
+    ``cka_minibatch``: images per CKA minibatch; ``cka_images``: images in the CKA subset (None: all);
+    ``threshold``: the near-identity threshold of ``residual_ratio``; ``lesion_check``: also the error with
+    every near-identity unit deleted together."""
+
+    metrics: tuple = METRIC_GROUPS
+    grad: bool = False
+    cka_minibatch: int = 32
+    cka_images: Optional[int] = CKA_IMAGES
+    threshold: float = NEAR_IDENTITY
+    lesion_check: bool = False
+
+    def __post_init__(self):
+        want = set(self.metrics)
+        if want - set(METRIC_GROUPS) or not (want or self.grad):
+            raise UsageError(f"metrics must be a non-empty subset of {', '.join(METRIC_GROUPS)}; got "
+                             f"{', '.join(sorted(self.metrics)) or 'nothing'}")
+        if self.cka_minibatch < 4:
+            raise UsageError(f"--cka-minibatch must be at least 4 (the unbiased HSIC estimator), got {self.cka_minibatch}")
+        if self.cka_images is not None and self.cka_images < self.cka_minibatch:
+            raise UsageError(f"--cka-images must be at least one minibatch ({self.cka_minibatch}), got {self.cka_images}")
+        if not self.threshold > 0:
+            raise UsageError(f"--threshold must be positive, got {self.threshold}")
+
+    def describe(self) -> dict:
+        return dict(metrics=list(self.metrics), grad=self.grad, cka_minibatch=self.cka_minibatch,
+                    cka_images="all" if self.cka_images is None else self.cka_images, threshold=self.threshold,
+                    lesion_check=self.lesion_check)
+
+
+def response_layers(model: nn.Module, view: Optional[ResidualView] = None) -> list[tuple[str, str]]:
+    """(layer, measured module) for every 3×3 convolution of the model and every linear layer inside a
+    unit: the measured module is the BatchNorm that directly follows the layer in its parent, else the
+    layer itself."""
     mods = list(model.named_modules())
+    blocks = tuple(b.name + "." for b in view.blocks) if view is not None else ()
     out = []
     for p, (name, m) in enumerate(mods):
-        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3):
-            parent = name.rpartition(".")[0]
-            nxt = mods[p + 1] if p + 1 < len(mods) else None
-            if (nxt is not None and isinstance(nxt[1], nn.BatchNorm2d) and nxt[0].rpartition(".")[0] == parent
-                    and nxt[1].num_features == m.out_channels):
-                out.append((name, nxt[0]))
-            else:
-                out.append((name, name))
+        conv = isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)
+        lin = isinstance(m, nn.Linear) and blocks and name.startswith(blocks)
+        if not (conv or lin):
+            continue
+        parent = name.rpartition(".")[0]
+        nxt = mods[p + 1] if p + 1 < len(mods) else None
+        width = m.out_channels if conv else m.out_features
+        if (nxt is not None and isinstance(nxt[1], nn.modules.batchnorm._BatchNorm)
+                and nxt[0].rpartition(".")[0] == parent and nxt[1].num_features == width):
+            out.append((name, nxt[0]))
+        else:
+            out.append((name, name))
     return out
 
 
 class _ResponseStd:
-    """Forward hooks that accumulate the std of chosen layers' outputs; removed on exit, always."""
+    """Forward hooks that accumulate per-image sums of chosen layers' outputs; removed on exit, always."""
 
-    def __init__(self, model: nn.Module, enabled: bool = True):
-        self.layers = response_layers(model) if enabled else []
+    def __init__(self, model: nn.Module, view: ResidualView, enabled: bool = True):
+        self.layers = response_layers(model, view) if enabled else []
         self.moments = {measured: PerImageMoments() for _, measured in self.layers}
         self._mods = dict(model.named_modules())
         self._handles = []
+        self.active = False
 
     def __enter__(self):
         try:
             for _, measured in self.layers:
                 acc = self.moments[measured]
                 self._handles.append(self._mods[measured].register_forward_hook(
-                    lambda mod, args, out, acc=acc: acc.update(out)))
+                    lambda mod, args, out, acc=acc: acc.update(out) if self.active else None))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -87,135 +150,474 @@ class _ResponseStd:
         return False
 
 
-def _block_of(layer: str, view: ResidualView):
-    for b in view:
-        if layer == b.name or layer.startswith(b.name + "."):
-            return b
-    return None
+class _CKA:
+    """Per-group HSIC terms of one unit, for the CKA value and its bootstrap over groups."""
+
+    def __init__(self):
+        self.terms: list[tuple[int, float, float, float, int]] = []  # (group, kl, kk, ll, images)
+
+    def add(self, groups: Sequence[int], Ks: list, Ls: list, sizes: Sequence[int]):
+        for z in sorted(set(sizes)):
+            sel = [j for j, s in enumerate(sizes) if s == z]
+            K = torch.stack([Ks[j] for j in sel])
+            L = torch.stack([Ls[j] for j in sel])
+            kl, kk, ll = hsic_unbiased(K, L), hsic_unbiased(K, K), hsic_unbiased(L, L)
+            for j, a, b, c in zip(sel, kl.tolist(), kk.tolist(), ll.tolist()):
+                self.terms.append((groups[j], a, b, c, z))
 
 
-def identity_profile(model: nn.Module, data: Dataset, model_label: str = "model", batch_size: int = 256,
-                     normalize: str = "none", device="cpu", grad: bool = False, cka_minibatch: int = 32,
-                     seed: int = 0, n_boot: int = 1000, progress: bool = True,
-                     metrics: Sequence[str] = METRIC_GROUPS) -> pd.DataFrame:
-    """Per-block identity metrics and per-layer response std of ``model`` over ``data`` (long DataFrame).
+def _cka_value(t: np.ndarray) -> float:
+    kk, ll = t[:, 1].sum(), t[:, 2].sum()
+    return float(t[:, 0].sum() / np.sqrt(kk * ll)) if kk > 0 and ll > 0 else float("nan")
 
-    ``metrics``: the groups to compute, any of ``norms`` (residual_ratio, relative_change, cosine),
-    ``cka``, ``response_std`` (all by default; ``grad`` adds grad_cosine). Fewer groups, less time."""
-    want = set(metrics)
-    unknown = want - set(METRIC_GROUPS)
-    if unknown or not (want or grad):
-        raise ValueError(f"metrics must be a non-empty subset of {', '.join(METRIC_GROUPS)}; got {sorted(metrics)}")
+
+def _cka_groups(n: int, m: int, images: Optional[int], seed: int) -> np.ndarray:
+    """Which minibatch groups (consecutive images [g·m, (g+1)·m)) enter the CKA: a seeded subset."""
+    n_groups = -(-n // m)
+    if images is None or images >= n:
+        return np.arange(n_groups)
+    want = -(-images // m)
+    rng = np.random.default_rng(stable_seed(seed, "cka-groups"))
+    return np.sort(rng.choice(n_groups, size=min(want, n_groups), replace=False))
+
+
+def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOptions = IdentityOptions()):
+    """Per-unit identity metrics and per-layer response std of one network (the long table), and the
+    per-image response sums (for paired comparisons)."""
+    model, label = subject.model, subject.label
+    want = set(options.metrics)
     view = anatomy(model, data.input_shape)
-    model.to(device)
+    model.to(spec.torch_device)
     n = len(view)
-    per_image = {m: [[] for _ in range(n)] for m in PER_IMAGE_METRICS}
-    ckas = [MinibatchCKA(cka_minibatch) for _ in range(n)]
-    cka = "cka" in want
-    with frozen_eval(model), _ResponseStd(model, "response_std" in want) as rs:
-        bar = tqdm(data.batches(batch_size, normalize, device), total=-(-len(data) // batch_size),
-                   desc=f"identity {model_label}", disable=not progress, leave=False)
-        for x, y, _ in bar:
-            with torch.set_grad_enabled(grad):
-                h = view.stem(x)
-                if grad:
-                    h = h.detach().requires_grad_(True)
-                inputs, branches = [], []
-                g_in = minibatch_grams(h.detach(), cka_minibatch) if cka else None  # each input's Gram, reused
-                n_in = None  # ‖block input‖ per image, carried from the previous block's output
-                for i, b in enumerate(view):
-                    if grad:  # kept only for the backward pass: no activations piled up otherwise
-                        inputs.append(h)
-                    f = b.branch(h)
-                    if b.residual:
-                        s = b.shortcut(h)
-                        out = b.post(s + f)
-                    else:
-                        out = b.post(f)
-                        s = h if tuple(h.shape) == tuple(out.shape) else None
-                    if grad:
-                        branches.append(f.detach())
-                    xd, od = h.detach(), out.detach()
-                    sd = None if s is None else s.detach()
-                    # an identity shortcut returns its input itself: its norm is the previous output's
-                    if "norms" in want:
-                        n_in = _block_metrics(per_image, i, b.residual, sd, f.detach(), od,
-                                              ns=n_in if (s is h and n_in is not None) else None)
-                    if cka:
-                        g_out = minibatch_grams(od, cka_minibatch)
-                        same = tuple(xd.shape) == tuple(od.shape)
-                        ckas[i].update_grams(g_in if (same or sd is None) else minibatch_grams(sd, cka_minibatch),
-                                             g_out)
-                        g_in = g_out
-                    h = out
-                if grad:
-                    loss = F.cross_entropy(view.head(h), y, reduction="sum")
-                    grads = torch.autograd.grad(loss, inputs)
-                    for i, (f, g) in enumerate(zip(branches, grads)):
-                        if view[i].residual and f.shape == g.shape:  # undefined where the block changes shape
-                            per_image["grad_cosine"][i].append(cosine(f, g).cpu().numpy())
-    rows = []
-    for i, b in enumerate(view):
-        base = dict(model=model_label, block=b.name, stage=b.stage, index_in_stage=b.index_in_stage,
-                    downsample=b.downsample)
-        for m in PER_IMAGE_METRICS:
-            if not per_image[m][i]:
-                continue
-            v = np.concatenate(per_image[m][i])
-            lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, seed=stable_seed(seed, model_label, b.name, m))
-            rows.append(dict(base, metric=m, value=float(v.mean()), ci_low=lo, ci_high=hi, n_images=len(v)))
-        if "cka" in want:
-            rows.append(dict(base, metric="cka", value=ckas[i].value(), ci_low=np.nan, ci_high=np.nan,
-                             n_images=ckas[i].batches * ckas[i].minibatch))
-    if rs.layers:  # one bootstrap over images for all layers (shared resamples)
-        sums = [rs.moments[measured].sums() for _, measured in rs.layers]
-        lo, hi = bootstrap_pooled_std_ci(np.stack([a for a, _ in sums], 1), np.stack([b for _, b in sums], 1),
-                                         [rs.moments[measured].per_image for _, measured in rs.layers], n_boot,
-                                         seed=stable_seed(seed, model_label, "response_std"))
-    for j, (conv, measured) in enumerate(rs.layers):
-        b = _block_of(conv, view)
-        mom = rs.moments[measured]
-        rows.append(dict(model=model_label, block=measured, stage=b.stage if b else -1,
-                         index_in_stage=b.index_in_stage if b else -1, downsample=b.downsample if b else False,
-                         metric="response_std", value=mom.std, ci_low=float(lo[j]), ci_high=float(hi[j]),
-                         n_images=mom.n_images))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    m = options.cka_minibatch
+    cka_on = "cka" in want
+    if cka_on and spec.batch_size % m:  # CKA minibatches never straddle batches; the values do not depend on it
+        spec = spec.replace(batch_size=max(m, spec.batch_size - spec.batch_size % m))
+    chosen = set(_cka_groups(len(data), m, options.cka_images, spec.seed).tolist()) if cka_on else set()
+    acc = _Acc(per_image={k: [[] for _ in range(n)] for k in PER_IMAGE_METRICS}, ckas=[_CKA() for _ in range(n)],
+               minibatch=m, chosen=chosen, want=want, grad=options.grad, spec=spec)
+    per_image, ckas = acc.per_image, acc.ckas
+    idx_all = []
+    with frozen_eval(model), _ResponseStd(model, view, "response_std" in want) as rs, spec.autocast():
+        rs.active = True
+        for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}"):
+            idx_all.append(idx.numpy())
+            _batch(view, x, y, idx, acc)
+    idx_cat = np.concatenate(idx_all) if idx_all else np.empty(0, int)
+    gathered = dist.gather_rows(idx_cat, {f"{k}|{i}": np.concatenate(per_image[k][i])
+                                          for k in PER_IMAGE_METRICS for i in range(n) if per_image[k][i]})
+    sums = dist.gather_rows(idx_cat, {f"{j}|{w}": s for j, (_, meas) in enumerate(rs.layers)
+                                      for w, s in zip("ab", rs.moments[meas].sums())})
+    cka_terms = dist.reduce_sum({i: ckas[i].terms for i in range(n)}) if cka_on else None
+    if gathered is None:
+        return None, None, view
+    rows = _rows(view, label, gathered, cka_terms, spec)
+    resp = None
+    if rs.layers:
+        s1 = np.stack([sums[f"{j}|a"] for j in range(len(rs.layers))], 1)
+        s2 = np.stack([sums[f"{j}|b"] for j in range(len(rs.layers))], 1)
+        per = [rs.moments[meas].per_image for _, meas in rs.layers]
+        resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in rs.layers])
+        rows += _response_rows(view, label, rs.layers, s1, s2, per, spec)
+    return pd.DataFrame(rows, columns=COLUMNS), resp, view
 
 
-def _block_metrics(per_image, i: int, residual: bool, s, f, y, ns=None):
-    """Append block ``i``'s per-image metrics; return ‖y‖ per image (None when nothing was measured).
-    ``ns``: ‖s‖ per image when already known (identity shortcut: the previous block's ‖y‖)."""
+@dataclass
+class _Acc:
+    """What one identity pass accumulates, and how."""
+
+    per_image: dict
+    ckas: list
+    minibatch: int
+    chosen: set
+    want: set
+    grad: bool
+    spec: RunSpec
+
+
+def _batch(view, x, y, idx, acc: _Acc) -> None:
+    m, chosen, want, grad, per_image, ckas, spec = (acc.minibatch, acc.chosen, acc.want, acc.grad, acc.per_image,
+                                                     acc.ckas, acc.spec)
+    with torch.set_grad_enabled(grad):
+        h = view.stem(x)
+        if grad:
+            h = h.detach().requires_grad_(True)
+        check_finite(h.detach(), "the stem's output", spec)
+        first = int(idx[0])
+        # CKA minibatch groups in this batch: consecutive images [g·m, (g+1)·m) (a batch holds whole groups)
+        groups = sorted({(first + j) // m for j in range(len(idx))} & chosen)
+        starts = [g * m - first for g in groups]
+        sizes = [min(m, len(idx) - s) for s in starts]
+        keep = [k for k, s in enumerate(sizes) if s >= 4]
+        groups, starts, sizes = [groups[k] for k in keep], [starts[k] for k in keep], [sizes[k] for k in keep]
+
+        def grams(t):
+            """Linear Gram matrices of the chosen groups (a list aligned with ``groups``)."""
+            out = [None] * len(starts)
+            full = [j for j, z in enumerate(sizes) if z == m]
+            if full:
+                rows = torch.cat([torch.arange(starts[j], starts[j] + m) for j in full]).to(t.device)
+                for j, g in zip(full, minibatch_grams(t[rows], m)):
+                    out[j] = g
+            for j, z in enumerate(sizes):
+                if z != m:
+                    out[j] = minibatch_grams(t[starts[j]:starts[j] + z], z)[0]
+            return out
+
+        inputs, branches = [], []
+        g_in = grams(h.detach()) if groups else None
+        n_in = None
+        for st in view.walk(h):
+            i, u = st.index, st.unit
+            if grad:
+                inputs.append(st.x)
+                branches.append(st.f.detach())
+            xd, od, fd = st.x.detach(), st.y.detach(), st.f.detach()
+            if not bool(torch.isfinite(od).all()):
+                check_finite(od, f"the output of unit {u.name}", spec)
+            same = tuple(xd.shape) == tuple(od.shape)
+            sd = st.s.detach() if st.s is not None else (xd if same else None)
+            if "norms" in want:
+                n_in = _norm_metrics(per_image, st, sd, n_in)
+            if groups:
+                g_out = grams(od)
+                ckas[i].add(groups, g_in if (same or sd is None) else grams(sd), g_out, sizes)
+                g_in = g_out
+            h = st.y
+        if grad:
+            loss = F.cross_entropy(view.head(h), y, reduction="sum")
+            gr = torch.autograd.grad(loss, inputs)
+            for i, (f, g) in enumerate(zip(branches, gr)):
+                if view[i].residual and f.shape == g.shape:  # undefined where the unit changes shape
+                    per_image["grad_cosine"][i].append(cosine(f, g).cpu().numpy())
+
+
+def _norm_metrics(per_image, st, s, n_x=None):
+    """Append the per-image metrics of the unit of step ``st`` (``s``: its shortcut, or x for a plain unit
+    that keeps the shape, or None); return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖ per image
+    when already known (the previous unit's ‖y‖)."""
+    i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
+    x, f, y = st.x.detach(), st.f.detach(), st.y.detach()
+    nx = per_image_norm(x) if n_x is None else n_x
+    ny = per_image_norm(y)
     if s is None:
-        return None
-    ns = per_image_norm(s) if ns is None else ns
-    ny, nd = per_image_norm(y), per_image_norm(y - s)
+        return ny
+    ns = nx if identity_shortcut else per_image_norm(s)
+    nd = per_image_norm(y - s)
     nsc = ns.clamp_min(1e-12)
     if residual:
-        per_image["residual_ratio"][i].append((per_image_norm(f) / nsc).cpu().numpy())
+        nf = per_image_norm(f)
+        per_image["residual_ratio"][i].append((nf / nsc).cpu().numpy())
+        per_image["branch_ratio"][i].append((nf / nx.clamp_min(1e-12)).cpu().numpy())
     per_image["relative_change"][i].append((nd / nsc).cpu().numpy())
     # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
-    cos = (ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)
-    per_image["cosine"][i].append(cos.clamp(-1, 1).cpu().numpy())
+    cos = ((ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)).clamp(-1, 1)
+    per_image["cosine"][i].append(cos.cpu().numpy())
+    if x.shape == y.shape:
+        cxy = cos if identity_shortcut else cosine(x, y, norm_a=nx, norm_b=ny).clamp(-1, 1)
+        per_image["block_influence"][i].append((1 - cxy).cpu().numpy())
     return ny
 
 
-def effective_depth(df: pd.DataFrame, threshold: float = 0.3) -> dict:
-    """Per model: blocks whose mean ‖F‖/‖S‖ exceeds ``threshold`` (the effective depth), and the others."""
+def _base(view: ResidualView, label: str, u) -> dict:
+    return dict(model=label, block=u.block, unit=u.name, stage=u.stage, index_in_stage=u.index_in_stage,
+                downsample=u.downsample)
+
+
+def _rows(view, label, gathered, cka_terms, spec: RunSpec) -> list[dict]:
+    rows = []
+    for u in view:
+        for metric in PER_IMAGE_METRICS:
+            v = gathered.get(f"{metric}|{u.index}")
+            if v is None or not len(v):
+                continue
+            lo, hi = bootstrap_mean_ci(v, n_boot=spec.n_boot, seed=stable_seed(spec.seed, label, u.name, metric))
+            rows.append(dict(_base(view, label, u), metric=metric, value=float(v.mean()), ci_low=lo, ci_high=hi,
+                             n_images=len(v)))
+        if cka_terms is not None:
+            t = np.array(sorted(cka_terms[u.index]), dtype=float).reshape(-1, 5)
+            value = _cka_value(t) if len(t) else float("nan")
+            rng = np.random.default_rng(stable_seed(spec.seed, label, u.name, "cka"))
+            boots = [_cka_value(t[rng.integers(0, len(t), len(t))]) for _ in range(spec.n_boot)] if len(t) > 1 else []
+            lo, hi = np.nanquantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
+            rows.append(dict(_base(view, label, u), metric="cka", value=value, ci_low=float(lo), ci_high=float(hi),
+                             n_images=int(t[:, 4].sum()) if len(t) else 0))
+    return rows
+
+
+def _response_rows(view, label, layers, s1, s2, per, spec: RunSpec) -> list[dict]:
+    from ..metrics.stats import pooled_std
+    lo, hi = bootstrap_pooled_std_ci(s1, s2, per, spec.n_boot, seed=stable_seed(spec.seed, label, "response_std"))
+    std = pooled_std(s1.sum(0), s2.sum(0), len(s1) * np.asarray(per, float))
+    owner = {}
+    for u in view:
+        for mod in (u.parts.modules or (u.module,)):
+            for name, sub in view.model.named_modules():
+                if sub is mod:
+                    owner.setdefault(name, u)
+    rows = []
+    for j, (layer, measured) in enumerate(layers):
+        u = next((owner[p] for p in sorted(owner, key=len, reverse=True) if layer == p or layer.startswith(p + ".")),
+                 None)
+        rows.append(dict(model=label, block=u.block if u else "", unit=measured, stage=u.stage if u else -1,
+                         index_in_stage=u.index_in_stage if u else -1, downsample=u.downsample if u else False,
+                         metric="response_std", value=float(std[j]), ci_low=float(lo[j]), ci_high=float(hi[j]),
+                         n_images=len(s1)))
+    return rows
+
+
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
+        options: IdentityOptions = IdentityOptions()) -> StudyResult:
+    """Identity metrics of every subject (long table ``COLUMNS``), effective depth, stage summaries,
+    findings and the He Fig. 7 verdict (with a plain twin)."""
+    common.check_labels(subjects)
+    frames, responses, views = [], {}, {}
+    for s in subjects:
+        df, resp, view = profile(s, data, spec, options)
+        frames.append(df)
+        responses[s.label] = resp
+        views[s.label] = view
+    if not dist.is_main():
+        return StudyResult("identity", pd.DataFrame(columns=COLUMNS))
+    table = pd.concat(frames, ignore_index=True)
+    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
+    lesion = _lesion_check(subjects, data, spec, table, options.threshold) if options.lesion_check else {}
+    eff = effective_depth(table, options.threshold)
+    verdicts = [response_std_verdict(table, roles, responses, spec.n_boot, spec.seed)]
+    return StudyResult("identity", table, summary=dict(effective_depth=eff, lesion_check=lesion,
+                                                       overview=overview(table),
+                                                       stage_summary=stage_summary(table).to_dict("records")),
+                       verdicts=verdicts, findings=findings(table, options.threshold, lesion, roles),
+                       provenance=common.provenance(subjects, data, spec), settings=options.describe(),
+                       extras=dict(roles=roles, units={lab: v.table() for lab, v in views.items()}))
+
+
+def _lesion_check(subjects, data, spec, table, threshold) -> dict:
+    from .lesion import LesionConfig, sweep
     out = {}
-    for model, g in df[df["metric"] == "residual_ratio"].groupby("model", sort=False):
-        active = g[g["value"] > threshold]["block"].tolist()
-        near = g[g["value"] <= threshold]["block"].tolist()
-        out[str(model)] = dict(threshold=threshold, effective_depth=len(active), n_blocks=len(g),
-                               active_blocks=active, near_identity_blocks=near)
+    eff = effective_depth(table, threshold)
+    for s in subjects:
+        near = eff.get(s.label, {}).get("near_identity_units", [])
+        if not near:
+            continue
+        view = anatomy(s.model, data.input_shape)
+        idx = tuple(sorted(view.indices(near)))
+        configs = [LesionConfig("baseline"), LesionConfig("set", idx, k=len(idx), label="+".join(near))]
+        counts = sweep(view, data, configs, spec, s.normalize, f"lesion check {s.label}")
+        if counts[0] is None:
+            continue
+        from ..metrics.stats import bootstrap_proportion_ci
+        lo, hi = bootstrap_proportion_ci(counts[1].wrong, counts[1].n, spec.n_boot, seed=stable_seed(spec.seed, s.label))
+        out[s.label] = dict(n_deleted=len(idx), baseline_error=counts[0].wrong / counts[0].n,
+                            error=counts[1].wrong / counts[1].n, ci_low=lo, ci_high=hi)
     return out
 
 
+# --- summaries, findings, verdicts ----------------------------------------------------------------------
+
+def effective_depth(df: pd.DataFrame, threshold: float = NEAR_IDENTITY) -> dict:
+    """Per model: units whose whole 95% CI of ‖F‖/‖S‖ lies above ``threshold`` (active: the effective
+    depth), below it (near identity), or across it (undecided)."""
+    out = {}
+    for model, g in df[df["metric"] == "residual_ratio"].groupby("model", sort=False):
+        active = g[g["ci_low"] > threshold]["unit"].tolist()
+        near = g[g["ci_high"] < threshold]["unit"].tolist()
+        undecided = g[~g["unit"].isin(active + near)]["unit"].tolist()
+        out[str(model)] = dict(threshold=threshold, effective_depth=len(active), n_units=len(g), active_units=active,
+                               near_identity_units=near, undecided_units=undecided)
+    return out
+
+
+def overview(df: pd.DataFrame) -> list[dict]:
+    """Per model and metric: mean, median, min and max over units (layers for response_std)."""
+    g = df.groupby(["model", "metric"], sort=False)["value"]
+    s = g.agg(["mean", "median", "min", "max", "count"]).reset_index()
+    return s.to_dict("records")
+
+
 def stage_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each per-block metric over the blocks of each stage (and the first block vs the rest)."""
+    """Mean of each per-unit metric over the units of each stage (and the first block vs the rest)."""
     d = df[df["metric"] != "response_std"]
     g = d.groupby(["model", "stage", "metric"], sort=False)["value"]
     s = g.mean().rename("mean").to_frame()
     s["first_block"] = d[d["index_in_stage"] == 0].groupby(["model", "stage", "metric"], sort=False)["value"].mean()
     s["later_blocks"] = d[d["index_in_stage"] > 0].groupby(["model", "stage", "metric"], sort=False)["value"].mean()
-    s["n_blocks"] = g.size()
+    s["n_units"] = g.size()
     return s.reset_index()
+
+
+def _median_std(s1, s2, per, idx=None) -> float:
+    from ..metrics.stats import pooled_std
+    if idx is not None:
+        w = np.bincount(idx, minlength=len(s1)).astype(float)
+        a, b, n = w @ s1, w @ s2, w.sum()
+    else:
+        a, b, n = s1.sum(0), s2.sum(0), len(s1)
+    return float(np.median(pooled_std(a, b, n * np.asarray(per, float))))
+
+
+def response_std_verdict(table: pd.DataFrame, roles: dict[str, Role], responses: dict, n_boot: int = 1000,
+                         seed: int = 0) -> Verdict:
+    """He et al. Fig. 7: a ResNet's layer responses are smaller than those of its plain twin trained alike."""
+    conj = "Closeness to identity: ResNets' layer responses are smaller than a plain twin's (He et al. 2016, Fig. 7)"
+    crit = (f"statistic: median over layers of the response std, ResNet / plain twin (paired by seed); supported when "
+            f"the 95% CI lies below {RESPONSE_RATIO}, not supported when above, inconclusive otherwise. CI over seeds "
+            "(t) with several seeds, else over images (paired bootstrap, the same images for both networks)")
+    pairs = pairs_by_seed({lab: r for lab, r in roles.items() if responses.get(lab)})
+    if not pairs:
+        return inconclusive(conj, crit, "median response std, ResNet / plain",
+                            "He et al.'s comparison needs a plain twin trained with the same recipe: "
+                            + unpaired_reason(roles))
+    ratios = {}
+    for r, p, _ in pairs:
+        ratios[(r, p)] = _median_std(**_args(responses[r])) / _median_std(**_args(responses[p]))
+    n_img = len(responses[pairs[0][0]]["s1"])
+    ev = {f"{r} / {p}": v for (r, p), v in ratios.items()}
+    if len(pairs) >= 2:
+        stat, lo, hi = seed_ci(list(ratios.values()))
+    else:
+        r, p, _ = pairs[0]
+        a, b = responses[r], responses[p]
+        rng = np.random.default_rng(stable_seed(seed, "response-ratio", r, p))
+        boots = []
+        for _ in range(n_boot):
+            idx = rng.integers(0, n_img, n_img)
+            boots.append(_median_std(**_args(a), idx=idx) / _median_std(**_args(b), idx=idx))
+        stat = ratios[(r, p)]
+        lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975]))
+    return Verdict(conj, decide(lo, hi, RESPONSE_RATIO, "below"), crit, "median response std, ResNet / plain", stat,
+                   lo, hi, RESPONSE_RATIO, scope_of(len(pairs)), n_img, len(pairs), evidence=ev,
+                   reference="He et al. 2016 Fig. 7: plain-20/56 responses above ResNet-20/56/110's")
+
+
+def _args(resp: dict) -> dict:
+    return dict(s1=resp["s1"], s2=resp["s2"], per=resp["per_image"])
+
+
+def refinement_verdict(identity: pd.DataFrame, lesion: pd.DataFrame, roles: dict[str, Role],
+                       n_boot: int = 1000, seed: int = 0) -> Verdict:
+    """Jastrzebski et al.: units that change the representation little (small ‖F‖/‖x‖) are the cheap
+    ones to delete."""
+    from scipy.stats import spearmanr
+    conj = "Iterative refinement: near-identity units are the cheap ones to delete (Jastrzebski et al. 2018)"
+    crit = ("statistic: Spearman rank correlation, across a ResNet's non-downsampling units, between ‖F(x)‖/‖x‖ and "
+            "the relative error increase when the unit alone is deleted; supported when the 95% CI lies above 0, "
+            "not supported when below. CI: bootstrap over units (one network) or t over seeds")
+    labs = primary_residual(roles)
+    rhos, n_units = {}, 0
+    for lab in labs:
+        br = identity[(identity["model"] == lab) & (identity["metric"] == "branch_ratio") & ~identity["downsample"]]
+        g = lesion[lesion["model"] == lab]
+        base = g[g["mode"] == "baseline"]["error"]
+        single = g[g["mode"] == "single"].set_index("deleted")["error"]
+        if base.empty or single.empty or br.empty:
+            continue
+        x = br.set_index("unit")["value"]
+        common_units = [u for u in x.index if u in single.index]
+        if len(common_units) >= 4:
+            rhos[lab] = (x[common_units].to_numpy(), (single[common_units].to_numpy() - float(base.iloc[0])))
+            n_units = len(common_units)
+    if not rhos:
+        return inconclusive(conj, crit, "Spearman ρ(‖F‖/‖x‖, deletion cost)",
+                            "needs single deletions and branch ratios of at least 4 non-downsampling units")
+    vals = {lab: float(spearmanr(a, b).statistic) for lab, (a, b) in rhos.items()}
+    if len(vals) >= 2:
+        stat, lo, hi = seed_ci(list(vals.values()))
+    else:
+        lab = next(iter(rhos))
+        a, b = rhos[lab]
+        rng = np.random.default_rng(stable_seed(seed, "refinement", lab))
+        boots = []
+        for _ in range(n_boot):
+            i = rng.integers(0, len(a), len(a))
+            if np.ptp(a[i]) > 0 and np.ptp(b[i]) > 0:
+                boots.append(spearmanr(a[i], b[i]).statistic)
+        stat = vals[lab]
+        lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975])) if boots else (float("nan"),) * 2
+    return Verdict(conj, decide(lo, hi, REFINEMENT_RHO, "above"), crit, "Spearman ρ(‖F‖/‖x‖, deletion cost)", stat,
+                   lo, hi, REFINEMENT_RHO, scope_of(len(vals)), 0, len(vals), evidence=dict(rho=vals, n_units=n_units))
+
+
+def _runs(units: list[str], stages: dict[str, int], order: list[str]) -> list[list[str]]:
+    """Group units into runs that are consecutive in forward order and within one stage."""
+    pos = {b: i for i, b in enumerate(order)}
+    runs: list[list[str]] = []
+    for b in sorted(units, key=pos.get):
+        if runs and pos[b] == pos[runs[-1][-1]] + 1 and stages[b] == stages[runs[-1][-1]]:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+def _fmt_ci(v: float, lo: float, hi: float, nd: int = 3) -> str:
+    return fmt.ci(v, lo, hi, nd)
+
+
+def findings(df: pd.DataFrame, threshold: float = NEAR_IDENTITY, lesion: Optional[dict] = None,
+             roles: Optional[dict] = None) -> list[str]:
+    """Plain-language findings, each computed from ``df``; comparisons only where the CIs separate."""
+    out = []
+    eff = effective_depth(df, threshold)
+    for model, e in eff.items():
+        g = df[(df["model"] == model) & (df["metric"] == "residual_ratio")]
+        stages = dict(zip(g["unit"], g["stage"]))
+        order = g["unit"].tolist()
+        vals = dict(zip(g["unit"], g["value"]))
+        br = df[(df["model"] == model) & (df["metric"] == "branch_ratio")]["value"]
+        out.append(f"**{model}**: effective depth {e['effective_depth']} of {e['n_units']} residual units (95% CI of "
+                   f"‖F‖/‖S‖ above {threshold}); {len(e['near_identity_units'])} near identity (CI below), "
+                   f"{len(e['undecided_units'])} undecided. ‖F‖/‖S‖ over units: median {np.median(list(vals.values())):.3f}, "
+                   f"mean {np.mean(list(vals.values())):.3f}, range {min(vals.values()):.3f}–{max(vals.values()):.3f}"
+                   + (f"; ‖F‖/‖x‖: median {br.median():.3f}, range {br.min():.3f}–{br.max():.3f}." if len(br) else "."))
+        above = [u for u, v in vals.items() if v > 1]
+        if above:
+            out.append(f"{model}: in {len(above)} units the branch outweighs the shortcut (‖F‖/‖S‖ > 1): "
+                       + ", ".join(f"{u} {vals[u]:.2f}" for u in above) + ".")
+        for run_ in _runs(e["near_identity_units"], stages, order):
+            name = run_[0] if len(run_) == 1 else f"{run_[0]}–{run_[-1]}"
+            out.append(f"{model}: unit{'s' if len(run_) > 1 else ''} {name}: ‖F‖/‖S‖ ≤ "
+                       f"{max(vals[b] for b in run_):.3f}, CI below {threshold} — near identity.")
+        out += _first_vs_later(df, model)
+        gc = df[(df["model"] == model) & (df["metric"] == "grad_cosine")]
+        if len(gc):
+            out.append(f"{model}: cos(F(x), ∂L/∂x) is negative (95% CI below 0) in {int((gc['ci_high'] < 0).sum())} "
+                       f"of {len(gc)} units, positive in {int((gc['ci_low'] > 0).sum())}; median {gc['value'].median():.3f}.")
+        if lesion and model in lesion:
+            le = lesion[model]
+            out.append(f"{model}: deleting the {le['n_deleted']} near-identity units together changes the error from "
+                       f"{le['baseline_error']:.4f} to {_fmt_ci(le['error'], le['ci_low'], le['ci_high'], 4)}.")
+    rs = df[df["metric"] == "response_std"]
+    if rs["model"].nunique() >= 1:
+        stats = rs.groupby("model", sort=False)["value"].agg(["median", "mean", "count"])
+        out.append("Response std (He et al. Fig. 7), median over layers: "
+                   + "; ".join(f"{m} {r['median']:.3f} (mean {r['mean']:.3f}, {int(r['count'])} layers)"
+                               for m, r in stats.iterrows()) + ".")
+    return out
+
+
+def _first_vs_later(df: pd.DataFrame, model: str) -> list[str]:
+    """Per stage, the first block's ‖F‖/‖x‖ and ‖F‖/‖S‖ against the later blocks' (Jastrzebski: the first
+    block of a stage changes the representation most), a ranking stated only where the CIs separate."""
+    out = []
+    for metric in ("branch_ratio", "residual_ratio"):
+        g = df[(df["model"] == model) & (df["metric"] == metric)]
+        if g.empty:
+            continue
+        for stage, s in g.groupby("stage"):
+            first, later = s[s["index_in_stage"] == 0], s[s["index_in_stage"] > 0]
+            if first.empty or later.empty:
+                continue
+            f = first.iloc[0]
+            lmax, lmin = later["ci_high"].max(), later["ci_low"].min()
+            if f["ci_low"] > lmax:
+                rel = "larger than every later block's"
+            elif f["ci_high"] < lmin:
+                rel = "smaller than every later block's"
+            else:
+                rel = "not distinguishable from the later blocks' (CIs overlap)"
+            label = "‖F‖/‖x‖" if metric == "branch_ratio" else "‖F‖/‖S‖"
+            out.append(f"{model}, stage {int(stage)}: first block {f['unit']} {label} "
+                       f"{_fmt_ci(f['value'], f['ci_low'], f['ci_high'])}, {rel} "
+                       f"(later blocks {later['value'].min():.3f}–{later['value'].max():.3f}).")
+    return out

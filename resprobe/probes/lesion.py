@@ -1,50 +1,109 @@
-"""Lesion experiments (Veit, Wilber & Belongie 2016): delete, sample and reorder residual blocks.
+"""Lesion experiments (Veit, Wilber & Belongie 2016): delete, sample and reorder residual units.
 
-A lesion drops a block's residual branch and keeps its shortcut (identity, projection or zero-pad)
-and its post-activation, as the authors' code did; in a plain twin a shape-preserving block is
-replaced by the identity (shape-changing ones cannot be deleted and are reported as such).
+A lesion drops a unit's residual branch and keeps its shortcut (identity, projection or zero-pad)
+and its post-operation, as the authors' code did; in a plain twin a shape-preserving unit is replaced
+by the identity (shape-changing ones, and non-residual transitions, cannot be deleted and are
+reported as such). ``granularity="block"`` deletes whole blocks (a transformer block's attention and
+MLP units together).
 
-Method, per batch: compute the stem output and every block's input once; evaluate each configuration
-from its first modified block, with configurations sorted by their per-block edits so that any prefix
-shared with the previous configuration is reused (lexicographic order makes that the longest shared
-prefix available). Only per-configuration counts are kept, so memory follows the batch size and the
-depth, not the data-set size or the number of configurations. Finished configurations are written
-to ``lesion.csv`` chunk by chunk; rerunning the same command resumes.
+Method, per batch: compute the stem output and every unit's input once; evaluate each configuration
+from its first modified unit, with configurations sorted by their per-unit edit codes so that the
+prefix shared with the previous configuration is reused (lexicographic order walks the prefix tree
+of the configurations depth first, so every node of the tree is computed once). Only counts and one
+bit per image and configuration (wrong or not) are kept, so memory follows the batch size.
+
+Rows: error, loss, bootstrap CI, and the paired comparison with the intact network (``n_broken``:
+images it got right that the lesioned network gets wrong; ``n_fixed``: the reverse; exact McNemar
+``p_mcnemar``). With a ``store`` (see :mod:`resprobe.report.store`) finished configurations are
+written chunk by chunk and a rerun resumes.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from itertools import combinations
+from typing import Iterable, Optional, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .. import distributed as dist
+from .. import fmt
 from ..anatomy import AnatomyError, Edits, ResidualView, anatomy, preserved_state
-from ..anatomy.adapters import parts_for
+from ..engine import RunSpec, batches, check_finite
+from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics.stats import bootstrap_proportion_ci, stable_seed
+from ..metrics.stats import bootstrap_proportion_ci, holm, mcnemar_exact, stable_seed
+from ..study import StudyResult, Subject, roles_of
+from ..verdict import (INCONCLUSIVE, Role, Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of,
+                       seed_ci, unpaired_reason)
+from . import common
 
-__all__ = ["LesionConfig", "MODES", "make_configs", "lesion_counts", "naive_predictions", "engine_predictions",
-           "run_lesion", "lesion_summary", "COLUMNS", "parse_range"]
+__all__ = ["LesionMode", "LesionPlan", "LesionConfig", "make_configs", "run", "sweep", "summarize", "COLUMNS",
+           "single_deletion_verdict", "no_cliff_verdict", "relative_increases", "LESION_RELATIVE_INCREASE",
+           "LESION_CONTRAST_MARGIN", "CLIFF_THRESHOLD"]
 
-MODES = ("single", "set", "random-k", "reorder")
 COLUMNS = ["model", "mode", "deleted", "k", "kendall_tau", "error", "loss", "n_images", "n_wrong", "ci_low",
-           "ci_high", "seed", "top5_error", "order", "note"]
+           "ci_high", "n_broken", "n_fixed", "p_mcnemar", "seed", "top5_error", "order", "note", "run"]
+
+# Veit et al. 2016 (../shared/REFERENCES.md): deleting one block of their CIFAR ResNet-110 gave typically
+# 6.0-7.2% error against 6.03% intact, i.e. a relative increase of 0-0.19 (median 0.06); deleting a layer of
+# VGG sent it to chance (relative increase > 10). A typical single deletion that raises the error by less
+# than a quarter of its intact value is "barely affects"; one beyond it is not.
+LESION_RELATIVE_INCREASE = 0.25
+# A residual-vs-plain contrast counts when the plain twin's median relative increase exceeds the
+# ResNet's by more than the same quarter of the intact error.
+LESION_CONTRAST_MARGIN = 0.25
+# Veit Fig. 5a: median error after k random deletions 6.5% (k=1), 9.6% (5), 25% (10), 58% (15), 74% (20):
+# the steepest rise is 6.6 points per deleted block, 0.08 of the 84-point gap between intact and chance.
+# A "cliff" is a step in which one more deleted block closes more than half of that gap (a plain net's
+# single deletion closes all of it).
+CLIFF_THRESHOLD = 0.5
+
+
+class LesionMode(str, Enum):
+    SINGLE = "single"
+    SET = "set"
+    RANDOM_K = "random-k"
+    REORDER = "reorder"
+    PRUNE = "prune-by-similarity"
+
+
+@dataclass(frozen=True)
+class LesionPlan:
+    """What to delete: ``mode``; ``units`` (mode set: unit or block names); ``ks`` (random-k: numbers of
+    deleted units; reorder: numbers of random swaps; prune: lengths of the deleted ranges); ``samples``
+    per k; ``exclude_downsampling`` (random-k); ``granularity`` ``unit`` or ``block``."""
+
+    mode: LesionMode = LesionMode.SINGLE
+    units: tuple = ()
+    ks: Optional[tuple] = None
+    samples: int = 20
+    exclude_downsampling: bool = False
+    granularity: str = "unit"
+
+    def __post_init__(self):
+        object.__setattr__(self, "mode", LesionMode(self.mode))
+        if self.granularity not in ("unit", "block"):
+            raise UsageError(f"granularity must be unit or block, got {self.granularity!r}")
+        if self.samples < 1:
+            raise UsageError(f"--samples must be >= 1, got {self.samples}")
+        if self.mode is LesionMode.SET and not self.units:
+            raise UsageError("--mode set needs the units to delete", "pass --units NAME,NAME,...")
+
+    def describe(self) -> dict:
+        return dict(mode=self.mode.value, units=list(self.units), ks=None if self.ks is None else list(self.ks),
+                    samples=self.samples, exclude_downsampling=self.exclude_downsampling,
+                    granularity=self.granularity)
 
 
 @dataclass(frozen=True)
 class LesionConfig:
-    """One modified network: blocks deleted and/or residual branches permuted (``order[i]``: the block
-    whose branch block ``i`` runs)."""
+    """One modified network: units deleted and/or residual branches permuted (``order[i]``: the unit
+    whose branch unit ``i`` runs). ``label``: what the ``deleted`` column shows."""
 
     mode: str
     deleted: tuple = ()
@@ -52,131 +111,158 @@ class LesionConfig:
     k: Optional[int] = None
     kendall_tau: Optional[float] = None
     note: str = ""
+    label: str = ""
 
     @property
     def runnable(self) -> bool:
-        return not self.note
+        return not self.note.startswith("not deletable")
 
     def edits(self) -> Edits:
         moved = {i: j for i, j in enumerate(self.order or ()) if i != j}
         return Edits(delete=frozenset(self.deleted), branch_from=moved)
 
     def signature(self, n: int) -> tuple:
-        """Per-block edit codes; configurations sorted by it share the longest prefixes."""
-        d = set(self.deleted)
-        o = self.order or tuple(range(n))
-        return tuple((1, 0) if i in d else ((2, o[i]) if o[i] != i else (0, 0)) for i in range(n))
+        e = self.edits()
+        return tuple(e.code(i) for i in range(n))
 
-    def key(self, names: Sequence[str]) -> str:
+    def key(self) -> str:
         order = "" if self.order is None else " ".join(map(str, self.order))
-        return f"{self.mode}|{'+'.join(names[i] for i in self.deleted)}|{order}"
+        return f"{self.mode}|{self.label}|{order}"
 
 
-def parse_range(text: str, n_max: int) -> list[int]:
-    """``"3"`` -> [3]; ``"1:10"`` -> 1..10 inclusive; ``"1:10:2"`` -> 1, 3, ..., 9; ``"1,5,9"``."""
-    text = str(text).strip()
-    try:
-        if "," in text:
-            vals = [int(t) for t in text.split(",") if t.strip()]
-        elif ":" in text:
-            parts = [int(t) if t.strip() else None for t in text.split(":")]
-            lo = parts[0] if parts[0] is not None else 1
-            hi = parts[1] if len(parts) > 1 and parts[1] is not None else n_max
-            step = parts[2] if len(parts) > 2 and parts[2] else 1
-            vals = list(range(lo, hi + 1, step))
-        else:
-            vals = [int(text)]
-    except ValueError as e:
-        raise ValueError(f"cannot read range {text!r}: use K, LO:HI (inclusive), LO:HI:STEP or a,b,c") from e
-    bad = [v for v in vals if not 0 <= v <= n_max]
-    if bad or not vals:
-        raise ValueError(f"range {text!r} must lie in 0..{n_max}; got {bad or 'nothing'}")
-    return vals
+class Store(Protocol):
+    """Where a sweep keeps finished rows (see :class:`resprobe.report.store.LesionStore`)."""
 
+    def done(self, model: str, run: str, settings: dict) -> dict[str, tuple[dict, Optional[np.ndarray]]]: ...
+
+    def add(self, rows: list[dict], bits: dict[str, np.ndarray]) -> None: ...
+
+
+# --- configurations -----------------------------------------------------------------------------------
 
 def _kendall_tau(order: Sequence[int]) -> float:
     from scipy.stats import kendalltau
-    n = len(order)
-    return float(kendalltau(np.arange(n), np.asarray(order)).statistic)
+    return float(kendalltau(np.arange(len(order)), np.asarray(order)).statistic)
+
+
+def _targets(view: ResidualView, granularity: str) -> list[tuple[str, tuple]]:
+    """``(name, unit indices)`` of what one deletion removes: each unit, or each block."""
+    if granularity == "unit":
+        return [(u.name, (u.index,)) for u in view]
+    return [(b.name, tuple(b.units)) for b in view.blocks]
+
+
+def _deletable(view: ResidualView, units: tuple) -> str:
+    """"" if all ``units`` can be deleted, else the reason."""
+    for i in units:
+        u = view[i]
+        if u.kind == "transition":
+            return "not deletable: non-residual transition"
+        if not view.deletable(i):
+            return "not deletable: plain unit changes shape"
+    return ""
 
 
 def _swap_groups(view: ResidualView) -> list[list[int]]:
-    """Blocks whose residual branches can be exchanged: same input and output shape (no downsampling)."""
+    """Units whose residual branches can be exchanged: same kind, part and shapes (no downsampling)."""
     groups: dict = {}
-    for b in view:
-        if b.in_shape is None:
-            raise AnatomyError("block shapes unknown: call view.infer_shapes(input_shape) first")
-        if tuple(b.in_shape) == tuple(b.out_shape):
-            groups.setdefault((b.residual, tuple(b.in_shape), tuple(b.out_shape)), []).append(b.index)
+    for u in view:
+        if u.in_shape is None:
+            raise AnatomyError("unit shapes unknown: call view.infer_shapes(input_shape) first")
+        if tuple(u.in_shape) == tuple(u.out_shape) and u.kind != "transition":
+            groups.setdefault((u.residual, u.part, tuple(u.in_shape)), []).append(u.index)
     return [g for g in groups.values() if len(g) >= 2]
 
 
-def make_configs(view: ResidualView, mode: str, blocks: Optional[Iterable] = None, k: Optional[str] = None,
-                 samples: int = 20, seed: int = 0, exclude_downsampling: bool = False) -> list[LesionConfig]:
-    """The configurations of a lesion mode (always starting with the unmodified baseline)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown lesion mode {mode!r}; choose one of {', '.join(MODES)}")
+def _check_ks(ks: Sequence[int], lo: int, hi: int, what: str) -> list[int]:
+    bad = [k for k in ks if not lo <= k <= hi]
+    if bad or not ks:
+        raise UsageError(f"{what} must lie in {lo}..{hi}; got {bad or 'nothing'}")
+    return sorted(set(int(k) for k in ks))
+
+
+def make_configs(view: ResidualView, plan: LesionPlan, seed: int = 0,
+                 distances: Optional[pd.DataFrame] = None) -> list[LesionConfig]:
+    """The configurations of a plan (always starting with the unmodified baseline). ``distances``: the
+    angular distances of :func:`resprobe.probes.prune.range_distances` (mode prune-by-similarity)."""
     n = len(view)
     base = LesionConfig(mode="baseline")
     rng = np.random.default_rng(seed)
-    if mode == "single":
-        out = [base]
-        for b in view:
-            note = "" if view.deletable(b.index) else "not deletable: plain block changes shape"
-            out.append(LesionConfig("single", (b.index,), k=1, note=note))
-        return out
-    if mode == "set":
-        if not blocks:
-            raise ValueError("--mode set needs --blocks NAME,NAME,...")
-        idx = tuple(sorted(set(view.indices(blocks))))
-        bad = [view[i].name for i in idx if not view.deletable(i)]
+    mode = plan.mode
+    targets = _targets(view, plan.granularity)
+    if mode is LesionMode.SINGLE:
+        return [base] + [LesionConfig("single", idx, k=1, note=_deletable(view, idx), label=name)
+                         for name, idx in targets]
+    if mode is LesionMode.SET:
+        idx = tuple(sorted(set(view.indices(plan.units))))
+        bad = [view[i].name for i in idx if _deletable(view, (i,))]
         if bad:
-            raise AnatomyError(f"plain blocks {', '.join(bad)} change shape and cannot be deleted")
-        return [base, LesionConfig("set", idx, k=len(idx))]
-    if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
-    if mode == "random-k":
-        pool = [b.index for b in view if view.deletable(b.index) and not (exclude_downsampling and b.downsample)]
-        ks = parse_range(k or f"1:{len(pool)}", len(pool))
+            raise AnatomyError(f"units {', '.join(bad)} cannot be deleted (plain units that change shape, or "
+                               "non-residual transitions)")
+        return [base, LesionConfig("set", idx, k=len(idx), label="+".join(view[i].name for i in idx))]
+    if mode is LesionMode.RANDOM_K:
+        pool = [(name, idx) for name, idx in targets if not _deletable(view, idx)
+                and not (plan.exclude_downsampling and any(view[i].downsample for i in idx))]
+        if not pool:
+            raise AnatomyError("no deletable unit: random deletions need residual units")
+        ks = _check_ks(plan.ks or range(1, len(pool) + 1), 1, len(pool), "numbers of deleted units (--k)")
+        return [base] + _random_k(pool, ks, plan.samples, rng)
+    if mode is LesionMode.REORDER:
+        groups = _swap_groups(view)
+        if not groups:
+            raise AnatomyError("no two units have the same kind and shapes: nothing can be reordered")
+        pairs = [(a, b) for g in groups for ai, a in enumerate(g) for b in g[ai + 1:]]
+        ks = _check_ks(plan.ks or range(1, n + 1), 1, 10 * n, "numbers of swaps (--k)")
         out = [base]
         for kk in ks:
-            if kk == 0:
-                continue
-            n_comb = math.comb(len(pool), kk)
-            if n_comb <= samples:
-                from itertools import combinations
-                subsets = [tuple(c) for c in combinations(pool, kk)]
-            else:
-                seen: set = set()
-                subsets = []
-                while len(subsets) < samples:
-                    s = tuple(sorted(rng.choice(pool, size=kk, replace=False).tolist()))
-                    if s not in seen:
-                        seen.add(s)
-                        subsets.append(s)
-            out += [LesionConfig("random-k", s, k=kk) for s in subsets]
+            seen = set()
+            for _ in range(plan.samples):
+                order = list(range(n))
+                for _ in range(kk):
+                    a, b = pairs[rng.integers(len(pairs))]
+                    order[a], order[b] = order[b], order[a]
+                t = tuple(order)
+                if t == tuple(range(n)) or t in seen:
+                    continue
+                seen.add(t)
+                out.append(LesionConfig("reorder", order=t, k=kk, kendall_tau=_kendall_tau(t)))
         return out
-    # reorder: k = number of random swaps of residual branches among shape-compatible blocks
-    groups = _swap_groups(view)
-    if not groups:
-        raise AnatomyError("no two blocks have the same shapes: nothing can be reordered")
-    pairs = [(a, b) for g in groups for ai, a in enumerate(g) for b in g[ai + 1:]]
-    ks = parse_range(k or f"1:{n}", 10 * n)
+    if distances is None:
+        raise UsageError("mode prune-by-similarity needs the angular distances of the ranges")
+    pool = [(view[i].name, (i,)) for i in range(n) if not _deletable(view, (i,))]
     out = [base]
-    for kk in ks:
-        seen = set()
-        for _ in range(samples):
-            order = list(range(n))
-            for _ in range(kk):
-                a, b = pairs[rng.integers(len(pairs))]
-                order[a], order[b] = order[b], order[a]
-            t = tuple(order)
-            if t == tuple(range(n)) or t in seen:
-                continue
-            seen.add(t)
-            out.append(LesionConfig("reorder", order=t, k=kk, kendall_tau=_kendall_tau(t)))
+    for kk in _check_ks(plan.ks or (1,), 1, len(pool), "lengths of the pruned ranges (--k)"):
+        d = distances[(distances["metric"] == "angular_distance") & (distances["n"] == kk) & distances["deletable"]]
+        if d.empty:
+            continue
+        best = d.loc[d["angular_distance"].idxmin()]
+        idx = tuple(range(int(best["start"]), int(best["start"]) + kk))
+        out.append(LesionConfig("prune", idx, k=kk, label="+".join(view[i].name for i in idx),
+                                note=f"most similar range: angular distance {best['angular_distance']:.4f}"))
+        out += _random_k(pool, [kk], plan.samples, rng)
     return out
 
+
+def _random_k(pool: list[tuple[str, tuple]], ks: list[int], samples: int, rng) -> list[LesionConfig]:
+    out = []
+    for kk in ks:
+        if math.comb(len(pool), kk) <= samples:
+            subsets = list(combinations(range(len(pool)), kk))
+        else:
+            seen: set = set()
+            subsets = []
+            while len(subsets) < samples:
+                s = tuple(sorted(rng.choice(len(pool), size=kk, replace=False).tolist()))
+                if s not in seen:
+                    seen.add(s)
+                    subsets.append(s)
+        for s in subsets:
+            units = tuple(sorted(i for j in s for i in pool[j][1]))
+            out.append(LesionConfig("random-k", units, k=kk, label="+".join(pool[j][0] for j in s)))
+    return out
+
+
+# --- the engine ---------------------------------------------------------------------------------------
 
 def _common_prefix(a: tuple, b: tuple) -> int:
     n = 0
@@ -188,11 +274,12 @@ def _common_prefix(a: tuple, b: tuple) -> int:
 
 
 @torch.no_grad()
-def _engine_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionConfig], order: Sequence[int]):
-    """Yield (config index, logits) for one batch, reusing shared prefixes across sorted configurations."""
+def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionConfig], order: Sequence[int]):
+    """Yield ``(config index, logits)`` for one batch, in ``order``, reusing the unit inputs that a
+    configuration shares with the previous one (the prefix tree of the sorted configurations)."""
     n = len(view)
-    hs = view.block_inputs(x)  # clean inputs of blocks 0..n-1 and of the head
-    prev_sig = tuple((0, 0) for _ in range(n))
+    hs = view.unit_inputs(x)
+    prev_sig = tuple((0,) for _ in range(n))
     prev_logits = None
     for ci in order:
         c = configs[ci]
@@ -202,198 +289,112 @@ def _engine_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[Lesion
             yield ci, prev_logits
             continue
         edits = c.edits()
-        hs = hs[:L + 1]
+        del hs[L + 1:]
         for i in range(L, n):
-            hs.append(view.run_block(i, hs[i], edits))
+            hs.append(view.run_unit(i, hs[i], edits))
         prev_logits = view.head(hs[n])
         prev_sig = sig
         yield ci, prev_logits
 
 
 class _Counts:
-    __slots__ = ("wrong", "loss", "n", "top5_wrong")
+    __slots__ = ("wrong", "loss", "n", "top5_wrong", "broken", "fixed", "nonfinite", "bits", "idx")
 
     def __init__(self):
-        self.wrong, self.loss, self.n, self.top5_wrong = 0, 0.0, 0, 0
+        self.wrong, self.loss, self.n, self.top5_wrong, self.broken, self.fixed, self.nonfinite = 0, 0.0, 0, 0, 0, 0, 0
+        self.bits, self.idx = [], []
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor):
+    def add(self, logits: torch.Tensor, y: torch.Tensor, base_wrong: torch.Tensor, idx: torch.Tensor, finite: bool):
         logits = logits.float()
-        self.wrong += int((logits.argmax(1) != y).sum())
-        self.loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        w = logits.argmax(1) != y
+        self.wrong += int(w.sum())
+        self.broken += int((w & ~base_wrong).sum())
+        self.fixed += int((~w & base_wrong).sum())
+        self.loss += float(F.cross_entropy(logits, y, reduction="sum")) if finite else float("nan")
+        self.nonfinite += int(not finite)
         self.n += len(y)
         if logits.shape[1] >= 10:
             self.top5_wrong += int((~(logits.topk(5, 1).indices == y[:, None]).any(1)).sum())
+        self.bits.append(w.cpu().numpy())
+        self.idx.append(idx.numpy())
+
+    def scalars(self) -> list:
+        return [self.wrong, self.loss, self.n, self.top5_wrong, self.broken, self.fixed, self.nonfinite]
 
 
-def _engine_batches(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int,
-                    normalize: str, device):
-    """Eval mode over the data: per batch, the labels and the (config index, logits) of every runnable
-    configuration, in the prefix-sharing order."""
+def _locate_nonfinite(view: ResidualView, x: torch.Tensor) -> str:
+    h = view.stem(x)
+    if not bool(torch.isfinite(h).all()):
+        return "the stem"
+    for i in range(len(view)):
+        h = view.run_unit(i, h)
+        if not bool(torch.isfinite(h).all()):
+            return f"unit {view[i].name}"
+    return "the head"
+
+
+def sweep(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], spec: RunSpec, normalize: str,
+          desc: str = "lesion") -> list[Optional[_Counts]]:
+    """Counts (and per-image wrong bits, in data order) of every runnable configuration over ``data``;
+    None for the others. In a distributed run the totals are on rank 0."""
     n = len(view)
     order = sorted((i for i, c in enumerate(configs) if c.runnable), key=lambda i: configs[i].signature(n))
-    with preserved_state(view.model):
+    counts = {i: _Counts() for i in order}
+    with preserved_state(view.model), torch.no_grad(), spec.autocast():
         view.model.eval()
-        for x, y, _ in data.batches(batch_size, normalize, device):
-            yield y, _engine_logits(view, x, configs, order)
+        for x, y, idx in batches(data, spec, normalize, desc):
+            base = view.head(view.unit_inputs(x)[-1])
+            check_finite(base, "the intact network's logits", spec, lambda: _locate_nonfinite(view, x))
+            base_wrong = base.argmax(1) != y
+            for ci, logits in stream_logits(view, x, configs, order):
+                finite = check_finite(logits, f"the logits of configuration {configs[ci].key()}", spec)
+                counts[ci].add(logits, y, base_wrong, idx, finite)
+    totals = dist.reduce_sum({i: c.scalars() for i, c in counts.items()})
+    idx = np.concatenate(counts[order[0]].idx) if order and counts[order[0]].idx else np.empty(0, int)
+    bits = dist.gather_rows(idx, {str(i): np.concatenate(c.bits) if c.bits else np.empty(0, bool)
+                                  for i, c in counts.items()})
+    if totals is None:
+        return [None] * len(configs)
+    out: list[Optional[_Counts]] = [None] * len(configs)
+    for i in order:
+        c = _Counts()
+        c.wrong, c.loss, c.n, c.top5_wrong, c.broken, c.fixed, c.nonfinite = totals[i]
+        c.bits = bits[str(i)]
+        out[i] = c
+    return out
 
 
-def lesion_counts(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int = 256,
-                  normalize: str = "none", device="cpu", progress: bool = True, bar=None) -> list[_Counts]:
-    """Per configuration: wrong predictions, summed loss, image count (the engine)."""
-    counts = [_Counts() for _ in configs]
-    for y, outs in _engine_batches(view, data, configs, batch_size, normalize, device):
-        for ci, logits in outs:
-            counts[ci].add(logits, y)
-        if bar is not None:
-            bar.update(1)
-    return counts
-
-
-def engine_predictions(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], batch_size: int = 256,
-                       normalize: str = "none", device="cpu") -> list[np.ndarray]:
-    """Per-image predictions of every runnable configuration by the engine (for checks against the
-    naive way); non-runnable configurations get an empty array."""
-    preds: list[list] = [[] for _ in configs]
-    for _, outs in _engine_batches(view, data, configs, batch_size, normalize, device):
-        for ci, logits in outs:
-            preds[ci].append(logits.argmax(1).cpu().numpy())
-    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in preds]
-
-
-class _PatchedBlock(nn.Module):
-    """Naive surgery: a block module replaced in a copy of the model."""
-
-    def __init__(self, own: nn.Module, deleted: bool, branch_src: Optional[nn.Module]):
-        super().__init__()
-        self.own, self.src, self.deleted = own, branch_src, deleted
-
-    def forward(self, x):
-        p = parts_for(self.own)
-        if p.shortcut is None:  # plain block
-            return x if self.deleted else self.src(x)
-        f = 0 if self.deleted else parts_for(self.src).branch(x)
-        return p.post(p.shortcut(x) + f)
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
-@torch.no_grad()
-def naive_predictions(model: nn.Module, names: Sequence[str], data: Dataset, config: LesionConfig,
-                      batch_size: int = 256, normalize: str = "none", device="cpu") -> np.ndarray:
-    """The naive way: patch a copy of the model, run its whole forward over the data."""
-    m = copy.deepcopy(model).eval()
-    mods = dict(m.named_modules())
-    originals = {n: mods[n] for n in names}
-    order = config.order or tuple(range(len(names)))
-    for i, n in enumerate(names):
-        deleted = i in config.deleted
-        if deleted or order[i] != i:
-            _set_submodule(m, n, _PatchedBlock(originals[n], deleted, originals[names[order[i]]]))
-    out = [m(x).argmax(1).cpu().numpy() for x, _, _ in data.batches(batch_size, normalize, device)]
-    return np.concatenate(out)
-
-
-# --- the sweep: chunks, rows, resume -------------------------------------------------------------------
-
-def _run_key(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _row(model_label, c: LesionConfig, cnt: Optional[_Counts], names, seed, n_classes, n_boot) -> dict:
-    row = dict(model=model_label, mode=c.mode, deleted="+".join(names[i] for i in c.deleted),
-               k=c.k if c.k is not None else (0 if c.mode == "baseline" else None),
-               kendall_tau=c.kendall_tau, seed=seed,
-               order="" if c.order is None else " ".join(map(str, c.order)), note=c.note)
+def _row(label: str, c: LesionConfig, cnt: Optional[_Counts], seed: int, n_classes: int, n_boot: int,
+         run_key: str) -> dict:
+    row = dict(model=label, mode=c.mode, deleted=c.label, k=c.k if c.k is not None else (0 if c.mode == "baseline"
+               else None), kendall_tau=c.kendall_tau, seed=seed,
+               order="" if c.order is None else " ".join(map(str, c.order)), note=c.note, run=run_key)
     if cnt is None or cnt.n == 0:
         row.update(error=None, loss=None, n_images=0 if cnt is None else cnt.n, n_wrong=None, ci_low=None,
-                   ci_high=None, top5_error=None)
+                   ci_high=None, n_broken=None, n_fixed=None, p_mcnemar=None, top5_error=None)
         return row
-    lo, hi = bootstrap_proportion_ci(cnt.wrong, cnt.n, n_boot=n_boot, seed=stable_seed(seed, c.key(names)))
+    lo, hi = bootstrap_proportion_ci(cnt.wrong, cnt.n, n_boot=n_boot, seed=stable_seed(seed, c.key()))
+    note = c.note
+    if cnt.nonfinite:
+        note = (note + "; " if note else "") + f"non-finite logits in {cnt.nonfinite} batches"
     row.update(error=cnt.wrong / cnt.n, loss=cnt.loss / cnt.n, n_images=cnt.n, n_wrong=cnt.wrong, ci_low=lo,
-               ci_high=hi, top5_error=(cnt.top5_wrong / cnt.n) if n_classes >= 10 else None)
+               ci_high=hi, n_broken=cnt.broken, n_fixed=cnt.fixed,
+               p_mcnemar=None if c.mode == "baseline" else mcnemar_exact(cnt.broken, cnt.fixed),
+               top5_error=(cnt.top5_wrong / cnt.n) if n_classes >= 10 else None, note=note)
     return row
 
 
-def run_lesion(model: nn.Module, data: Dataset, mode: str = "single", model_label: str = "model",
-               blocks: Optional[Iterable] = None, k: Optional[str] = None, samples: int = 20, seed: int = 0,
-               exclude_downsampling: bool = False, batch_size: int = 256, normalize: str = "none", device="cpu",
-               out: Optional[str | Path] = None, chunk: int = 64, n_boot: int = 2000, progress: bool = True,
-               run_meta: Optional[dict] = None) -> pd.DataFrame:
-    """Run a lesion sweep; returns the long DataFrame (the rows of ``lesion.csv``).
-
-    With ``out``, finished configurations are appended to ``out/lesion.csv`` after each chunk, and a
-    rerun with the same arguments skips them (``out/lesion.progress.json`` guards against mixing runs).
-    """
-    view = anatomy(model, data.input_shape)
-    names = view.names
-    model.to(device)
-    configs = make_configs(view, mode, blocks, k, samples, seed, exclude_downsampling)
-    model_meta = dict(run_meta or {}, model_label=model_label, normalize=normalize, data=data.describe(),
-                      n_boot=n_boot)
-    mode_meta = dict(mode=mode, blocks=list(blocks or []), k=k, samples=samples, seed=seed,
-                     exclude_downsampling=exclude_downsampling)
-    done: dict[tuple, dict] = {}
-    csv = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        csv = out / "lesion.csv"
-        prog = out / "lesion.progress.json"
-        runs = json.loads(prog.read_text()) if prog.is_file() else {}
-        keys = {model_label: _run_key(model_meta), f"{model_label}|{mode}": _run_key(mode_meta)}
-        if csv.is_file():
-            clash = [kk for kk, v in keys.items() if kk in runs and runs[kk] != v]
-            if clash:
-                raise ValueError(f"{csv} holds rows for {model_label!r} from a run with other settings "
-                                 f"({', '.join(clash)}); use another --out, or delete it to start over")
-            for r in _read_csv(csv).to_dict("records"):
-                done[(r["model"], _row_key(r))] = r
-        runs.update(keys)
-        prog.write_text(json.dumps(runs, indent=2))
-    todo = [c for c in configs if (model_label, c.key(names)) not in done]
-    rows_new: list[dict] = []
-    sig_n = len(view)
-    todo.sort(key=lambda c: (not c.runnable, c.signature(sig_n)))
-    n_batches = -(-len(data) // batch_size)
-    chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
-    bar = tqdm(total=len(chunks) * n_batches, desc=f"lesion {mode} {model_label}", unit="batch",
-               disable=not progress or not chunks)
-    try:
-        for ch in chunks:
-            counts = lesion_counts(view, data, ch, batch_size, normalize, device, progress=False, bar=bar)
-            for c, cnt in zip(ch, counts):
-                rows_new.append(_row(model_label, c, cnt if c.runnable else None, names, seed, data.num_classes,
-                                     n_boot))
-            if csv is not None:
-                _append(csv, rows_new[-len(ch):])
-    finally:
-        bar.close()
-    wanted = {(model_label, c.key(names)) for c in configs}
-    rows_old = [r for mk, r in done.items() if mk in wanted]
-    df = _typed(pd.DataFrame(rows_old + rows_new, columns=COLUMNS))
-    return _order_rows(df)
+_TEXT = ["model", "mode", "deleted", "order", "note", "run"]
+_FLOAT = ["kendall_tau", "error", "loss", "ci_low", "ci_high", "top5_error", "p_mcnemar"]
+_INT = ["k", "n_images", "n_wrong", "seed", "n_broken", "n_fixed"]
+_MODE_RANK = {"baseline": 0, "single": 1, "set": 2, "random-k": 3, "reorder": 4, "prune": 5}
 
 
-def _row_key(r: dict) -> str:
-    """The key of a CSV row; equals ``LesionConfig.key`` of the configuration that made it."""
-    def text(v):
-        return v if isinstance(v, str) else ""
-    return f"{r['mode']}|{text(r['deleted'])}|{text(r['order'])}"
-
-
-_TEXT = ["model", "mode", "deleted", "order", "note"]
-_FLOAT = ["kendall_tau", "error", "loss", "ci_low", "ci_high", "top5_error"]
-_INT = ["k", "n_images", "n_wrong", "seed"]
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """One dtype per column, whether rows come from this run or from the CSV of an earlier one."""
-    df = df.copy()
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """One dtype per column, whether rows come from this run or from an earlier one's CSV."""
+    df = df.reindex(columns=COLUMNS).copy()
     for c in _TEXT:
-        df[c] = df[c].fillna("").astype(str)
+        df[c] = df[c].astype(object).where(df[c].notna(), "").astype(str)
     for c in _FLOAT:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     for c in _INT:
@@ -401,47 +402,288 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _read_csv(csv: Path) -> pd.DataFrame:
-    return _typed(pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={c: str for c in _TEXT}))
+def order_rows(df: pd.DataFrame, unit_order: Optional[dict] = None) -> pd.DataFrame:
+    """Rows by model (first appearance), mode, k, then the deleted units in forward order."""
+    models = {m: i for i, m in enumerate(dict.fromkeys(df["model"]))}
+    pos = unit_order or {}
+    df = df.assign(_m=df["mode"].map(_MODE_RANK).fillna(9), _o=df["model"].map(models),
+                   _u=df["deleted"].map(lambda s: pos.get(s.split("+")[0], 10 ** 6) if s else -1))
+    df = df.sort_values(["_o", "_m", "k", "_u", "deleted", "order"], kind="stable", na_position="first")
+    return df.drop(columns=["_m", "_o", "_u"]).reset_index(drop=True)
 
 
-def _append(csv: Path, rows: list[dict]) -> None:
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    if csv.is_file():
-        df = pd.concat([_read_csv(csv), df], ignore_index=True)
-    from ..report.tables import write_table
-    write_table(df, csv)
+def _settings(subject: Subject, data: Dataset, spec: RunSpec, plan: LesionPlan) -> tuple[str, dict]:
+    """The run key ``<network settings>:<mode>:<mode settings>`` and the full settings behind it."""
+    net = dict(model=subject.label, spec=subject.provenance.get("model"),
+               weights_sha256=subject.provenance.get("weights_sha256"), normalize=subject.normalize,
+               data=common.data_key(data), n_boot=spec.n_boot, seed=spec.seed, dtype=spec.dtype)
+    mode = plan.describe()
+    key = f"{common.settings_key(net)}:{plan.mode.value}:{common.settings_key(mode)}"
+    return key, dict(network=net, mode=mode)
 
 
-def _order_rows(df: pd.DataFrame) -> pd.DataFrame:
-    mode_rank = {"baseline": 0, "single": 1, "set": 2, "random-k": 3, "reorder": 4}
-    df = df.assign(_m=df["mode"].map(mode_rank))
-    df = df.sort_values(["model", "_m", "k", "deleted", "order"], kind="stable", na_position="first")
-    return df.drop(columns="_m").reset_index(drop=True)
+def _one(subject: Subject, data: Dataset, spec: RunSpec, plan: LesionPlan, store: Optional[Store],
+         chunk: int) -> tuple[pd.DataFrame, dict, ResidualView]:
+    view = anatomy(subject.model, data.input_shape)
+    subject.model.to(spec.torch_device)
+    distances = None
+    if plan.mode is LesionMode.PRUNE:
+        from .prune import range_distances
+        distances = range_distances(view, data, spec, subject.normalize, plan.ks or (1,))
+    configs = make_configs(view, plan, spec.seed, distances)
+    run_key, settings = _settings(subject, data, spec, plan)
+    done = store.done(subject.label, run_key, settings) if store is not None and dist.is_main() else {}
+    done = dist.broadcast(done)
+    todo = [c for c in configs if c.key() not in done]
+    todo.sort(key=lambda c: (not c.runnable, c.signature(len(view))))
+    rows, bits = [], {}
+    for s in range(0, len(todo), chunk):
+        ch = todo[s:s + chunk]
+        counts = sweep(view, data, ch, spec, subject.normalize,
+                       f"lesion {plan.mode.value} {subject.label} ({s + len(ch)}/{len(todo)} configurations)")
+        if not dist.is_main():
+            continue
+        new = [_row(subject.label, c, cnt, spec.seed, data.num_classes, spec.n_boot, run_key)
+               for c, cnt in zip(ch, counts)]
+        newbits = {c.key(): np.packbits(cnt.bits) for c, cnt in zip(ch, counts) if cnt is not None}
+        rows += new
+        bits.update(newbits)
+        if store is not None:
+            store.add(new, newbits)
+    wanted = {c.key() for c in configs}
+    reused = [(k, r, b) for k, (r, b) in done.items() if k in wanted]
+    for k, _, b in reused:
+        if b is not None:
+            bits[k] = b
+    df = typed(pd.DataFrame([r for _, r, _ in reused] + rows, columns=COLUMNS))
+    return order_rows(df, {u.name: u.index for u in view}), dict(bits=bits, reused=len(reused)), view
 
 
-def lesion_summary(df: pd.DataFrame, view: Optional[ResidualView] = None) -> dict:
-    """Per model: baseline error, worst single deletion, median single deletion, downsampling blocks."""
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), plan: LesionPlan = LesionPlan(),
+        store: Optional[Store] = None, chunk: int = 64) -> StudyResult:
+    """Run a lesion sweep for each subject; the long table has one row per configuration (``COLUMNS``)."""
+    common.check_labels(subjects)
+    frames, views, extras = [], {}, {"bits": {}, "reused": {}}
+    for s in subjects:
+        df, ex, view = _one(s, data, spec, plan, store, chunk)
+        frames.append(df)
+        views[s.label] = view
+        extras["bits"][s.label] = ex["bits"]
+        extras["reused"][s.label] = ex["reused"]
+    table = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame(columns=COLUMNS))
+    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
+    units = {lab: v.table() for lab, v in views.items()}
+    chance = 1 - 1 / data.num_classes
+    verdicts = [single_deletion_verdict(table, roles, units, spec.n_boot, spec.seed, extras["bits"])]
+    if (table["mode"] == "random-k").any():
+        verdicts.append(no_cliff_verdict(table, roles, chance, spec.n_boot, spec.seed))
+    extras.update(units=units, roles=roles, chance=chance)
+    return StudyResult("lesion", table, summary=summarize(table, units), verdicts=verdicts,
+                       findings=findings(table, units, roles), provenance=common.provenance(subjects, data, spec),
+                       settings=dict(plan.describe(), chunk=chunk), extras=extras)
+
+
+# --- summaries, findings, verdicts --------------------------------------------------------------------
+
+def _core_units(units: list[dict]) -> set[str]:
+    """What counts for the typical single deletion: units (and blocks made only of such units) that are
+    not transitions and keep the shape."""
+    core = {u["name"] for u in units if u["kind"] != "transition" and not u["downsample"]}
+    blocks: dict[str, list[str]] = {}
+    for u in units:
+        blocks.setdefault(u["block"], []).append(u["name"])
+    return core | {b for b, names in blocks.items() if all(n in core for n in names)}
+
+
+def relative_increases(table: pd.DataFrame, model: str, units: list[dict]) -> tuple[float, pd.Series]:
+    """(intact error, per-unit relative increase (deleted − intact)/intact) of ``model``'s single
+    deletions of core units (deletable, not downsampling)."""
+    g = table[table["model"] == model]
+    base = g[g["mode"] == "baseline"]["error"]
+    single = g[(g["mode"] == "single") & g["error"].notna() & g["deleted"].isin(_core_units(units))]
+    if base.empty or single.empty:
+        return float("nan"), pd.Series(dtype=float)
+    b = float(base.iloc[0])
+    return b, pd.Series(((single["error"] - b) / b).to_numpy() if b > 0 else np.nan, index=single["deleted"])
+
+
+def _median_increase_ci(table, model, units, bits, n_boot, seed) -> tuple[float, float, float, int]:
+    """Median relative increase over core units with a bootstrap CI over images (resampling the
+    images of all configurations together, from the per-image wrong bits)."""
+    b, inc = relative_increases(table, model, units)
+    if inc.empty or not np.isfinite(inc).all():
+        return float("nan"), float("nan"), float("nan"), 0
+    g = table[table["model"] == model]
+    n = int(g[g["mode"] == "baseline"]["n_images"].iloc[0])
+    keys = {r["deleted"]: f"single|{r['deleted']}|{r['order']}" for _, r in g[g["mode"] == "single"].iterrows()}
+    base_key = next(f"baseline||{r['order']}" for _, r in g[g["mode"] == "baseline"].iterrows())
+    mb = bits.get(model, {})
+    need = [base_key] + [keys[u] for u in inc.index]
+    if not all(k in mb for k in need):
+        return float(inc.median()), float("nan"), float("nan"), n
+    w = np.stack([np.unpackbits(mb[k], count=n).astype(np.float32) for k in need])  # (1 + units, n)
+    rng = np.random.default_rng(seed)
+    meds = []
+    for s in range(0, n_boot, 100):
+        cnt = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(min(100, n_boot - s))], 1)
+        errs = (w @ cnt.astype(np.float32)) / n          # (1 + units, B)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            meds.append(np.median((errs[1:] - errs[0]) / errs[0], axis=0))
+    meds = np.concatenate(meds)
+    meds = meds[np.isfinite(meds)]
+    lo, hi = np.quantile(meds, [0.025, 0.975]) if len(meds) else (np.nan, np.nan)
+    return float(inc.median()), float(lo), float(hi), n
+
+
+def single_deletion_verdict(table: pd.DataFrame, roles: dict[str, Role], units: dict[str, list[dict]],
+                            n_boot: int = 1000, seed: int = 0, bits: Optional[dict] = None) -> Verdict:
+    """Veit et al. Fig. 3: deleting one residual unit barely affects the error (and, with a plain twin
+    trained alike, far less than deleting a plain unit)."""
+    conj = "Ensembles of shallow paths: deleting one block barely matters (Veit et al. 2016, Fig. 3)"
+    crit = (f"statistic: median over deletable, non-downsampling units of the paired relative error increase "
+            f"(deleted − intact)/intact. With a plain twin: the twin's statistic minus the ResNet's; supported when "
+            f"its 95% CI lies above {LESION_CONTRAST_MARGIN}, not supported when below. Without a twin: the "
+            f"ResNet's statistic; supported when its 95% CI lies below {LESION_RELATIVE_INCREASE}, not supported "
+            f"when above (Veit's ResNet-110: median 0.06, at most 0.19). Otherwise inconclusive. CIs: over "
+            f"seeds (t) when several seeds are given, else over images (bootstrap)")
+    res_labels = primary_residual(roles)
+    if not res_labels:
+        return inconclusive(conj, crit, "median relative error increase", "no residual network was given")
+    pairs = pairs_by_seed(roles)
+    involved = set(res_labels) | {x for r, p, _ in pairs for x in (r, p)}
+    stats = {lab: _median_increase_ci(table, lab, units[lab], bits or {}, n_boot, seed) for lab in involved}
+    n_img = max((s[3] for s in stats.values()), default=0)
+    ev = {lab: dict(median_relative_increase=s[0], ci_low=s[1], ci_high=s[2]) for lab, s in stats.items()}
+    if pairs:
+        diffs = [stats[p][0] - stats[r][0] for r, p, _ in pairs]
+        if len(pairs) >= 2:
+            stat, lo, hi = seed_ci(diffs)
+        else:
+            r, p, _ = pairs[0]
+            stat = diffs[0]
+            lo, hi = stats[p][1] - stats[r][2], stats[p][2] - stats[r][1]  # conservative: CI ends combined
+        v = decide(lo, hi, LESION_CONTRAST_MARGIN, "above")
+        return Verdict(conj, v, crit, "plain − residual median relative error increase", stat, lo, hi,
+                       LESION_CONTRAST_MARGIN, scope_of(len(pairs)), n_img, len(pairs), evidence=ev,
+                       reason="paired by seed: " + ", ".join(f"{p} − {r}" for r, p, _ in pairs))
+    vals = [stats[lab][0] for lab in res_labels]
+    if len(res_labels) >= 2:
+        stat, lo, hi = seed_ci(vals)
+    else:
+        stat, lo, hi = stats[res_labels[0]][:3]
+    v = decide(lo, hi, LESION_RELATIVE_INCREASE, "below")
+    why = "" if v != INCONCLUSIVE or np.isfinite(lo) else "no CI: per-image results missing. "
+    return Verdict(conj, v, crit, "median relative error increase (ResNet)", stat, lo, hi, LESION_RELATIVE_INCREASE,
+                   scope_of(len(res_labels)), n_img, len(res_labels), evidence=ev,
+                   reason=why + f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
+
+
+def _cliff(g: pd.DataFrame, chance: float, rng=None) -> float:
+    """Largest rise of the median error per additional deleted unit, as a fraction of the gap between
+    the intact error and chance (``rng``: resample each k's configurations)."""
+    base = float(g[g["mode"] == "baseline"]["error"].iloc[0])
+    rk = g[g["mode"] == "random-k"]
+    meds = {0: base}
+    for k, e in rk.groupby("k")["error"]:
+        v = e.to_numpy()
+        if rng is not None:
+            v = v[rng.integers(0, len(v), len(v))]
+        meds[int(k)] = float(np.median(v))
+    ks = sorted(meds)
+    gap = chance - base
+    if len(ks) < 2 or gap <= 0:
+        return float("nan")
+    return max((meds[b] - meds[a]) / (b - a) for a, b in zip(ks, ks[1:])) / gap
+
+
+def no_cliff_verdict(table: pd.DataFrame, roles: dict[str, Role], chance: float, n_boot: int = 1000,
+                     seed: int = 0) -> Verdict:
+    """Veit et al. Fig. 5a: the error rises smoothly with the number of deleted units — no cliff."""
+    conj = "Ensembles of shallow paths: error rises smoothly with random deletions, no cliff (Veit et al. 2016, Fig. 5a)"
+    crit = (f"statistic: the largest rise of the median error per additional deleted unit between consecutive k "
+            f"(k = 0 is the intact network), as a fraction of the gap between intact error and chance; supported "
+            f"(no cliff) when its 95% CI lies below {CLIFF_THRESHOLD}, not supported when above, inconclusive "
+            f"otherwise (Veit's ResNet-110: 0.08). CI: bootstrap over the sampled configurations of each k, or t "
+            f"over seeds. The test resolves steps only as finely as the k grid")
+    labs = [lab for lab in primary_residual(roles) if ((table["model"] == lab) & (table["mode"] == "random-k")).any()]
+    if not labs:
+        return inconclusive(conj, crit, "largest rise per unit / gap to chance", "no random-k rows for a ResNet")
+    vals = {lab: _cliff(table[table["model"] == lab], chance) for lab in labs}
+    n_img = int(table[table["model"] == labs[0]]["n_images"].max())
+    if len(labs) >= 2:
+        stat, lo, hi = seed_ci(list(vals.values()))
+    else:
+        g = table[table["model"] == labs[0]]
+        rng = np.random.default_rng(stable_seed(seed, "cliff", labs[0]))
+        boots = np.array([_cliff(g, chance, rng) for _ in range(n_boot)])
+        boots = boots[np.isfinite(boots)]
+        stat = vals[labs[0]]
+        lo, hi = (np.quantile(boots, [0.025, 0.975]) if len(boots) else (np.nan, np.nan))
+        lo, hi = float(lo), float(hi)
+    return Verdict(conj, decide(lo, hi, CLIFF_THRESHOLD, "below"), crit, "largest rise per unit / gap to chance",
+                   stat, lo, hi, CLIFF_THRESHOLD, scope_of(len(labs)), n_img, len(labs), evidence=vals)
+
+
+def summarize(table: pd.DataFrame, units: dict[str, list[dict]]) -> dict:
+    """Per model: baseline error, median and worst single deletion, downsampling units, random-k and
+    reorder medians, single deletions that change the error significantly (exact McNemar, Holm)."""
     out = {}
-    for model, g in df.groupby("model", sort=False):
+    for model, g in table.groupby("model", sort=False):
         s: dict = {}
         base = g[g["mode"] == "baseline"]
         if len(base):
             s["baseline_error"] = float(base["error"].iloc[0])
         single = g[(g["mode"] == "single") & g["error"].notna()]
+        tab = units.get(model, [])
         if len(single):
             worst = single.loc[single["error"].idxmax()]
-            s["worst_block"] = dict(block=worst["deleted"], error=float(worst["error"]))
-            s["median_single_deletion_error"] = float(single["error"].median())
-            if view is not None:
-                ds = {b.name for b in view if b.downsample}
-                s["downsampling_blocks"] = {r["deleted"]: float(r["error"]) for _, r in single.iterrows()
-                                            if r["deleted"] in ds}
-        rk = g[g["mode"] == "random-k"]
-        if len(rk):
-            s["random_k_median_error"] = {int(kk): float(v) for kk, v in rk.groupby("k")["error"].median().items()}
-        ro = g[g["mode"] == "reorder"]
-        if len(ro):
-            s["reorder_median_error_by_swaps"] = {int(kk): float(v) for kk, v in ro.groupby("k")["error"].median().items()}
+            s["worst_unit"] = dict(unit=worst["deleted"], error=float(worst["error"]))
+            core = single[single["deleted"].isin(_core_units(tab))]
+            s["median_single_deletion_error"] = float(core["error"].median()) if len(core) else None
+            ds = {u["name"] for u in tab if u["downsample"]}
+            s["downsampling_units"] = {r["deleted"]: float(r["error"]) for _, r in single.iterrows()
+                                       if r["deleted"] in ds}
+            p = holm(single["p_mcnemar"].fillna(1.0).to_numpy())
+            sig = single.assign(p_holm=p)[p < 0.05]
+            s["significant_single_deletions"] = {
+                r["deleted"]: dict(error=float(r["error"]), p_holm=float(r["p_holm"]),
+                                   direction="raises" if r["n_broken"] > r["n_fixed"] else "lowers")
+                for _, r in sig.iterrows()}
+        for mode, key in (("random-k", "random_k_median_error"), ("reorder", "reorder_median_error_by_swaps"),
+                          ("prune", "pruned_range_error")):
+            m = g[g["mode"] == mode]
+            if len(m):
+                s[key] = {int(k): float(v) for k, v in m.groupby("k")["error"].median().items()}
         out[str(model)] = s
+    return out
+
+
+def findings(table: pd.DataFrame, units: dict[str, list[dict]], roles: dict[str, Role]) -> list[str]:
+    out = []
+    summ = summarize(table, units)
+    for model, s in summ.items():
+        if "baseline_error" not in s:
+            continue
+        b, inc = relative_increases(table, model, units[model])
+        line = f"{model}: intact error {s['baseline_error']:.4f}"
+        if s.get("median_single_deletion_error") is not None:
+            line += (f"; median single deletion {s['median_single_deletion_error']:.4f} (median relative increase "
+                     f"{fmt.num(inc.median())} over {len(inc)} non-downsampling units)")
+        if "worst_unit" in s:
+            line += f"; worst {s['worst_unit']['unit']} {s['worst_unit']['error']:.4f}"
+        out.append(line + ".")
+        sig = s.get("significant_single_deletions", {})
+        lowers = [u for u, d in sig.items() if d["direction"] == "lowers"]
+        if "significant_single_deletions" in s:
+            out.append(f"{model}: {len(sig)} single deletions change the error significantly (exact McNemar test "
+                       f"against the intact network, Holm-corrected p < 0.05); "
+                       + (f"{len(lowers)} lower it ({', '.join(lowers)})." if lowers else "none lowers it."))
+        if "random_k_median_error" in s:
+            out.append(f"{model}: median error after k random deletions: "
+                       + ", ".join(f"k={k}: {v:.3f}" for k, v in s["random_k_median_error"].items()) + ".")
+        if "pruned_range_error" in s:
+            rk = s.get("random_k_median_error", {})
+            out.append(f"{model}: deleting the most similar consecutive range of k units: "
+                       + ", ".join(f"k={k}: {v:.3f} (random k: median {rk.get(k, float('nan')):.3f})"
+                                   for k, v in s["pruned_range_error"].items()) + ".")
     return out

@@ -1,58 +1,94 @@
-"""Path-length ensemble analysis (Veit et al. 2016 §4–5).
+"""Path-length ensemble analysis (Veit et al. 2016 §4–5, Fig. 6).
 
-Unraveled, a network of n residual blocks is a set of 2^n paths; a path's **length** is the number of
-residual branches it passes through. Shortcuts of every kind — identity, projection (1×1 conv + BN) or
-zero-pad — count 0: they are the "skip" choice of their block, whatever they compute. A plain block
-(no shortcut) has one choice and counts 1.
+Unraveled, a network of n residual units is a set of 2^n paths; a path's **length** is the number of
+residual branches it passes through. Shortcuts of every kind — identity, projection or zero-pad —
+count 0: they are the "skip" choice of their unit. A plain unit (no shortcut) has one choice and
+counts 1; a non-residual transition is passed by every path and counts 0.
 
-Gradient per path length (Veit Fig. 6): one forward pass keeps each block's parts as separate autograd
-graphs; for a sampled set of k blocks the backward pass is routed only through the residual branch
-of those blocks and only through the shortcut of the others, while the post-activation derivatives
-stay those of the real forward. With the activation pattern fixed the backward pass is linear, so the
-routed gradients of all 2^n routings sum to the true gradient (tested by enumeration).
+Gradient per path length (Veit Fig. 6): one forward pass keeps each unit's parts as separate autograd
+graphs; for a sampled set of k units the backward pass is routed only through the residual branch of
+those units and only through the shortcut of the others, while the post-operation derivatives stay
+those of the real forward. With the activation pattern fixed the backward pass is linear, so the
+routed gradients of all 2^n routings sum to the true gradient (tested by enumeration). The gradient
+carried by paths of length k is the per-path mean times C(n, k).
+
+Verdict: the gradient-weighted mean path length (with a bootstrap CI over images and routings)
+against the typical path length n/2 of the binomial distribution.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from itertools import combinations
+from typing import Optional, Sequence
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
+from ..engine import RunSpec, batches, check_finite
+from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics.stats import bootstrap_mean_ci, stable_seed
+from ..metrics.stats import stable_seed
+from ..study import StudyResult, Subject
+from ..verdict import Verdict, decide, inconclusive
+from . import common
 
-__all__ = ["unraveled_graph", "path_length_distribution", "RoutedBackward", "gradient_per_path_length",
-           "effective_range", "COLUMNS"]
+__all__ = ["PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
+           "effective_range", "weighted_length", "short_paths_verdict", "COLUMNS", "SHARES", "SHORT_PATHS"]
 
-COLUMNS = ["model", "k", "n_paths", "grad_per_path", "ci_low", "ci_high", "total_grad", "samples",
-           "grad_per_path_image", "total_grad_image"]
+COLUMNS = ["model", "k", "n_paths", "grad_per_path", "ci_low", "ci_high", "total_grad", "total_ci_low",
+           "total_ci_high", "samples", "grad_per_path_image", "total_grad_image"]
+SHARES = (0.8, 0.9, 0.95)
+# Veit et al.: in ResNet-110 (54 blocks; typical path 27) almost all gradient comes from paths of 5–17 blocks,
+# a gradient-weighted length of about 11, i.e. 0.4 of the typical length. Effective paths are "relatively
+# shallow" when the weighted mean length is below 3/4 of the typical one, with its whole CI.
+SHORT_PATHS = 0.75
+
+
+@dataclass(frozen=True)
+class PathsOptions:
+    """``ks``: path lengths to sample (None: every k from 0 to n); ``samples``: routings per k;
+    ``share``: the gradient share of the effective range in the summary (80%, 90% and 95% are reported
+    too); ``to_image``: also the gradient at the image."""
+
+    ks: Optional[tuple] = None
+    samples: int = 20
+    share: float = 0.9
+    to_image: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.share < 1:
+            raise UsageError(f"--share must lie strictly between 0 and 1, got {self.share}")
+        if self.samples < 1:
+            raise UsageError(f"--samples must be >= 1, got {self.samples}")
+
+    def describe(self) -> dict:
+        return dict(ks=None if self.ks is None else list(self.ks), samples=self.samples, share=self.share,
+                    to_image=self.to_image)
 
 
 def unraveled_graph(view: ResidualView) -> nx.DiGraph:
-    """The block-level computation: ``input -> stem -> h0``; per block ``h_i -> F_i -> h_{i+1}`` (branch)
-    and ``h_i -> h_{i+1}`` (shortcut, if any); ``h_n -> head -> output``. Edge attribute ``length`` is 1
-    on edges entering a branch node, else 0."""
+    """The unit-level computation: ``input -> stem -> h0``; per unit ``h_i -> F_i -> h_{i+1}`` (branch) and
+    ``h_i -> h_{i+1}`` (shortcut, if any); ``h_n -> head -> output``. Edge attribute ``length`` is 1 on
+    edges entering a branch node of a residual or plain unit, 0 elsewhere (transitions)."""
     g = nx.DiGraph(name="unraveled residual network")
     g.add_node("input", kind="input")
-    g.add_node("h0", kind="state", block_input="" if not len(view) else view[0].name)
+    g.add_node("h0", kind="state", unit_input="" if not len(view) else view[0].name)
     g.add_edge("input", "h0", kind="stem", length=0)
-    for b in view:
-        i = b.index
+    for u in view:
+        i = u.index
         src, dst, br = f"h{i}", f"h{i + 1}", f"F{i}"
         g.add_node(dst, kind="state")
-        g.add_node(br, kind="branch", block=b.name, stage=b.stage, shortcut=b.shortcut_kind)
-        g.add_edge(src, br, kind="branch", length=1, block=b.name)
-        g.add_edge(br, dst, kind="branch_out", length=0, block=b.name)
-        if b.residual:
-            g.add_edge(src, dst, kind="shortcut", length=0, block=b.name, shortcut=b.shortcut_kind)
+        g.add_node(br, kind="branch", unit=u.name, stage=u.stage, shortcut=u.shortcut_kind, unit_kind=u.kind)
+        g.add_edge(src, br, kind="branch", length=0 if u.kind == "transition" else 1, unit=u.name)
+        g.add_edge(br, dst, kind="branch_out", length=0, unit=u.name)
+        if u.residual:
+            g.add_edge(src, dst, kind="shortcut", length=0, unit=u.name, shortcut=u.shortcut_kind)
     g.add_node("output", kind="output")
     g.add_edge(f"h{len(view)}", "output", kind="head", length=0)
     return g
@@ -93,63 +129,60 @@ def effective_range(total: Sequence[float], share: float = 0.9) -> tuple[int, in
     return best
 
 
-@dataclass
-class _BlockGraph:
-    x: torch.Tensor      # leaf: the block input (requires grad)
-    s: Optional[torch.Tensor]
-    f: torch.Tensor
-    pre: torch.Tensor
-    y: torch.Tensor
+def weighted_length(total: Sequence[float]) -> float:
+    """Σ k·T(k) / Σ T(k): the mean path length weighted by the gradient that paths of each length carry."""
+    t = np.nan_to_num(np.asarray(total, dtype=np.float64))
+    return float((np.arange(len(t)) * t).sum() / t.sum()) if t.sum() > 0 else float("nan")
 
 
 class RoutedBackward:
     """One forward pass over a batch, then any number of routed backward passes.
 
-    ``grad(route)``: ``route[i]`` True sends the gradient through block i's residual branch, False
-    through its shortcut. Returns the gradient at the input of the first block (and at the image if
-    ``to_image``)."""
+    ``grad(route)``: ``route[i]`` True sends the gradient through unit i's residual branch, False through
+    its shortcut (units without a shortcut always pass through their branch). Returns the gradient at the
+    input of the first unit (and at the image if ``to_image``)."""
 
     def __init__(self, view: ResidualView, x: torch.Tensor, y: torch.Tensor, to_image: bool = False):
         self.view = view
         self.to_image = to_image
         self.image = x.detach().requires_grad_(to_image)
         with torch.enable_grad():
-            h0 = view.stem(self.image)
-            self.h0 = h0
-            h = h0.detach().requires_grad_(True)
-            self.blocks: list[_BlockGraph] = []
-            for b in view:
-                f = b.branch(h)
-                s = b.shortcut(h) if b.residual else None
+            self.h0 = view.stem(self.image)
+            h = self.h0.detach().requires_grad_(True)
+            self.steps = []
+            for u in view:
+                f = u.branch(h)
+                s = u.shortcut(h) if u.residual else None
                 pre = f if s is None else s + f
-                out = b.post(pre)
-                self.blocks.append(_BlockGraph(h, s, f, pre, out))
+                out = u.post(pre)
+                self.steps.append((h, s, f, pre, out))
                 h = out.detach().requires_grad_(True)
-            loss = F.cross_entropy(view.head(h), y, reduction="sum")
+            self.logits = view.head(h)
+            loss = F.cross_entropy(self.logits, y, reduction="sum")
             (self.g_top,) = torch.autograd.grad(loss, h)
 
     def grad(self, route: Sequence[bool]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         g = self.g_top
-        for i in range(len(self.blocks) - 1, -1, -1):
-            bg = self.blocks[i]
-            (g_pre,) = torch.autograd.grad(bg.y, bg.pre, g, retain_graph=True)
-            if bg.s is None or route[i]:
-                (g,) = torch.autograd.grad(bg.f, bg.x, g_pre, retain_graph=True)
+        for i in range(len(self.steps) - 1, -1, -1):
+            x, s, f, pre, y = self.steps[i]
+            (g_pre,) = torch.autograd.grad(y, pre, g, retain_graph=True)
+            if s is None or route[i]:
+                (g,) = torch.autograd.grad(f, x, g_pre, retain_graph=True)
             elif self.view[i].shortcut_kind == "identity":
                 g = g_pre
             else:
-                (g,) = torch.autograd.grad(bg.s, bg.x, g_pre, retain_graph=True)
+                (g,) = torch.autograd.grad(s, x, g_pre, retain_graph=True)
         g_img = None
         if self.to_image:
             (g_img,) = torch.autograd.grad(self.h0, self.image, g, retain_graph=True)
         return g, g_img
 
     def true_grad(self) -> torch.Tensor:
-        """The ordinary gradient at the first block's input (all branches and shortcuts)."""
+        """The ordinary gradient at the first unit's input (all branches and shortcuts)."""
         g = self.g_top
-        for i in range(len(self.blocks) - 1, -1, -1):
-            bg = self.blocks[i]
-            (g,) = torch.autograd.grad(bg.y, bg.x, g, retain_graph=True)
+        for i in range(len(self.steps) - 1, -1, -1):
+            x, _, _, _, y = self.steps[i]
+            (g,) = torch.autograd.grad(y, x, g, retain_graph=True)
         return g
 
 
@@ -157,60 +190,184 @@ def _norms(g: torch.Tensor) -> np.ndarray:
     return g.detach().flatten(1).double().norm(dim=1).cpu().numpy()
 
 
-def gradient_per_path_length(model: nn.Module, data: Dataset, model_label: str = "model",
-                             ks: Optional[Iterable[int]] = None, samples: int = 20, seed: int = 0,
-                             batch_size: int = 64, normalize: str = "none", device="cpu", to_image: bool = True,
-                             n_boot: int = 1000, progress: bool = True) -> pd.DataFrame:
-    """Veit Fig. 6: per path length k, the gradient magnitude carried by one path (mean over sampled
-    routings and images, CI over routings) and the total (× number of paths of length k)."""
-    view = anatomy(model, data.input_shape)
-    residual = [b.index for b in view if b.residual]
+def _routes(residual: list[int], ks: list[int], samples: int, seed: int) -> dict[int, list[tuple]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in ks:
+        if math.comb(len(residual), k) <= samples:
+            out[k] = [tuple(c) for c in combinations(residual, k)]
+        else:
+            out[k] = [tuple(sorted(rng.choice(residual, size=k, replace=False).tolist())) for _ in range(samples)]
+    return out
+
+
+def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOptions = PathsOptions()):
+    """Per k: routings and the per-image gradient norms of each (arrays images × routings), for one network."""
+    view = anatomy(subject.model, data.input_shape)
+    residual = [u.index for u in view if u.residual]
     n = len(residual)
     if n == 0:
-        raise ValueError("the model has no residual block: every path has the same length")
-    dist = path_length_distribution(unraveled_graph(view))
-    n_plain = len(view) - n
-    ks = list(range(n + 1)) if ks is None else sorted(set(int(k) for k in ks))
+        raise UsageError(f"{subject.label} has no residual unit: every path has the same length",
+                         "the path-length analysis needs a residual network")
+    ks = list(range(n + 1)) if options.ks is None else sorted(set(int(k) for k in options.ks))
     bad = [k for k in ks if not 0 <= k <= n]
     if bad:
-        raise ValueError(f"path lengths {bad} out of range 0..{n} (residual blocks)")
-    rng = np.random.default_rng(seed)
-    routes: dict[int, list[tuple]] = {}
-    for k in ks:
-        n_comb = math.comb(n, k)
-        if n_comb <= samples:
-            from itertools import combinations
-            routes[k] = [tuple(c) for c in combinations(residual, k)]
-        else:
-            routes[k] = [tuple(sorted(rng.choice(residual, size=k, replace=False).tolist())) for _ in range(samples)]
-    sums = {k: np.zeros(len(r)) for k, r in routes.items()}
-    sums_img = {k: np.zeros(len(r)) for k, r in routes.items()}
-    count = 0
-    model.to(device)
+        raise UsageError(f"path lengths {bad} out of range 0..{n} (residual units of {subject.label})")
+    routes = _routes(residual, ks, options.samples, spec.seed)
+    per = {k: [] for k in ks}
+    per_img = {k: [] for k in ks}
+    idx_all = []
     total = sum(len(r) for r in routes.values())
-    with frozen_eval(model):
-        bar = tqdm(total=total * (-(-len(data) // batch_size)), desc=f"paths {model_label}", disable=not progress,
-                   leave=False)
-        for x, y, _ in data.batches(batch_size, normalize, device):
-            rb = RoutedBackward(view, x, y, to_image=to_image)
+    subject.model.to(spec.torch_device)
+    with frozen_eval(subject.model):
+        for x, y, idx in batches(data, spec, subject.normalize, f"paths {subject.label} ({total} routings)",
+                                 unit_weight=total):
+            rb = RoutedBackward(view, x, y, to_image=options.to_image)
+            check_finite(rb.logits.detach(), f"the logits of {subject.label}", spec)
+            idx_all.append(idx.numpy())
             for k, rs in routes.items():
-                for j, chosen in enumerate(rs):
-                    route = [b.index in chosen or not b.residual for b in view]
+                cols, cols_img = [], []
+                for chosen in rs:
+                    route = [u.index in chosen or not u.residual for u in view]
                     g, gi = rb.grad(route)
-                    sums[k][j] += _norms(g).sum()
+                    cols.append(_norms(g))
                     if gi is not None:
-                        sums_img[k][j] += _norms(gi).sum()
-                    bar.update(1)
-            count += len(y)
+                        cols_img.append(_norms(gi))
+                per[k].append(np.stack(cols, 1))
+                if cols_img:
+                    per_img[k].append(np.stack(cols_img, 1))
             del rb
-        bar.close()
+    idx = np.concatenate(idx_all) if idx_all else np.empty(0, int)
+    arrays = {f"g{k}": np.concatenate(v) for k, v in per.items() if v}
+    arrays.update({f"i{k}": np.concatenate(v) for k, v in per_img.items() if v})
+    got = dist.gather_rows(idx, arrays)
+    return view, routes, got
+
+
+def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool) -> tuple[pd.DataFrame, dict]:
+    dist_ = path_length_distribution(unraveled_graph(view))
+    n_plain = sum(1 for u in view if u.kind == "plain")
+    ks = sorted(routes)
+    rng = np.random.default_rng(stable_seed(spec.seed, label, "paths"))
+    n_img = len(got[f"g{ks[0]}"])
+    # resample images (the same for every k) and each k's routings: mean = w_imgᵀ G w_rout / (N R)
+    w_img = np.stack([np.bincount(rng.integers(0, n_img, n_img), minlength=n_img)
+                      for _ in range(spec.n_boot)]).astype(np.float64)            # (B, N)
+    boots = {}
+    for k in ks:
+        r = len(routes[k])
+        w_rout = np.stack([np.bincount(rng.integers(0, r, r), minlength=r) for _ in range(spec.n_boot)])  # (B, R)
+        boots[k] = ((w_img @ got[f"g{k}"]) * w_rout).sum(1) / (n_img * r)
     rows = []
     for k in ks:
-        per = sums[k] / count
-        per_img = sums_img[k] / count if to_image else np.full(len(per), np.nan)
-        lo, hi = bootstrap_mean_ci(per, n_boot=n_boot, seed=stable_seed(seed, model_label, k))
-        n_paths = dist[k + n_plain] if k + n_plain < len(dist) else 0
-        rows.append(dict(model=model_label, k=k, n_paths=n_paths, grad_per_path=float(per.mean()), ci_low=lo,
-                         ci_high=hi, total_grad=float(per.mean()) * n_paths, samples=len(per),
-                         grad_per_path_image=float(per_img.mean()), total_grad_image=float(per_img.mean()) * n_paths))
-    return pd.DataFrame(rows, columns=COLUMNS)
+        g = got[f"g{k}"]
+        n_paths = dist_[k + n_plain] if k + n_plain < len(dist_) else 0
+        lo, hi = np.quantile(boots[k], [0.025, 0.975])
+        gi = float(got[f"i{k}"].mean()) if to_image and f"i{k}" in got else float("nan")
+        rows.append(dict(model=label, k=k, n_paths=n_paths, grad_per_path=float(g.mean()), ci_low=float(lo),
+                         ci_high=float(hi), total_grad=float(g.mean()) * n_paths, total_ci_low=float(lo) * n_paths,
+                         total_ci_high=float(hi) * n_paths, samples=g.shape[1], grad_per_path_image=gi,
+                         total_grad_image=gi * n_paths))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    n_paths = df["n_paths"].to_numpy(dtype=float)
+    totals = np.stack([boots[k] for k in ks], 1) * n_paths[None, :]  # (n_boot, len(ks))
+    return df, dict(boot_totals=totals)
+
+
+def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9) -> dict:
+    """Per model: the shortest path-length range carrying 80/90/95% of the gradient (with bootstrap
+    intervals of its ends), the fraction of all paths in it, and the gradient-weighted mean length."""
+    out = {}
+    for m, g in df.groupby("model", sort=False):
+        g = g.sort_values("k")
+        n = int(g["k"].max())
+        if list(g["k"]) != list(range(n + 1)):
+            out[str(m)] = dict(note="the effective range and the weighted length need every k from 0 to n (--k 0:n)")
+            continue
+        tot = g["total_grad"].to_numpy()
+        b = boots.get(str(m))
+        s: dict = dict(n_units=n, typical_length=n / 2, peak_k=int(g.loc[g["total_grad"].idxmax(), "k"]))
+        wl = weighted_length(tot)
+        wls = np.array([weighted_length(t) for t in b]) if b is not None else np.array([])
+        s["weighted_length"] = dict(value=wl, ci_low=float(np.nanquantile(wls, 0.025)) if len(wls) else None,
+                                    ci_high=float(np.nanquantile(wls, 0.975)) if len(wls) else None)
+        ranges = {}
+        for sh in sorted(set(SHARES) | {share}):
+            lo, hi = effective_range(tot, sh)
+            in_range = int(g[(g["k"] >= lo) & (g["k"] <= hi)]["n_paths"].sum())
+            r = dict(range=[lo, hi], paths_in_range=in_range, fraction_of_paths=in_range / 2 ** n)
+            if b is not None:
+                ends = np.array([effective_range(t, sh) for t in b])
+                r.update(lo_interval=[int(np.quantile(ends[:, 0], 0.025)), int(np.quantile(ends[:, 0], 0.975))],
+                         hi_interval=[int(np.quantile(ends[:, 1], 0.025)), int(np.quantile(ends[:, 1], 0.975))])
+            ranges[f"{sh:g}"] = r
+        s["ranges"] = ranges
+        s["share"] = share
+        s["range"] = ranges[f"{share:g}"]["range"]
+        s["fraction_of_paths"] = ranges[f"{share:g}"]["fraction_of_paths"]
+        out[str(m)] = s
+    return out
+
+
+def short_paths_verdict(summary: dict, label: str, n_images: int) -> Verdict:
+    """Veit et al. Fig. 6: the gradient comes from paths much shorter than the typical path."""
+    conj = "Ensembles of shallow paths: the gradient comes from relatively short paths (Veit et al. 2016, Fig. 6)"
+    crit = (f"statistic: the gradient-weighted mean path length Σk·T(k)/ΣT(k) divided by the typical path length "
+            f"n/2 (the mean of the binomial distribution of path lengths); supported when its 95% CI lies below "
+            f"{SHORT_PATHS}, not supported when above, inconclusive otherwise (Veit's ResNet-110: about 0.4). CI: "
+            f"bootstrap over images and routings; this network only")
+    s = summary.get(label, {})
+    if "weighted_length" not in s:
+        return inconclusive(conj, crit, "weighted length / typical length", s.get("note", "no paths result"))
+    half = s["typical_length"]
+    w = s["weighted_length"]
+    lo = w["ci_low"] / half if w["ci_low"] is not None else None
+    hi = w["ci_high"] / half if w["ci_high"] is not None else None
+    return Verdict(conj, decide(lo, hi, SHORT_PATHS, "below"), crit, "weighted length / typical length",
+                   w["value"] / half, lo, hi, SHORT_PATHS, "this network", n_images, 1,
+                   evidence=dict(weighted_length=w, typical_length=half, ranges=s["ranges"], peak_k=s["peak_k"]))
+
+
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=64),
+        options: PathsOptions = PathsOptions()) -> StudyResult:
+    """Path-length distribution and gradient per path length of every residual subject."""
+    common.check_labels(subjects)
+    frames, boots, graphs, skipped = [], {}, {}, []
+    from ..anatomy import anatomy
+    residual = [s for s in subjects if any(u.residual for u in anatomy(s.model))]
+    skipped = [s.label for s in subjects if s not in residual]
+    if not residual:
+        raise UsageError(f"{', '.join(skipped)} ha{'s' if len(skipped) == 1 else 've'} no residual unit: every path "
+                         "has the same length", "the path-length analysis needs a residual network")
+    for s in residual:
+        view, routes, got = profile(s, data, spec, options)
+        graphs[s.label] = unraveled_graph(view)
+        if got is None:
+            continue
+        df, ex = _table(s.label, view, routes, got, spec, options.to_image)
+        frames.append(df)
+        boots[s.label] = ex["boot_totals"]
+    if not dist.is_main():
+        return StudyResult("paths", pd.DataFrame(columns=COLUMNS))
+    table = pd.concat(frames, ignore_index=True)
+    summary = summarize(table, boots, options.share)
+    verdicts = [short_paths_verdict(summary, residual[0].label, len(data))]
+    find = [f"{lab}: no residual unit, so no path-length analysis (every path has the same length)."
+            for lab in skipped]
+    for m, s in summary.items():
+        if "range" in s:
+            w = s["weighted_length"]
+            find.append(f"{m}: {s['share']:.0%} of the gradient comes from paths of length {s['range'][0]}–"
+                        f"{s['range'][1]} of {s['n_units']} units ({s['fraction_of_paths']:.2%} of all paths); "
+                        f"gradient-weighted mean length {w['value']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] "
+                        f"against the typical {s['typical_length']:.1f}; peak at k = {s['peak_k']}.")
+            find.append(f"{m}: the range for 80% / 90% / 95% of the gradient: "
+                        + ", ".join(f"{r['range'][0]}–{r['range'][1]}" for sh, r in s["ranges"].items()
+                                    if float(sh) in SHARES) + ".")
+    return StudyResult("paths", table, summary=summary, verdicts=verdicts, findings=find,
+                       provenance=common.provenance(subjects, data, spec,
+                                                    magnitude="mean over images of the L2 norm of dL/dh at the first "
+                                                              "unit's input (L = summed cross-entropy)",
+                                                    path_length="number of residual branches on the path; shortcuts "
+                                                                "of any kind count 0"),
+                       settings=options.describe(), extras=dict(graphs=graphs))

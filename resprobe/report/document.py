@@ -1,29 +1,46 @@
-"""A small report builder: the same content as Markdown (images linked) and as one self-contained
-HTML file (images embedded as base64)."""
+"""A small report builder: one list of parts rendered both as Markdown (images linked) and as one
+self-contained HTML file (images embedded as base64) — the two documents cannot disagree."""
 from __future__ import annotations
 
 import base64
 import html
 import os
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
-__all__ = ["Document"]
+from .. import fmt
+from ..verdict import Verdict
 
-_CSS = """body{font-family:system-ui,-apple-system,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+__all__ = ["Document", "verdict_rows"]
+
+_CSS = """body{font-family:system-ui,-apple-system,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}table{border-collapse:collapse;font-size:.85em;margin:1em 0}
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;vertical-align:top}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
 code,pre{background:#f6f6f6;padding:1px 4px}pre{padding:.6em;overflow-x:auto}
-.verdict{font-weight:bold}"""
+figcaption{font-size:.9em;color:#444;margin-bottom:1.2em}
+.supported{color:#1a7f37;font-weight:bold}.notsupported{color:#b42318;font-weight:bold}
+.inconclusive{color:#8a6d00;font-weight:bold}td.text{text-align:left}"""
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """The summary table: conjecture, verdict, statistic with CI, criterion, scope."""
+    return pd.DataFrame([dict(conjecture=v.conjecture, verdict=v.verdict,
+                              statistic=f"{v.statistic_name} = {fmt.ci(v.statistic, v.ci_low, v.ci_high)}"
+                              + (f" (threshold {fmt.num(v.threshold, 3)})" if v.threshold is not None else ""),
+                              scope=v.scope + (f", {v.n_images} images" if v.n_images else ""),
+                              criterion=v.criterion + (f" — {v.reason}" if v.reason else ""))
+                         for v in verdicts], columns=["conjecture", "verdict", "statistic", "scope", "criterion"])
 
 
 class Document:
     def __init__(self, title: str):
         self.title = title
         self.parts: list[tuple] = []
+        self._figures = 0
 
     def heading(self, text: str, level: int = 2) -> "Document":
         self.parts.append(("h", level, text))
@@ -33,28 +50,42 @@ class Document:
         self.parts.append(("p", text))
         return self
 
-    def bullets(self, items: list[str]) -> "Document":
-        self.parts.append(("ul", list(items)))
+    def bullets(self, items: Sequence[str]) -> "Document":
+        if items:
+            self.parts.append(("ul", list(items)))
         return self
 
     def code(self, text: str) -> "Document":
         self.parts.append(("pre", text))
         return self
 
-    def table(self, df: pd.DataFrame, floatfmt: str = "{:.4g}") -> "Document":
-        self.parts.append(("table", df.copy(), floatfmt))
+    def table(self, df: pd.DataFrame, floatfmt: str = "{:.4g}", text_columns: Sequence[str] = ()) -> "Document":
+        self.parts.append(("table", df.copy(), floatfmt, tuple(text_columns)))
+        return self
+
+    def verdicts(self, verdicts: Sequence[Verdict]) -> "Document":
+        if verdicts:
+            self.table(verdict_rows(verdicts), text_columns=("conjecture", "verdict", "statistic", "scope", "criterion"))
+        return self
+
+    def verdict(self, v: Verdict) -> "Document":
+        self.paragraph(f"**Verdict: {v.verdict}** — {v.statistic_name} = {fmt.ci(v.statistic, v.ci_low, v.ci_high)}"
+                       + (f", threshold {fmt.num(v.threshold, 3)}" if v.threshold is not None else "")
+                       + f"; scope: {v.scope}" + (f", {v.n_images} images" if v.n_images else "") + ".")
+        self.paragraph(f"Criterion: {v.criterion}." + (f" Note: {v.reason}." if v.reason else ""))
         return self
 
     def image(self, path, caption: str = "") -> "Document":
-        self.parts.append(("img", Path(path), caption))
+        self._figures += 1
+        self.parts.append(("img", Path(path), f"Figure {self._figures}. {caption}"))
         return self
 
     # --- rendering ---------------------------------------------------------------------------------
     @staticmethod
     def _fmt(v, floatfmt):
         if isinstance(v, float):
-            return "" if v != v else floatfmt.format(v)
-        return str(v)
+            return "" if v != v else floatfmt.format(v).replace("-", fmt.MINUS)
+        return "" if v is None or v is pd.NA else str(v)
 
     def markdown(self, base: Optional[Path] = None) -> str:
         out = [f"# {self.title}", ""]
@@ -73,12 +104,12 @@ class Document:
                 out.append("| " + " | ".join(map(str, df.columns)) + " |")
                 out.append("|" + "---|" * len(df.columns))
                 for row in df.itertuples(index=False):
-                    out.append("| " + " | ".join(self._fmt(v, ff) for v in row) + " |")
+                    out.append("| " + " | ".join(self._fmt(v, ff).replace("|", "\\|") for v in row) + " |")
                 out.append("")
             elif kind == "img":
                 p = part[1]
                 rel = os.path.relpath(p, base) if base else p.name
-                out += [f"![{part[2]}]({rel})", ""]
+                out += [f"![{part[2]}]({rel})", "", f"*{part[2]}*", ""]
         return "\n".join(out)
 
     def html(self) -> str:
@@ -87,7 +118,7 @@ class Document:
         for part in self.parts:
             kind = part[0]
             if kind == "h":
-                out.append(f"<h{part[1]}>{html.escape(part[2])}</h{part[1]}>")
+                out.append(f"<h{part[1]}>{_inline(part[2])}</h{part[1]}>")
             elif kind == "p":
                 out.append(f"<p>{_inline(part[1])}</p>")
             elif kind == "ul":
@@ -95,32 +126,43 @@ class Document:
             elif kind == "pre":
                 out.append(f"<pre>{html.escape(part[1])}</pre>")
             elif kind == "table":
-                df, ff = part[1], part[2]
-                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(self._fmt(v, ff))}</td>" for v in row) + "</tr>"
-                               for row in df.itertuples(index=False))
-                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                out.append(self._html_table(*part[1:]))
             elif kind == "img":
                 p, cap = part[1], part[2]
                 mime = "image/svg+xml" if p.suffix == ".svg" else "image/png"
                 data = base64.b64encode(p.read_bytes()).decode()
                 out.append(f"<figure><img alt='{html.escape(cap)}' src='data:{mime};base64,{data}'>"
-                           f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+                           f"<figcaption>{_inline(cap)}</figcaption></figure>")
         out.append("</body></html>")
         return "\n".join(out)
+
+    def _html_table(self, df: pd.DataFrame, ff: str, text_cols: tuple) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+        rows = []
+        for row in df.itertuples(index=False):
+            cells = []
+            for c, v in zip(df.columns, row):
+                s = html.escape(self._fmt(v, ff))
+                cls = ' class="text"' if c in text_cols else ""
+                if c == "verdict":
+                    s = f'<span class="{s.replace(" ", "")}">{s}</span>'
+                cells.append(f"<td{cls}>{s}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
     def write(self, out_dir, stem: str = "report") -> tuple[Path, Path]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         md, ht = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
-        md.write_text(self.markdown(out_dir))
-        ht.write_text(self.html())
+        for path, text in ((md, self.markdown(out_dir)), (ht, self.html())):
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
         return md, ht
 
 
 def _inline(text: str) -> str:
     """Escape, then render `code` and **bold** spans."""
-    import re
     t = html.escape(text)
     t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)

@@ -1,183 +1,223 @@
-"""One report for every conjecture: runs each probe within a budget, computes a verdict per section
-(criterion written out), and writes report.md, a self-contained report.html and results.csv.
-A probe that fails is reported in its section; the others still run."""
+"""One report for every conjecture: a loop over the studies within a budget. Each study is run, saved in
+its own folder (``lesion/``, ``paths/``, ...), and contributes one section per verdict; a study that fails
+is reported in its sections and the others still run. The page opens with the table of verdicts."""
 from __future__ import annotations
 
-import json
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
+from .. import distributed as dist
+from ..engine import RunSpec
+from ..io.data import Dataset
+from ..probes import amplify, gradcorr, identity, lesion, paths
+from ..probes.common import versions
+from ..progress import note
+from ..study import StudyResult, Subject, roles_of
+from ..verdict import Verdict
 from .document import Document
-from .tables import provenance, write_json, write_table
+from .save import figures_for, save
+from .tables import write_json, write_table
 
-__all__ = ["BUDGETS", "full_report"]
+__all__ = ["BUDGETS", "Budget", "full_report", "SECTIONS"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each study gets: images for lesions and identity (None: all), for amplification
+    and paths; random-k deletions; routings; the synthetic sweep; lines through input space."""
+
+    images: Optional[int]
+    randomk: tuple
+    samples: int
+    amplify_images: int
+    power_iters: int
+    paths_images: int
+    paths_samples: int
+    synthetic: gradcorr.SyntheticOptions
+    lines: int
+    points: int
+
+    def describe(self, n: Optional[int] = None) -> str:
+        """What the budget does with ``n`` images."""
+        def used(k):
+            return f"all {n}" if k is None or (n is not None and k >= n) else f"{k}"
+        return (f"Lesions and identity on {used(self.images)} images; random deletions k = "
+                f"{', '.join(map(str, self.randomk))} ({self.samples} subsets each); amplification on "
+                f"{used(self.amplify_images)} images ({self.power_iters} power iterations); paths on "
+                f"{used(self.paths_images)} images ({self.paths_samples} routings per length); {self.lines} lines of "
+                f"{self.points} points for the gradients")
+
 
 BUDGETS = {
-    "fast": dict(images=500, randomk="1,2,4,8", samples=5, amplify_images=64, power_iters=5, paths_images=64,
-                 paths_samples=5, gc_kinds=("ff-bn", "res-bn"), gc_depths=(1, 4, 16), gc_seeds=6, gc_width=100,
-                 gc_points=128, gc_lines=4),
-    "full": dict(images=None, randomk="1:20", samples=20, amplify_images=512, power_iters=10, paths_images=512,
-                 paths_samples=20, gc_kinds=("ff", "ff-bn", "res", "res-bn", "ff-ll"),
-                 gc_depths=(1, 2, 4, 8, 16, 24, 32, 50), gc_seeds=20, gc_width=200, gc_points=256, gc_lines=16),
+    "fast": Budget(500, (1, 2, 4, 8), 5, 64, 5, 64, 5,
+                   gradcorr.SyntheticOptions(kinds=("ff-bn", "res-bn"), depths=(1, 4, 16), seeds=6, width=100,
+                                             points=128), 4, 128),
+    "full": Budget(None, tuple(range(1, 21)), 20, 512, 10, 512, 20, gradcorr.SyntheticOptions(), 16, 256),
+}
+
+# section key -> (study, figures of that study shown in the section)
+SECTIONS = {
+    "lesion-single": ("lesion", ["lesion_single"]),
+    "lesion-random-k": ("lesion", ["lesion_random_k"]),
+    "paths": ("paths", ["paths"]),
+    "identity": ("identity", ["response_std", "identity_residual_ratio", "identity_branch_ratio"]),
+    "refinement": ("identity", ["identity_branch_ratio"]),
+    "amplify": ("amplify", ["amplify_kappa", "amplify_arithmetic"]),
+    "gradcorr": ("gradcorr", ["gradcorr_block_profile"]),
+    "gradcorr-synthetic": ("gradcorr-synthetic", ["gradcorr_traces", "gradcorr_lag1_vs_depth"]),
 }
 
 
-def _section(doc: Document, title: str, fn, results: dict, key: str):
-    t0 = time.time()
-    doc.heading(title)
-    try:
-        verdict, criterion, bullets, images, frame = fn()
-        doc.paragraph(f"**Verdict: {verdict}.** Criterion: {criterion}")
-        doc.bullets(bullets)
-        for path, cap in images:
-            doc.image(path, cap)
-        results[key] = dict(verdict=verdict, criterion=criterion, findings=bullets, seconds=time.time() - t0)
-        return frame
-    except Exception as e:  # noqa: BLE001 - one probe's failure must not lose the others
-        doc.paragraph(f"**Verdict: failed** — {type(e).__name__}: {e}")
-        doc.code(traceback.format_exc()[-2000:])
-        results[key] = dict(verdict="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - t0)
-        return None
-    finally:
-        doc.paragraph(f"Time: {time.time() - t0:.1f} s.")
+def _cap(data: Dataset, n: Optional[int]) -> Dataset:
+    return data if n is None else data.subset(n)
 
 
-def full_report(model: tuple, data, plain: Optional[tuple] = None, budget: str = "fast", normalize: str = "none",
-                device="cpu", seed: int = 0, out: str | Path = "report", progress: bool = True) -> dict:
-    """Run every probe on ``model`` = (label, nn.Module, provenance) (and its plain twin, if given)."""
-    from ..probes.lesion import lesion_summary
-    from .amplify import amplify_study
-    from .gradcorr import gradcorr_synthetic_study, gradcorr_trained_study
-    from .identity import identity_study
-    from .lesion import lesion_study
-    from .paths import paths_study, summarize_paths
+def _studies(subjects: Sequence[Subject], data: Dataset, spec: RunSpec, b: Budget, out: Path):
+    """(key, callable -> StudyResult) for each study, in order."""
+    from ..anatomy import anatomy
+    residual = [s for s in subjects if any(u.residual for u in anatomy(s.model))]
+    sub = _cap(data, b.images)
 
-    if budget not in BUDGETS:
-        raise ValueError(f"--budget must be one of {', '.join(BUDGETS)}")
+    def lesions() -> StudyResult:
+        store_out = out / "lesion"
+        from .store import LesionStore
+        store = LesionStore(store_out) if dist.is_main() else None
+        n = min(sum(u.residual for u in anatomy(s.model)) for s in residual) if residual else 0
+        ks = tuple(k for k in b.randomk if k <= n)
+        if residual and ks:
+            lesion.run(residual, sub, spec, lesion.LesionPlan(lesion.LesionMode.RANDOM_K, ks=ks, samples=b.samples),
+                       store)
+        single = lesion.run(subjects, sub, spec, lesion.LesionPlan(lesion.LesionMode.SINGLE), store)
+        allrows = LesionStore(store_out).rows() if dist.is_main() else single.table
+        allrows = allrows[allrows["model"].isin([s.label for s in subjects])]
+        roles = single.extras["roles"]
+        single.table = lesion.order_rows(allrows)
+        single.verdicts = [lesion.single_deletion_verdict(single.table, roles, single.extras["units"], spec.n_boot,
+                                                          spec.seed, single.extras["bits"]),
+                           lesion.no_cliff_verdict(single.table, roles, single.extras["chance"], spec.n_boot, spec.seed)]
+        single.summary = lesion.summarize(single.table, single.extras["units"])
+        single.findings = lesion.findings(single.table, single.extras["units"], roles)
+        single.settings = dict(modes=["random-k", "single"], ks=list(ks), samples=b.samples)
+        return single
+
+    return [
+        ("lesion", lesions),
+        ("paths", lambda: paths.run(residual[:1], _cap(data, b.paths_images), spec.replace(batch_size=64),
+                                    paths.PathsOptions(samples=b.paths_samples))),
+        ("identity", lambda: identity.run(subjects, sub, spec)),
+        ("amplify", lambda: amplify.run(subjects, _cap(data, b.amplify_images), spec.replace(batch_size=128),
+                                        amplify.AmplifyOptions(power_iters=b.power_iters))),
+        ("gradcorr", lambda: gradcorr.run(subjects, data, spec, gradcorr.LineOptions(lines=b.lines, points=b.points))),
+        ("gradcorr-synthetic", lambda: gradcorr.run_synthetic(b.synthetic, spec)),
+    ]
+
+
+def _section_keys(study: str, verdicts: list[Verdict]) -> list[str]:
+    if study == "lesion":
+        return ["lesion-single", "lesion-random-k"][:len(verdicts)]
+    if study == "identity":
+        return ["identity", "refinement"][:len(verdicts)]
+    return [study]
+
+
+def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), budget: str = "fast",
+                out: str | Path = "report") -> dict:
+    """Run every study on the subjects (residual networks and, optionally, plain twins, several seeds each)
+    within ``budget``; write the report into ``out``. Returns the sections (verdict records as dicts)."""
     b = BUDGETS[budget]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    models = [model] + ([plain] if plain else [])
-    sub = data.subset(b["images"])
-    chance = 1 - 1 / data.num_classes
-    doc = Document("resprobe report: why does this residual network work?")
-    doc.paragraph(f"Model `{model[0]}` ({model[2].get('model')}, weights sha256 "
-                  f"{str(model[2].get('weights_sha256'))[:16]})" + (f"; plain twin `{plain[0]}`" if plain else "") +
-                  f". Data `{data.spec}` [{data.split}], {len(sub)} of {len(data)} images, normalization "
-                  f"`{normalize}`; budget `{budget}`; seed {seed}.")
-    results: dict = {}
-    frames = []
-    state: dict = {}
-
-    def lesion_part():
-        d = out / "lesion"
-        from ..anatomy import anatomy
-        from ..probes.lesion import parse_range
-        n_blocks = len(anatomy(model[1]))
-        ks = [k for k in parse_range(b["randomk"], 10 ** 6) if k <= n_blocks]
-        lesion_study([model], sub, "random-k", k=",".join(map(str, ks)), samples=b["samples"], seed=seed,
-                     normalize=normalize, device=device, out=d, progress=progress)
-        # single deletions last, for every model: the files then show all rows of the folder
-        lesion_study(models, sub, "single", seed=seed, normalize=normalize, device=device, out=d, progress=progress)
-        allrows = pd.read_csv(d / "lesion.csv")
-        state["lesion"] = allrows
-        summ = lesion_summary(allrows)
-        s = summ[model[0]]
-        mid = (s["baseline_error"] + chance) / 2
-        med = s["median_single_deletion_error"]
-        verdict = "supported" if med < mid else "not supported"
-        bullets = [f"{model[0]}: baseline error {s['baseline_error']:.4f}; median single-deletion error {med:.4f}; "
-                   f"worst block {s['worst_block']['block']} {s['worst_block']['error']:.4f}."]
-        if plain:
-            p = summ.get(plain[0], {})
-            if "median_single_deletion_error" in p:
-                bullets.append(f"{plain[0]}: baseline {p['baseline_error']:.4f}; median single-deletion error "
-                               f"{p['median_single_deletion_error']:.4f}.")
-        rk = s.get("random_k_median_error", {})
-        if rk:
-            bullets.append("Random k deleted, median error: " + ", ".join(f"k={k}: {v:.3f}" for k, v in rk.items()))
-        imgs = [(d / "lesion_single.png", "one block deleted"), (d / "lesion_random_k.png", "k blocks deleted")]
-        return (verdict, f"the ResNet's median single-deletion error stays below halfway between its baseline "
-                         f"and chance ({mid:.3f})", bullets, imgs, allrows.assign(probe="lesion"))
-
-    def paths_part():
-        d = out / "paths"
-        df = paths_study([model], data.subset(b["paths_images"]), samples=b["paths_samples"], seed=seed,
-                         normalize=normalize, device=device, out=d, progress=progress)
-        s = summarize_paths(df)[model[0]]
-        lo, hi = s["range"]
-        verdict = "supported" if hi < s["n_blocks"] / 2 else "not supported"
-        return (verdict, "90% of the gradient comes from paths shorter than the typical path (n/2 blocks)",
-                [f"90% of the gradient from path lengths {lo}–{hi} of {s['n_blocks']} ({s['fraction_of_paths']:.2%} "
-                 f"of paths); peak at k = {s['peak_k']}."], [(d / "paths.png", "Veit Fig. 6")],
-                df.assign(probe="paths"))
-
-    def identity_part():
-        d = out / "identity"
-        df = identity_study(models, sub, normalize=normalize, device=device, seed=seed, out=d, progress=progress)
-        meta = json.loads((d / "identity.json").read_text())
-        eff = meta["effective_depth"].get(model[0], {})
-        near, active = eff.get("near_identity_blocks", []), eff.get("active_blocks", [])
-        les = state.get("lesion")
-        verdict, bullets = "inconclusive", list(meta["findings"])
-        if les is not None and near and active:
-            single = les[(les["model"] == model[0]) & (les["mode"] == "single")].set_index("deleted")["error"]
-            a, n_ = float(single.reindex(active).median()), float(single.reindex(near).median())
-            verdict = "supported" if n_ < a else "not supported"
-            bullets.append(f"median single-deletion error: near-identity blocks {n_:.4f}, active blocks {a:.4f}.")
-        return (verdict, "blocks with ‖F‖/‖S‖ ≤ 0.3 (near identity) are cheaper to delete than the others "
-                         "(median single-deletion error); inconclusive without near-identity blocks",
-                bullets, [(d / "identity_residual_ratio.png", "‖F‖/‖S‖ per block"),
-                          (d / "response_std.png", "He Fig. 7")], df.assign(probe="identity"))
-
-    def amplify_part():
-        d = out / "amplify"
-        df = amplify_study(models, data.subset(b["amplify_images"]), power_iters=b["power_iters"],
-                           normalize=normalize, device=device, seed=seed, out=d, progress=progress)
-        v = json.loads((d / "amplify.json").read_text())["verdict"]
-        return (v.get("verdict", "inconclusive"), v.get("criterion", "no residual block"), v["statements"],
-                [(d / "amplify_gains.png", "gains"), (d / "amplify_ratios.png", "amplifier ratios")],
-                df.assign(probe="amplify"))
-
-    def gradcorr_part():
-        d = out / "gradcorr"
-        syn = gradcorr_synthetic_study(b["gc_kinds"], b["gc_depths"], b["gc_seeds"], b["gc_width"], b["gc_points"],
-                                       seed=seed, out=d / "synthetic", progress=progress)
-        tr = gradcorr_trained_study(models, data, lines=b["gc_lines"], points=b["gc_points"], seed=seed,
-                                    normalize=normalize, device=device, out=d / "trained", progress=progress)
-        agg = syn[(syn["seed"] == "all") & (syn["metric"] == "lag1")].set_index(["kind", "depth"])
-        deep = max(b["gc_depths"])
-        r, f = agg.loc[("res-bn", deep)], agg.loc[("ff-bn", deep)]
-        verdict = "supported" if r["ci_low"] > f["ci_high"] and r["value"] - f["value"] > 0.3 else "not supported"
-        meta = json.loads((d / "trained" / "gradcorr.json").read_text())
-        return (verdict, f"at depth {deep}, the BN ResNet's lag-1 gradient autocorrelation exceeds the BN feedforward "
-                         "net's by more than 0.3, with non-overlapping 95% CIs",
-                [f"depth {deep}: res-bn lag-1 {r['value']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}), ff-bn "
-                 f"{f['value']:.3f} ({f['ci_low']:.3f}–{f['ci_high']:.3f})."] + meta["findings"],
-                [(d / "synthetic" / "gradcorr_traces.png", "Balduzzi Fig. 1"),
-                 (d / "synthetic" / "gradcorr_lag1_vs_depth.png", "lag-1 vs depth"),
-                 (d / "trained" / "gradcorr_block_profile.png", "trained networks")],
-                pd.concat([syn.assign(probe="gradcorr-synthetic"), tr.assign(probe="gradcorr-trained")]))
-
-    for title, fn, key in [("§2.1 Ensembles of shallow paths: lesions (Veit et al. 2016)", lesion_part, "lesion"),
-                           ("§2.1 Ensembles of shallow paths: path lengths (Veit et al. 2016)", paths_part, "paths"),
-                           ("§2.2 Self-adaptive depth: closeness to the identity", identity_part, "identity"),
-                           ("§2.3 Differential amplifier: perturbation gains", amplify_part, "amplify"),
-                           ("Shattered gradients (Balduzzi et al. 2017)", gradcorr_part, "gradcorr")]:
-        frame = _section(doc, title, fn, results, key)
-        if frame is not None:
-            frames.append(frame)
+    results: dict[str, StudyResult] = {}
+    sections: dict = {}
+    failures: dict = {}
+    for key, fn in _studies(subjects, data, spec, b, out):
+        t0 = time.time()
+        note(f"report: {key} ...")
+        try:
+            r = fn()
+            if key == "identity" and "lesion" in results:
+                r.verdicts.append(identity.refinement_verdict(r.table, results["lesion"].table,
+                                                              r.extras["roles"], spec.n_boot, spec.seed))
+            results[key] = r
+            if dist.is_main():
+                save(r, out / key)
+            for sk, v in zip(_section_keys(key, r.verdicts), r.verdicts):
+                sections[sk] = dict(v.as_dict(), study=key, seconds=round(time.time() - t0, 1))
+        except Exception as e:  # noqa: BLE001 - one study's failure must not lose the others
+            failures[key] = dict(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:],
+                                 seconds=round(time.time() - t0, 1))
+            for sk, (study, _) in SECTIONS.items():
+                if study == key:
+                    sections[sk] = dict(verdict="failed", study=key, error=failures[key]["error"],
+                                        seconds=failures[key]["seconds"])
+    if not dist.is_main():
+        return sections
+    total = time.time() - t_start
+    frames = [r.table.assign(probe=k) for k, r in results.items() if not r.table.empty]
     if frames:
         write_table(pd.concat(frames, ignore_index=True), out / "results.csv")
-    prov = provenance([dict(m[2], label=m[0]) for m in models], data.describe(), seed, str(device),
-                      time.time() - t_start, normalize, probe="report", budget=budget)
-    write_json(dict(provenance=prov, sections=results), out / "report.json")
-    doc.parts.insert(1, ("p", f"Total time {time.time() - t_start:.1f} s; resprobe {prov['versions']['resprobe']}, "
-                              f"torch {prov['versions']['torch']}."))
-    doc.write(out, "report")
-    return results
+    header = _header(subjects, data, b, budget, spec, total)
+    write_json(dict(provenance=dict(models=[s.describe() for s in subjects], data=data.describe(), budget=budget,
+                                    budget_details=b.describe(len(data)), run=spec.describe(), versions=versions(),
+                                    wall_time_s=round(total, 1)),
+                    sections=sections, failures=failures), out / "report.json")
+    _document(results, sections, failures, header, out).write(out, "report")
+    return sections
+
+
+def _header(subjects, data, b: Budget, budget: str, spec: RunSpec, total: float) -> list[str]:
+    roles = roles_of(list(subjects), {s.label: True for s in subjects})
+    groups = sorted({r.group for r in roles.values()})
+    capped = b.images is not None and b.images < len(data)
+    return [
+        "Networks: " + "; ".join(f"`{s.label}` ({s.provenance.get('model')}, weights "
+                                 f"{str(s.provenance.get('weights_sha256') or 'random init')[:12]}"
+                                 + (f", seed {s.seed}" if s.seed is not None else "") + ")" for s in subjects)
+        + f" — {len(groups)} group(s): {', '.join(groups)}.",
+        f"Data: `{data.spec}` [{data.split}], {len(data)} images"
+        + (f"; budget `{budget}` uses {b.images} of them for lesions and identity (`--budget full` uses all)"
+           if capped else f"; budget `{budget}`") + f". {b.describe(len(data))}.",
+        f"Seed {spec.seed}; total time {total:.1f} s (every study, its files and this page); resprobe "
+        f"{versions()['resprobe']}, torch {versions()['torch']}.",
+        "Each verdict is a pure function of the measured results with its criterion fixed in advance; 'this "
+        "network' means its CI comes from images and speaks for these trained networks only; 'across N seeds' "
+        "means it comes from N independently trained networks of each kind.",
+    ]
+
+
+def _document(results: dict, sections: dict, failures: dict, header: list[str], out: Path) -> Document:
+    doc = Document("resprobe report: why does this residual network work?")
+    for line in header:
+        doc.paragraph(line)
+    verdicts = [Verdict(**{k: v for k, v in s.items() if k not in ("study", "seconds")})
+                for s in sections.values() if s.get("verdict") != "failed"]
+    doc.heading("Verdicts")
+    doc.verdicts(verdicts)
+    for key, (study, stems) in SECTIONS.items():
+        sec = sections.get(key)
+        if sec is None:
+            continue
+        if sec.get("verdict") == "failed":
+            doc.heading(f"{key}: failed")
+            doc.paragraph(f"**The {study} study failed** — {sec['error']}")
+            doc.code(failures[study]["traceback"])
+            continue
+        v = Verdict(**{k: x for k, x in sec.items() if k not in ("study", "seconds")})
+        doc.heading(v.conjecture)
+        doc.verdict(v)
+        r = results[study]
+        doc.bullets(r.findings)
+        folder = out / study
+        for stem in stems:
+            png = folder / f"{stem}.png"
+            if png.is_file():
+                from .save import FIGURES
+                cap = next((c for s, _, c in FIGURES[study] if s == stem), "")
+                doc.image(png, cap)
+        doc.paragraph(f"Study time {sec['seconds']:.1f} s; files in `{study}/`.")
+    return doc

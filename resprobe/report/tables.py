@@ -1,56 +1,66 @@
-"""Results on disk: long-format CSV and a JSON file with provenance."""
+"""Results on disk: long-format CSV and strict JSON (no NaN or infinity: null where a value is
+undefined). Every write goes to a temporary file first and is renamed into place."""
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["provenance", "write_table", "write_json"]
+__all__ = ["write_table", "write_json", "clean", "read_json"]
 
 
-def provenance(models: list[dict], data: dict, seed: Optional[int], device: str, wall_time_s: float,
-               normalize: str, **extra) -> dict:
-    """The provenance block every probe writes: models (spec, weights, sha256), data, seed, versions, time."""
-    from ..api import versions
-    return dict(models=models, data=data, normalize=normalize, seed=seed, device=str(device),
-                wall_time_s=round(float(wall_time_s), 3), versions=versions(), **extra)
-
-
-def _clean(o):
+def clean(o):
+    """A JSON-able copy: numpy scalars and arrays to Python, NaN/inf to None, paths to strings."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return clean(dataclasses.asdict(o))
+    if isinstance(o, enum.Enum):
+        return clean(o.value)
     if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.integer,)):
+        return {str(k): clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [clean(v) for v in o]
+    if isinstance(o, (np.bool_, bool)):
+        return bool(o)
+    if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, (np.floating, float)):
         f = float(o)
         return None if math.isnan(f) or math.isinf(f) else f
     if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
+        return clean(o.tolist())
     if isinstance(o, Path):
         return os.fspath(o)
+    if o is pd.NA:
+        return None
     return o
 
 
-def write_json(obj: dict, path) -> Path:
-    path = Path(path)
+def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2))
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(obj, path) -> Path:
+    return _atomic_write(Path(path), json.dumps(clean(obj), indent=2, allow_nan=False, default=str))
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def write_table(df: pd.DataFrame, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path

@@ -1,0 +1,120 @@
+"""torch.distributed, used only when a run is started by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+Work is sharded by image batches: batch ``b`` goes to rank ``b % world``. Each probe gathers its
+per-image values (with their image indices, so rank 0 restores the data order) and reduces its
+sums on rank 0, which computes the result and writes the files. A single process runs the same code
+with every helper a no-op, so a distributed result equals the single-process one (sums of floats up
+to their rounding order).
+
+Backends: gloo on CPUs, NCCL on GPUs. Collectives time out after ``RESPROBE_DIST_TIMEOUT`` seconds
+(default 600): a rank that fails stops the run with its error instead of leaving the others waiting
+(``torchrun`` also stops the remaining ranks when one exits with an error).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["rank", "world", "is_main", "init", "shutdown", "gather_rows", "reduce_sum", "broadcast", "barrier",
+           "active", "shard"]
+
+_ACTIVE = False
+
+
+def active() -> bool:
+    return _ACTIVE and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if active() else 0
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str = "cpu") -> bool:
+    """Join the process group ``torchrun`` set up (no-op without it); returns whether distributed."""
+    global _ACTIVE
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        timeout = datetime.timedelta(seconds=float(os.environ.get("RESPROBE_DIST_TIMEOUT", "600")))
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    _ACTIVE = True
+    return True
+
+
+def shutdown() -> None:
+    global _ACTIVE
+    if active():
+        torch.distributed.destroy_process_group()
+    _ACTIVE = False
+
+
+def shard(n_batches: int) -> range:
+    """The batch numbers this rank processes."""
+    return range(rank(), n_batches, world())
+
+
+def barrier() -> None:
+    if active():
+        torch.distributed.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(obj: Any) -> Optional[list]:
+    if not active():
+        return [obj]
+    out = [None] * world() if is_main() else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def gather_rows(idx: np.ndarray, arrays: dict[str, np.ndarray]) -> Optional[dict[str, np.ndarray]]:
+    """Per-image arrays from every rank, concatenated on rank 0 in image order (``idx``: the images'
+    positions in the data set). Other ranks get None."""
+    parts = _gather((np.asarray(idx), {k: np.asarray(v) for k, v in arrays.items()}))
+    if parts is None:
+        return None
+    allidx = np.concatenate([p[0] for p in parts])
+    order = np.argsort(allidx, kind="stable")
+    return {k: np.concatenate([p[1][k] for p in parts])[order] for k in arrays}
+
+
+def reduce_sum(values: Any) -> Any:
+    """Sum of a number, array or nested dict/list of them over ranks (on rank 0; others get None)."""
+    parts = _gather(values)
+    if parts is None:
+        return None
+    return _sum(parts)
+
+
+def _sum(parts: list) -> Any:
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: _sum([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_sum([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, np.ndarray):
+        return np.sum(np.stack(parts), axis=0)
+    return sum(parts[1:], first)

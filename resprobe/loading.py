@@ -1,0 +1,186 @@
+"""Networks and data as the probes receive them: :func:`load_subjects` (spec + weights -> labelled,
+normalized :class:`~resprobe.study.Subject`), :func:`load_model`, :func:`load_data`.
+
+One rule for each choice, used by the CLI, the report, the experiments and the notebook:
+
+- **labels**: ``--label`` if given; else the weights' folder name when the file is ``model.pt`` (what
+  ``resprobe train`` writes), else the weights' file stem, else the spec. Several weights for one model
+  are seeds of one group (labels ``LABEL/sN``). Two networks never share a label.
+- **normalization**: ``--normalize`` if given; else the one ``resprobe train`` recorded in
+  ``config.json`` beside the weights; else ``imagenet`` (what the He et al. checkpoints need).
+- **seed**: the one recorded in ``config.json`` beside the weights, else the position in the list.
+- **weights**: a model without ``--weights`` is an error unless ``random_init`` is asked for.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .errors import NonFiniteError, UsageError
+from .io.checkpoint import CheckpointError, load_weights
+from .io.data import Dataset, load_dataset
+from .models import build_model
+from .study import Subject
+
+__all__ = ["load_model", "load_data", "load_subjects", "normalization_for", "recorded", "default_input_shape",
+           "DEFAULT_NORMALIZATION"]
+
+DEFAULT_NORMALIZATION = "imagenet"
+
+
+def recorded(weights: Optional[str]) -> dict:
+    """The ``config.json`` that ``resprobe train`` wrote beside ``weights`` (empty if none)."""
+    if not weights:
+        return {}
+    cfg = Path(weights).parent / "config.json"
+    if cfg.is_file():
+        try:
+            out = json.loads(cfg.read_text())
+            return out if isinstance(out, dict) else {}
+        except (ValueError, OSError):
+            return {}
+    return {}
+
+
+RECIPE_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "optimizer", "warmup_epochs", "epochs",
+               "normalize", "augment")
+
+
+def recipe_key(weights: Optional[str]) -> Optional[str]:
+    """A short key of the training recipe recorded beside ``weights`` (None when none is recorded). The model
+    and the seed are not part of it: a ResNet and its plain twin trained alike share the key."""
+    cfg = recorded(weights)
+    if not cfg or "lr" not in cfg:
+        return None
+    import hashlib
+    data = (cfg.get("train_data") or {}).get("content_sha256") or (cfg.get("train_data") or {}).get("spec")
+    defaults = {"optimizer": "sgd", "warmup_epochs": 0}
+    items = {k: cfg.get(k, defaults.get(k)) for k in RECIPE_KEYS}
+    return hashlib.sha256(json.dumps(dict(items, data=data), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def normalization_for(weights: Optional[str], explicit: Optional[str] = None) -> str:
+    return explicit or recorded(weights).get("normalize") or DEFAULT_NORMALIZATION
+
+
+def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def load_model(spec: str, weights: Optional[str] = None, trust: bool = False, num_classes: Optional[int] = None,
+               in_channels: Optional[int] = None, allow_nonfinite: bool = False,
+               classes: Optional[Sequence[str]] = None) -> tuple[nn.Module, dict]:
+    """Build ``spec``, load ``weights`` (if given) strictly, check that every weight is finite, put it in
+    eval mode; return it and its provenance."""
+    model = build_model(spec, num_classes=num_classes, in_channels=in_channels)
+    prov = {"model": spec, "weights": None, "weights_sha256": None}
+    if weights:
+        try:
+            prov.update(load_weights(model, weights, trust=trust))
+        except CheckpointError as e:
+            _class_count_mismatch(e, model, num_classes, classes, weights)
+            raise
+        bad = _nonfinite_parameter(model)
+        if bad and not allow_nonfinite:
+            raise NonFiniteError(f"{weights}: the weight {bad} holds NaN or infinite values",
+                                 "the checkpoint is corrupt or its training diverged; --allow-nonfinite probes it "
+                                 "anyway and marks the results")
+    model.eval()
+    return model, prov
+
+
+def _class_count_mismatch(e: CheckpointError, model, num_classes, classes, weights) -> None:
+    """A data set with another number of classes than the network's outputs is that, not a bad checkpoint."""
+    if num_classes is None or not getattr(e, "shapes", None) or getattr(e, "missing", None) or getattr(e, "unexpected", None):
+        return
+    own = model.state_dict()
+    outs = {ck[0] for k, ck, mine in e.shapes if mine and mine[0] == num_classes and ck and ck[0] != num_classes}
+    if outs and all(mine and mine[0] == num_classes for _, _, mine in e.shapes):
+        k = sorted(outs)[0]
+        names = f" ({', '.join(map(str, classes))})" if classes is not None and len(classes) <= 20 else ""
+        raise UsageError(f"the network in {weights} has {k} outputs but the data set has {num_classes} classes"
+                         f"{names}", "check --data and --split (a truncated or partial data set has fewer "
+                         "classes), or the model spec's num_classes") from e
+    del own
+
+
+def load_data(spec: str, split: str = "test", root=None, download: bool = False, limit: Optional[int] = None,
+              subset_seed: int = 0) -> Dataset:
+    return load_dataset(spec, split=split, root=root, download=download, limit=limit, subset_seed=subset_seed)
+
+
+def _label_for(spec: str, weights: Optional[str]) -> str:
+    if not weights:
+        return spec
+    p = Path(weights)
+    return p.parent.name if p.stem in ("model", "last", "best") and p.parent.name else p.stem
+
+
+def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str] | str]], data: Dataset,
+                  labels: Optional[Sequence[Optional[str]]] = None, normalize: Optional[str] = None,
+                  trust: bool = False, random_init: bool = False, allow_nonfinite: bool = False) -> list[Subject]:
+    """One :class:`Subject` per (spec, weights); ``weights[i]`` may list several checkpoints (seeds of one
+    group). See the module docstring for labels, normalization, seeds and missing weights."""
+    if len(weights) != len(specs):
+        raise UsageError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights)",
+                         "use --random-init for randomly initialised networks")
+    labels = list(labels or [None] * len(specs))
+    if len(labels) != len(specs):
+        raise UsageError(f"give one --label per --model ({len(specs)} models, {len(labels)} labels)")
+    out: list[Subject] = []
+    for spec, w, label in zip(specs, weights, labels):
+        ws = [w] if isinstance(w, (str, type(None))) else list(w)
+        ws = [None if (x or "").lower() in ("", "none") else x for x in ws] or [None]
+        if any(x is None for x in ws) and not random_init:
+            raise UsageError(f"no --weights for {spec}: resprobe would probe a randomly initialised network",
+                             "pass --weights FILE, or --random-init to probe one on purpose")
+        for pos, x in enumerate(ws):
+            if x is not None and not Path(x).is_file():
+                raise UsageError(f"checkpoint not found: {x}", "check the --weights path")
+        group = label or (spec if len(ws) > 1 else None)
+        for pos, x in enumerate(ws):
+            rec = recorded(x)
+            seed = rec.get("seed", pos) if x else pos
+            if len(ws) > 1:
+                lab = f"{group}/s{seed}"
+            else:
+                lab = label or _label_for(spec, x)
+            model, prov = load_model(spec, x, trust, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                                     allow_nonfinite=allow_nonfinite, classes=data.classes)
+            out.append(Subject(lab, model, normalization_for(x, normalize), prov, group=group or lab,
+                               seed=int(seed) if seed is not None else None, recipe=recipe_key(x)))
+    labs = [s.label for s in out]
+    dup = sorted({x for x in labs if labs.count(x) > 1})
+    if dup:
+        raise UsageError(f"two networks would share the label {', '.join(map(repr, dup))}",
+                         "give each --model its own --label")
+    return out
+
+
+def default_input_shape(model: nn.Module) -> tuple:
+    """The model's own input size where it records one (timm, torchvision ViT), else 3×224×224 for
+    torchvision models and 32×32 for other convolutional nets."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is not None:
+        chans = getattr(getattr(pe, "proj", None), "in_channels", 3)
+        return (chans, *tuple(size))
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    if hasattr(model, "image_size") and isinstance(model.image_size, int):
+        return (3, model.image_size, model.image_size)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            side = 224 if type(model).__module__.startswith("torchvision") else 32
+            return (m.in_channels, side, side)
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+    raise UsageError("cannot guess the model's input shape", "pass --input-size C,H,W")

@@ -1,0 +1,58 @@
+"""What every probe shares: label checks, the data's identity, settings keys, provenance."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from typing import Sequence
+
+from ..errors import UsageError
+from ..io.data import Dataset
+from ..study import Subject
+
+__all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions"]
+
+
+def check_labels(subjects: Sequence[Subject]) -> None:
+    """Labels name rows in every table: two networks with one label would be merged silently."""
+    if not subjects:
+        raise UsageError("no network to probe", "pass --model (and --weights)")
+    labels = [s.label for s in subjects]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise UsageError(f"two networks share the label {', '.join(map(repr, dup))}",
+                         "give each --model its own --label")
+
+
+def data_key(data: Dataset) -> dict:
+    """What identifies the images a run used (for resume checks and provenance)."""
+    d = data.describe()
+    return {k: d.get(k) for k in ("spec", "split", "n_images", "content_sha256", "limit", "subset_seed", "seed")
+            if d.get(k) is not None}
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict:
+    import numpy
+    import pandas
+    import torch
+
+    from .. import __version__
+    out = dict(resprobe=__version__, python=sys.version.split()[0], torch=torch.__version__, numpy=numpy.__version__,
+               pandas=pandas.__version__, platform=platform.platform())
+    for pkg in ("torchvision", "timm"):
+        try:
+            out[pkg] = __import__(pkg).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def provenance(subjects: Sequence[Subject], data: Dataset, spec, **extra) -> dict:
+    """Models (spec, weights, sha256, label, group, seed, normalization), data, how it ran, versions."""
+    return dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe(),
+                versions=versions(), **extra)

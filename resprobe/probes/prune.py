@@ -1,0 +1,123 @@
+"""Layer-pruning metrics (Gromov et al. 2024; Men et al. 2024 "ShortGPT").
+
+- ``angular_distance`` between the inputs of unit ℓ and unit ℓ + n: (1/π)·arccos(cos(x_ℓ, x_ℓ+n)) over
+  each image's whole tensor, averaged over images (Gromov et al. prune the n consecutive layers whose
+  ends are closest); x_L is the head's input.
+- ``block_influence`` of unit i: 1 − mean over images of cos(x_i, x_i+1) (ShortGPT's BI; the lowest are
+  pruned first).
+
+Only ranges whose two ends have the same shape get a distance; ``deletable`` says whether every unit of
+the range can be deleted (residual units). ``lesion --mode prune-by-similarity`` deletes the most
+similar range of each length and compares it with random deletions of as many units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import distributed as dist
+from ..anatomy import ResidualView, anatomy, preserved_state
+from ..engine import RunSpec, batches, check_finite
+from ..errors import UsageError
+from ..io.data import Dataset
+from ..metrics.similarity import cosine, per_image_norm
+from ..metrics.stats import bootstrap_mean_ci, stable_seed
+from ..study import StudyResult, Subject
+from . import common
+
+__all__ = ["PruneOptions", "range_distances", "run", "COLUMNS"]
+
+COLUMNS = ["model", "metric", "start", "n", "first", "last", "value", "ci_low", "ci_high", "deletable", "n_images"]
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    ns: tuple = (1, 2, 4)
+
+    def __post_init__(self):
+        if not self.ns or min(self.ns) < 1:
+            raise UsageError(f"range lengths must be positive integers, got {list(self.ns)}")
+
+    def describe(self) -> dict:
+        return dict(ns=list(self.ns))
+
+
+def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str, ns: Sequence[int], label: str):
+    L = len(view)
+    pairs = [(a, n) for n in ns for a in range(0, L - n + 1)]
+    vals: dict = {p: [] for p in pairs}
+    idx_all = []
+    with preserved_state(view.model), torch.no_grad(), spec.autocast():
+        view.model.eval()
+        for x, _, idx in batches(data, spec, normalize, f"pruning metrics {label}"):
+            hs = view.unit_inputs(x)
+            check_finite(hs[-1], f"the head input of {label}", spec)
+            norms = [per_image_norm(h) for h in hs]
+            idx_all.append(idx.numpy())
+            for a, n in pairs:
+                if hs[a].shape != hs[a + n].shape:
+                    continue
+                c = cosine(hs[a], hs[a + n], norm_a=norms[a], norm_b=norms[a + n]).clamp(-1, 1)
+                vals[(a, n)].append(c.cpu().numpy())
+    got = dist.gather_rows(np.concatenate(idx_all) if idx_all else np.empty(0, int),
+                           {f"{a}|{n}": np.concatenate(v) for (a, n), v in vals.items() if v})
+    return got
+
+
+def _deletable(view: ResidualView, a: int, n: int) -> bool:
+    return all(view[i].residual for i in range(a, a + n))
+
+
+def range_distances(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str, ns: Sequence[int],
+                    label: str = "model") -> pd.DataFrame:
+    """Mean angular distance between the inputs of units ℓ and ℓ + n, for every ℓ and n in ``ns``."""
+    got = _per_image(view, data, spec, normalize, ns, label)
+    got = dist.broadcast(got)
+    rows = []
+    for key, c in (got or {}).items():
+        a, n = map(int, key.split("|"))
+        d = np.arccos(c) / np.pi
+        lo, hi = bootstrap_mean_ci(d, spec.n_boot, seed=stable_seed(spec.seed, label, "angular", a, n))
+        rows.append(dict(model=label, metric="angular_distance", start=a, n=n, first=view[a].name,
+                         last=view[a + n - 1].name, value=float(d.mean()), angular_distance=float(d.mean()),
+                         ci_low=lo, ci_high=hi, deletable=_deletable(view, a, n), n_images=len(d)))
+        if n == 1:
+            bi = 1 - c
+            lo, hi = bootstrap_mean_ci(bi, spec.n_boot, seed=stable_seed(spec.seed, label, "bi", a))
+            rows.append(dict(model=label, metric="block_influence", start=a, n=1, first=view[a].name,
+                             last=view[a].name, value=float(bi.mean()), angular_distance=float("nan"), ci_low=lo,
+                             ci_high=hi, deletable=_deletable(view, a, 1), n_images=len(bi)))
+    df = pd.DataFrame(rows, columns=COLUMNS + ["angular_distance"])
+    return df.sort_values(["metric", "n", "start"], kind="stable").reset_index(drop=True)
+
+
+def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
+        options: PruneOptions = PruneOptions()) -> StudyResult:
+    """Angular distances of unit ranges and block influence per unit, for every subject."""
+    common.check_labels(subjects)
+    frames, find, units = [], [], {}
+    for s in subjects:
+        view = anatomy(s.model, data.input_shape)
+        units[s.label] = view.table()
+        s.model.to(spec.torch_device)
+        ns = [n for n in options.ns if n <= len(view)]
+        df = range_distances(view, data, spec, s.normalize, ns, s.label)
+        frames.append(df[COLUMNS])
+        for n in ns:
+            d = df[(df["metric"] == "angular_distance") & (df["n"] == n) & df["deletable"]]
+            if len(d):
+                best = d.loc[d["value"].idxmin()]
+                find.append(f"{s.label}: the most similar range of {n} deletable units is {best['first']}–"
+                            f"{best['last']} (angular distance {best['value']:.4f}; largest "
+                            f"{d['value'].max():.4f}).")
+        bi = df[df["metric"] == "block_influence"].sort_values("value")
+        if len(bi):
+            find.append(f"{s.label}: lowest block influence (ShortGPT's first to prune): "
+                        + ", ".join(f"{r['first']} {r['value']:.4f}" for _, r in bi.head(3).iterrows()) + ".")
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    return StudyResult("prune", table, findings=find, provenance=common.provenance(subjects, data, spec),
+                       settings=options.describe(), extras=dict(units=units))
