@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from resprobe.anatomy import anatomy
-from resprobe.api import load_data, load_model
+from resprobe.loading import load_data, load_model
 from resprobe.probes.paths import RoutedBackward
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -433,8 +433,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error policy: one line naming the problem and where help is, status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"resprobe: error: {message} — see `{self.prog} --help`\n")
+
+
 def _sub(sub, name: str, help_: str, parents=(), **kw) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_, parents=list(parents), formatter_class=_Formatter, **kw)
+    return sub.add_parser(name, help=help_, description=help_, parents=list(parents), formatter_class=_Formatter,
+                          **kw)
 
 
 def _add_info_eval(sub, common) -> None:
@@ -573,8 +581,7 @@ def _add_report(sub, common) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resprobe", description="Probe why residual networks work.",
-                                formatter_class=_Formatter)
+    p = _Parser(prog="resprobe", description="Probe why residual networks work.", formatter_class=_Formatter)
     p.add_argument("--version", action="version", version=f"resprobe {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     common = _common()

@@ -19,8 +19,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["rank", "world", "is_main", "init", "shutdown", "gather_rows", "reduce_sum", "broadcast", "barrier",
-           "active", "shard"]
+__all__ = ["rank", "world", "is_main", "init", "shutdown", "gather_rows", "gather_lists", "reduce_sum", "broadcast",
+           "barrier", "active", "shard"]
 
 _ACTIVE = False
 
@@ -107,6 +107,14 @@ def reduce_sum(values: Any) -> Any:
     if parts is None:
         return None
     return _sum(parts)
+
+
+def gather_lists(values: dict) -> Optional[dict]:
+    """``{key: list}`` from every rank, the lists concatenated per key (on rank 0; others get None)."""
+    parts = _gather(values)
+    if parts is None:
+        return None
+    return {k: [x for p in parts for x in p.get(k, [])] for k in values}
 
 
 def _sum(parts: list) -> Any:

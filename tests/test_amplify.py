@@ -14,7 +14,7 @@ from resprobe.io.data import load_dataset
 from resprobe.models import build_model
 from resprobe.engine import RunSpec
 from resprobe.probes import amplify as A
-from resprobe.probes.amplify import power_iteration, spectral_norms
+from resprobe.probes.amplify import power_iteration, spectral_norms, unit_spectral_norms
 from resprobe.report import save
 from resprobe.study import Subject
 from resprobe.verdict import Role
@@ -46,6 +46,10 @@ def test_power_iteration_matches_exact_spectral_norm(spec):
                 exact = torch.linalg.matrix_norm(J.reshape(fn(hs[i][:1]).numel(), -1), ord=2)
                 assert float(est[n]) == pytest.approx(float(exact), rel=1e-3)
                 assert float(together[2 * i + j][n]) == pytest.approx(float(exact), rel=1e-3)  # all units at once
+        # the unit's map from the branch's one linearization: the same spectral norms
+        sig_f, sig_y, _ = unit_spectral_norms(b, hs[i], iters=300)
+        assert torch.allclose(sig_f, power_iteration(b.branch, hs[i], iters=300), rtol=1e-4)
+        assert torch.allclose(sig_y, power_iteration(lambda t, i=i: view.run_unit(i, t), hs[i], iters=300), rtol=1e-4)
 
 
 def _profile(m, data, eps=(1e-4, 1e-3, 1e-2), power_iters=2, label="m"):

@@ -188,3 +188,130 @@ def test_unit_table_lists_kinds(capsys):
     assert main(["info", "--model", "torchvision:mobilenet_v2", "--input-size", "3,64,64"]) == 0
     out = capsys.readouterr().out
     assert "transition" in out and "residual" in out and "features.3" in out
+
+
+# --- every probe on a ViT and a ConvNeXt ------------------------------------------------------------------
+
+TINY_VIT = "timm:vit_tiny_patch16_224(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=4)"
+TINY_CNX = "timm:convnext_atto(patch_size=2, dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_classes=4)"
+
+
+def _tiny(spec, double=False):
+    torch.manual_seed(0)
+    m = randomize_bn(build_model(spec)).eval()
+    if double:
+        m = m.double()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+@pytest.mark.parametrize("spec", [TINY_VIT, TINY_CNX])
+def test_routed_gradients_sum_to_the_true_gradient_on_transformers_and_convnext(spec):
+    import itertools
+
+    import torch.nn.functional as F
+    from resprobe.probes.paths import RoutedBackward
+    m = _tiny(spec, double=True)
+    shape = (3, 8, 8) if "vit" in spec else (3, 32, 32)
+    view = anatomy(m, shape)
+    res = [u.index for u in view if u.residual]
+    assert len(res) <= 6
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    y = torch.tensor([0, 3])
+    rb = RoutedBackward(view, x, y, to_image=True)
+    xi = x.clone().requires_grad_(True)
+    (ref_img,) = torch.autograd.grad(F.cross_entropy(m(xi), y, reduction="sum"), xi)
+    total_img = torch.zeros_like(x)
+    for bits in itertools.product([False, True], repeat=len(res)):
+        route = [True] * len(view)
+        for i, b in zip(res, bits):
+            route[i] = b
+        total_img += rb.grad(route)[1]
+    assert torch.allclose(total_img, ref_img, atol=1e-10, rtol=1e-8)
+
+
+def test_power_iteration_is_the_exact_spectral_norm_on_a_vit_unit():
+    from resprobe.probes.amplify import power_iteration
+    m = _tiny(TINY_VIT, double=True)
+    view = anatomy(m, (3, 8, 8))
+    with torch.no_grad():
+        hs = view.unit_inputs(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    for i in (0, 1):  # an attention unit's branch and an MLP unit's branch
+        fn = view[i].branch
+        est = power_iteration(fn, hs[i], iters=300)
+        for n in range(2):
+            J = torch.autograd.functional.jacobian(lambda t: fn(t.unsqueeze(0)).squeeze(0), hs[i][n])
+            exact = torch.linalg.matrix_norm(J.reshape(hs[i][n].numel(), -1), ord=2)
+            assert float(est[n]) == pytest.approx(float(exact), rel=1e-4)
+
+
+def test_identity_metrics_on_token_tensors_match_the_blocks_own_parts():
+    from resprobe.engine import RunSpec
+    from resprobe.io.data import load_dataset
+    from resprobe.probes import identity
+    from resprobe.study import Subject
+    m = _tiny(TINY_VIT)
+    data = load_dataset("synthetic(n=16,classes=4,size=8)", "test")
+    df = identity.profile(Subject("v", m, "none"), data, RunSpec(batch_size=8, n_boot=100, progress=False),
+                          identity.IdentityOptions(cka_minibatch=4, cka_images=None))[0]
+    x = torch.cat([b for b, _, _ in data.batches(16)])
+    with torch.no_grad():
+        h = m.patch_embed(x)
+        h = m._pos_embed(h)
+        blk = m.blocks[0]
+        f = blk.ls1(blk.attn(blk.norm1(h)))  # the attention unit's branch, from the block's own modules
+        ratio = (f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).double().mean()
+    got = df[(df["unit"] == "blocks.0.attn") & (df["metric"] == "residual_ratio")]["value"].item()
+    assert got == pytest.approx(float(ratio), rel=1e-5)
+    rs = df[df["metric"] == "response_std"]
+    assert set(rs["unit"]) >= {"blocks.0.attn.qkv", "blocks.0.mlp.fc2"}  # linear layers inside units
+    assert (df[df["metric"] == "cka"]["n_images"] == 16).all()
+
+
+def test_line_gradients_and_pruning_metrics_on_a_vit():
+    from resprobe.engine import RunSpec
+    from resprobe.io.data import load_dataset
+    from resprobe.probes import gradcorr, prune
+    m = _tiny(TINY_VIT)
+    data = load_dataset("synthetic(n=16,classes=4,size=8)", "test")
+    view = anatomy(m, data.input_shape)
+    xs, y = gradcorr.make_lines(data, gradcorr.LineOptions(2, points=16))[0]
+    grads = gradcorr.line_gradients(view, xs, y)
+    x = xs.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(torch.nn.functional.cross_entropy(m(x), y, reduction="sum"), x)
+    assert torch.allclose(grads[0], ref, atol=1e-6)
+    spec = RunSpec(batch_size=8, n_boot=100, progress=False)
+    d = prune.range_distances(view, data, spec, "none", (1, 2), "v")
+    xb = torch.cat([b for b, _, _ in data.batches(16)])
+    with torch.no_grad():
+        hs = view.unit_inputs(xb)
+    for (a, n) in ((0, 2), (1, 1), (2, 2)):
+        c = torch.nn.functional.cosine_similarity(hs[a].flatten(1).double(), hs[a + n].flatten(1).double(), dim=1)
+        ref = (torch.arccos(c.clamp(-1, 1)) / torch.pi).mean()
+        row = d[(d["metric"] == "angular_distance") & (d["start"] == a) & (d["n"] == n)]
+        assert row["value"].item() == pytest.approx(float(ref), rel=1e-5)
+    bi = d[(d["metric"] == "block_influence") & (d["start"] == 1)]["value"].item()
+    c = torch.nn.functional.cosine_similarity(hs[1].flatten(1).double(), hs[2].flatten(1).double(), dim=1)
+    assert bi == pytest.approx(float((1 - c).mean()), rel=1e-5)
+
+
+def test_prune_by_similarity_deletes_the_closest_range_and_compares_with_random():
+    from resprobe.engine import RunSpec
+    from resprobe.io.data import load_dataset
+    from resprobe.probes import lesion
+    from resprobe.study import Subject
+    m = _tiny(TINY_VIT.replace("depth=2", "depth=4"))
+    data = load_dataset("synthetic(n=32,classes=4,size=8)", "test")
+    r = lesion.run([Subject("v", m, "none")], data, RunSpec(batch_size=16, n_boot=100, progress=False),
+                   lesion.LesionPlan("prune-by-similarity", ks=(2, 3), samples=4))
+    t = r.table
+    pruned = t[t["mode"] == "prune"]
+    assert list(pruned["k"]) == [2, 3] and len(t[t["mode"] == "random-k"]) == 8
+    from resprobe.probes.prune import range_distances
+    view = anatomy(m, data.input_shape)
+    d = range_distances(view, data, RunSpec(batch_size=16, n_boot=100, progress=False), "none", (2,), "v")
+    d = d[(d["metric"] == "angular_distance") & d["deletable"]]
+    best = d.loc[d["value"].idxmin()]
+    assert pruned.iloc[0]["deleted"] == f"{best['first']}+{view.names[view.index(best['first']) + 1]}"
+    assert "prune" in " ".join(r.findings) or "most similar" in " ".join(r.findings)

@@ -86,9 +86,9 @@ def test_prefix_cache_runs_each_unit_the_minimum_number_of_times(data, monkeypat
     monkeypatch.setattr(view, "head", counting_head)
     configs = L.make_configs(view, _plan("single"))
     L.sweep(view, data, configs, RunSpec(batch_size=len(data), progress=False), "none")  # one batch
-    # the intact pass (n units, twice: the baseline logits and the prefix cache); deleting unit i reruns i..n-1
-    assert calls["units"] == 2 * n + n * (n + 1) // 2
-    assert calls["heads"] == 1 + n + 1
+    # the intact pass (n units, once: the baseline logits and the prefix cache); deleting unit i reruns i..n-1
+    assert calls["units"] == n + n * (n + 1) // 2
+    assert calls["heads"] == 1 + n
 
 
 def test_configs_single_set_randomk_reorder(data):

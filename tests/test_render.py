@@ -44,9 +44,16 @@ def test_checker_sees_good_and_broken_pages(tmp_path):
 
 
 def test_demo_report_renders(tmp_path):
+    import os
+    import shutil
+
     from resprobe.cli import main
     assert main(["demo", "--out", str(tmp_path), "--model", "cifar_resnet8", "--plain", "cifar_plain8",
-                 "--epochs", "1"]) == 0
+                 "--epochs", "1", "--quiet"]) == 0
     res = check(tmp_path / "report.html", screenshot=tmp_path / "shot.png")
     assert res["ok"], res
     assert res["images"] >= 8 and (tmp_path / "shot.png").stat().st_size > 10_000
+    keep = os.environ.get("RESPROBE_ARTIFACTS")
+    if keep:  # CI keeps the screenshot as an artefact
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(tmp_path / "shot.png", os.path.join(keep, "report-screenshot.png"))

@@ -85,25 +85,64 @@ def _math_attention():
         return contextlib.nullcontext()
 
 
+def _power(jv, jtu, x: torch.Tensor, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-image σ_max of a linear map given as J v (``jv``) and Jᵀ u (``jtu``): v ← JᵀJ v / ‖JᵀJ v‖, σ = ‖J v‖."""
+    v = _unit(x.shape, gen, x.device, x.dtype)
+    for _ in range(iters):
+        v = _normalize(jtu(jv(v)))
+    return per_image_norm(jv(v))
+
+
+def _linear(fn, x):
+    """(J v, Jᵀ u) of ``fn`` at ``x``: one linearization and one pullback, reused by every iteration."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # linearize's tracer warns about its own internals
+        out, jv = linearize(fn, x)
+    _, pull = vjp(fn, x)
+    return out, jv, lambda u: pull(u)[0]
+
+
 def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
                    gen: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Per-image spectral norm of the Jacobian of each ``fns[j]`` at ``xs[j]`` (images independent, eval
-    mode), all maps at once: one linearization (J v) and one pullback (Jᵀ u) of the tuple of maps, then
-    ``iters`` power iterations v ← JᵀJ v / ‖JᵀJ v‖, σ = ‖J v‖."""
+    """Per-image spectral norm of the Jacobian of each ``fns[j]`` at ``xs[j]`` (images independent, eval mode):
+    one linearization (J v) and one pullback (Jᵀ u) per map, then ``iters`` power iterations."""
     gen = gen or torch.Generator().manual_seed(0)
+    out = []
+    with _math_attention():
+        for fn, x in zip(fns, xs):
+            _, jv, jtu = _linear(fn, x)
+            out.append(_power(jv, jtu, x, iters, gen))
+    return out
 
-    def f(*args):
-        return tuple(fn(a) for fn, a in zip(fns, args))
 
-    xs = tuple(xs)
-    with _math_attention(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # linearize's tracer warns about its own internals
-        _, jv_fn = linearize(f, *xs)
-        _, pull = vjp(f, *xs)
-        v = tuple(_unit(x.shape, gen, x.device, x.dtype) for x in xs)
-        for _ in range(iters):
-            v = tuple(_normalize(w) for w in pull(jv_fn(*v)))
-        return [per_image_norm(j) for j in jv_fn(*v)]
+def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generator | None = None):
+    """σ_max of the branch's Jacobian and of the whole unit's, per image, from one linearization and one
+    pullback of the branch: the unit's map is post'∘(S' + F') (plain units and transitions: post'∘F'), and the
+    shortcut and the post-operation are linearized on their own (cheap: identity, padding, a 1×1 projection,
+    an activation). Returns (σ_branch, σ_unit, F(x))."""
+    gen = gen or torch.Generator().manual_seed(0)
+    with _math_attention():
+        f, jf, jft = _linear(u.branch, x)
+        sig_f = _power(jf, jft, x, iters, gen)
+        if u.residual:
+            if u.shortcut_kind == "identity":
+                s, js, jst = x, (lambda v: v), (lambda w: w)
+            else:
+                s, js, jst = _linear(u.shortcut, x)
+            pre = s + f
+        else:
+            pre, js, jst = f, None, None
+        _, jp, jpt = _linear(u.post, pre)
+
+        def jv(v):
+            return jp(jf(v) if js is None else js(v) + jf(v))
+
+        def jtu(w):
+            a = jpt(w)
+            return jft(a) if jst is None else jst(a) + jft(a)
+
+        sig_y = _power(jv, jtu, x, iters, gen)
+    return sig_f, sig_y, f
 
 
 def power_iteration(fn, x: torch.Tensor, iters: int = 10, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -194,15 +233,12 @@ def _random_rows(view: ResidualView, x, hs, logits, eps, gen, add) -> None:
 
 
 def _worst_rows(view: ResidualView, hs, iters: int, gen, add) -> None:
-    n = len(view)
-    fns = [u.branch for u in view] + [lambda t, i=i: view.run_unit(i, t) for i in range(n)]
-    xs = [h.detach() for h in hs[:-1]] * 2
-    sig = spectral_norms(fns, xs, iters, gen)
     for i, u in enumerate(view):
-        add(u.name, "worst_gain_branch", None, sig[i])
-        add(u.name, "worst_gain_unit", None, sig[n + i])
-        nf = per_image_norm(u.branch(hs[i]))
-        add(u.name, "kappa_worst", None, sig[i] * per_image_norm(hs[i]) / nf.clamp_min(1e-12))
+        x = hs[i].detach()
+        sig_f, sig_y, f = unit_spectral_norms(u, x, iters, gen)
+        add(u.name, "worst_gain_branch", None, sig_f)
+        add(u.name, "worst_gain_unit", None, sig_y)
+        add(u.name, "kappa_worst", None, sig_f * per_image_norm(x) / per_image_norm(f.detach()).clamp_min(1e-12))
 
 
 def _rows(label: str, values: dict, spec: RunSpec) -> list[dict]:
@@ -315,17 +351,14 @@ def findings(table: pd.DataFrame, roles: dict[str, Role]) -> list[str]:
             out.append(f"{m} (arithmetic, not evidence): median (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) = {v['amplifier_ratio']:.3f}, "
                        f"and median ‖y‖/‖F‖ = {v['output_branch_ratio']:.3f} — the ratio is "
                        "(‖ΔF‖/‖Δy‖)·‖y‖/‖F‖ by definition.")
-    res = [m for m, r in roles.items() if r.residual and m in s["models"]]
-    plain = [m for m, r in roles.items() if not r.residual and m in s["models"]]
     d = table[(table["metric"] == "kappa") & (table["eps"] == e0)]
-    for r in res:
-        for p in plain:
-            a, b = d[d["model"] == r].set_index("unit"), d[d["model"] == p].set_index("unit")
-            both = [u for u in a.index if u in b.index]
-            higher = [u for u in both if a.loc[u, "ci_low"] > b.loc[u, "ci_high"]]
-            lower = [u for u in both if a.loc[u, "ci_high"] < b.loc[u, "ci_low"]]
-            out.append(f"κ unit by unit, {r} against {p} ({len(both)} matched units): higher in {len(higher)}, lower "
-                       f"in {len(lower)}, not distinguishable (CIs overlap) in {len(both) - len(higher) - len(lower)}.")
+    for r, p, _ in pairs_by_seed({m: x for m, x in roles.items() if m in s["models"]}):
+        a, b = d[d["model"] == r].set_index("unit"), d[d["model"] == p].set_index("unit")
+        both = [u for u in a.index if u in b.index]
+        higher = [u for u in both if a.loc[u, "ci_low"] > b.loc[u, "ci_high"]]
+        lower = [u for u in both if a.loc[u, "ci_high"] < b.loc[u, "ci_low"]]
+        out.append(f"κ unit by unit, {r} against {p} ({len(both)} matched units): higher in {len(higher)}, lower "
+                   f"in {len(lower)}, not distinguishable (CIs overlap) in {len(both) - len(higher) - len(lower)}.")
     for key in ("flip_rate", "margin_change"):
         rows = table[(table["metric"] == key)]
         for _, r in rows[rows["eps"] == rows["eps"].max()].iterrows():

@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..study import Subject
 
-__all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions"]
+__all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite"]
 
 
 def check_labels(subjects: Sequence[Subject]) -> None:
@@ -56,3 +56,17 @@ def provenance(subjects: Sequence[Subject], data: Dataset, spec, **extra) -> dic
     """Models (spec, weights, sha256, label, group, seed, normalization), data, how it ran, versions."""
     return dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe(),
                 versions=versions(), **extra)
+
+
+def locate_nonfinite(view, x) -> str:
+    """The first place a non-finite value appears when ``x`` runs through the view (for error messages)."""
+    import torch
+    with torch.no_grad():
+        h = view.stem(x)
+        if not bool(torch.isfinite(h).all()):
+            return "the stem"
+        for i in range(len(view)):
+            h = view.run_unit(i, h)
+            if not bool(torch.isfinite(h).all()):
+                return f"unit {view[i].name}"
+    return "the head"

@@ -208,7 +208,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
                                           for k in PER_IMAGE_METRICS for i in range(n) if per_image[k][i]})
     sums = dist.gather_rows(idx_cat, {f"{j}|{w}": s for j, (_, meas) in enumerate(rs.layers)
                                       for w, s in zip("ab", rs.moments[meas].sums())})
-    cka_terms = dist.reduce_sum({i: ckas[i].terms for i in range(n)}) if cka_on else None
+    cka_terms = dist.gather_lists({i: ckas[i].terms for i in range(n)}) if cka_on else None
     if gathered is None:
         return None, None, view
     rows = _rows(view, label, gathered, cka_terms, spec)
@@ -242,7 +242,6 @@ def _batch(view, x, y, idx, acc: _Acc) -> None:
         h = view.stem(x)
         if grad:
             h = h.detach().requires_grad_(True)
-        check_finite(h.detach(), "the stem's output", spec)
         first = int(idx[0])
         # CKA minibatch groups in this batch: consecutive images [g·m, (g+1)·m) (a batch holds whole groups)
         groups = sorted({(first + j) // m for j in range(len(idx))} & chosen)
@@ -273,8 +272,6 @@ def _batch(view, x, y, idx, acc: _Acc) -> None:
                 inputs.append(st.x)
                 branches.append(st.f.detach())
             xd, od, fd = st.x.detach(), st.y.detach(), st.f.detach()
-            if not bool(torch.isfinite(od).all()):
-                check_finite(od, f"the output of unit {u.name}", spec)
             same = tuple(xd.shape) == tuple(od.shape)
             sd = st.s.detach() if st.s is not None else (xd if same else None)
             if "norms" in want:
@@ -284,6 +281,8 @@ def _batch(view, x, y, idx, acc: _Acc) -> None:
                 ckas[i].add(groups, g_in if (same or sd is None) else grams(sd), g_out, sizes)
                 g_in = g_out
             h = st.y
+        # one check per batch: a non-finite value anywhere reaches the last unit's output
+        check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
         if grad:
             loss = F.cross_entropy(view.head(h), y, reduction="sum")
             gr = torch.autograd.grad(loss, inputs)
@@ -570,10 +569,11 @@ def findings(df: pd.DataFrame, threshold: float = NEAR_IDENTITY, lesion: Optiona
                    f"{len(e['undecided_units'])} undecided. ‖F‖/‖S‖ over units: median {np.median(list(vals.values())):.3f}, "
                    f"mean {np.mean(list(vals.values())):.3f}, range {min(vals.values()):.3f}–{max(vals.values()):.3f}"
                    + (f"; ‖F‖/‖x‖: median {br.median():.3f}, range {br.min():.3f}–{br.max():.3f}." if len(br) else "."))
-        above = [u for u, v in vals.items() if v > 1]
+        lows = dict(zip(g["unit"], g["ci_low"]))
+        above = [u for u, v in vals.items() if lows[u] > 1]
         if above:
-            out.append(f"{model}: in {len(above)} units the branch outweighs the shortcut (‖F‖/‖S‖ > 1): "
-                       + ", ".join(f"{u} {vals[u]:.2f}" for u in above) + ".")
+            out.append(f"{model}: in {len(above)} units the branch outweighs the shortcut (95% CI of ‖F‖/‖S‖ above "
+                       "1): " + ", ".join(f"{u} {vals[u]:.2f}" for u in above) + ".")
         for run_ in _runs(e["near_identity_units"], stages, order):
             name = run_[0] if len(run_) == 1 else f"{run_[0]}–{run_[-1]}"
             out.append(f"{model}: unit{'s' if len(run_) > 1 else ''} {name}: ‖F‖/‖S‖ ≤ "
@@ -617,7 +617,7 @@ def _first_vs_later(df: pd.DataFrame, model: str) -> list[str]:
             else:
                 rel = "not distinguishable from the later blocks' (CIs overlap)"
             label = "‖F‖/‖x‖" if metric == "branch_ratio" else "‖F‖/‖S‖"
-            out.append(f"{model}, stage {int(stage)}: first block {f['unit']} {label} "
+            out.append(f"{model}, stage {int(stage) + 1}: first block {f['unit']} {label} "
                        f"{_fmt_ci(f['value'], f['ci_low'], f['ci_high'])}, {rel} "
                        f"(later blocks {later['value'].min():.3f}–{later['value'].max():.3f}).")
     return out

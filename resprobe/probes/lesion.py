@@ -274,13 +274,15 @@ def _common_prefix(a: tuple, b: tuple) -> int:
 
 
 @torch.no_grad()
-def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionConfig], order: Sequence[int]):
+def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionConfig], order: Sequence[int],
+                  hs: Optional[list] = None, clean_logits: Optional[torch.Tensor] = None):
     """Yield ``(config index, logits)`` for one batch, in ``order``, reusing the unit inputs that a
-    configuration shares with the previous one (the prefix tree of the sorted configurations)."""
+    configuration shares with the previous one (the prefix tree of the sorted configurations). ``hs``,
+    ``clean_logits``: the intact network's unit inputs and logits, when already computed."""
     n = len(view)
-    hs = view.unit_inputs(x)
+    hs = list(hs) if hs is not None else view.unit_inputs(x)
     prev_sig = tuple((0,) for _ in range(n))
-    prev_logits = None
+    prev_logits = clean_logits
     for ci in order:
         c = configs[ci]
         sig = c.signature(n)
@@ -322,17 +324,6 @@ class _Counts:
         return [self.wrong, self.loss, self.n, self.top5_wrong, self.broken, self.fixed, self.nonfinite]
 
 
-def _locate_nonfinite(view: ResidualView, x: torch.Tensor) -> str:
-    h = view.stem(x)
-    if not bool(torch.isfinite(h).all()):
-        return "the stem"
-    for i in range(len(view)):
-        h = view.run_unit(i, h)
-        if not bool(torch.isfinite(h).all()):
-            return f"unit {view[i].name}"
-    return "the head"
-
-
 def sweep(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], spec: RunSpec, normalize: str,
           desc: str = "lesion") -> list[Optional[_Counts]]:
     """Counts (and per-image wrong bits, in data order) of every runnable configuration over ``data``;
@@ -343,10 +334,11 @@ def sweep(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], sp
     with preserved_state(view.model), torch.no_grad(), spec.autocast():
         view.model.eval()
         for x, y, idx in batches(data, spec, normalize, desc):
-            base = view.head(view.unit_inputs(x)[-1])
-            check_finite(base, "the intact network's logits", spec, lambda: _locate_nonfinite(view, x))
+            hs = view.unit_inputs(x)
+            base = view.head(hs[-1])
+            check_finite(base, "the intact network's logits", spec, lambda: common.locate_nonfinite(view, x))
             base_wrong = base.argmax(1) != y
-            for ci, logits in stream_logits(view, x, configs, order):
+            for ci, logits in stream_logits(view, x, configs, order, hs, base):
                 finite = check_finite(logits, f"the logits of configuration {configs[ci].key()}", spec)
                 counts[ci].add(logits, y, base_wrong, idx, finite)
     totals = dist.reduce_sum({i: c.scalars() for i, c in counts.items()})
@@ -430,7 +422,10 @@ def _one(subject: Subject, data: Dataset, spec: RunSpec, plan: LesionPlan, store
     if plan.mode is LesionMode.PRUNE:
         from .prune import range_distances
         distances = range_distances(view, data, spec, subject.normalize, plan.ks or (1,))
-    configs = make_configs(view, plan, spec.seed, distances)
+    try:
+        configs = make_configs(view, plan, spec.seed, distances)
+    except UsageError as e:
+        raise UsageError(f"{subject.label}: {e.message}", e.hint) from e
     run_key, settings = _settings(subject, data, spec, plan)
     done = store.done(subject.label, run_key, settings) if store is not None and dist.is_main() else {}
     done = dist.broadcast(done)
@@ -470,11 +465,15 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), p
         views[s.label] = view
         extras["bits"][s.label] = ex["bits"]
         extras["reused"][s.label] = ex["reused"]
+    if not dist.is_main():
+        return StudyResult("lesion", typed(pd.DataFrame(columns=COLUMNS)), extras=extras)
     table = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame(columns=COLUMNS))
     roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
     units = {lab: v.table() for lab, v in views.items()}
     chance = 1 - 1 / data.num_classes
-    verdicts = [single_deletion_verdict(table, roles, units, spec.n_boot, spec.seed, extras["bits"])]
+    verdicts = []
+    if (table["mode"] == "single").any():
+        verdicts.append(single_deletion_verdict(table, roles, units, spec.n_boot, spec.seed, extras["bits"]))
     if (table["mode"] == "random-k").any():
         verdicts.append(no_cliff_verdict(table, roles, chance, spec.n_boot, spec.seed))
     extras.update(units=units, roles=roles, chance=chance)
@@ -658,6 +657,19 @@ def summarize(table: pd.DataFrame, units: dict[str, list[dict]]) -> dict:
     return out
 
 
+def _worst(table: pd.DataFrame, model: str) -> str:
+    """The costliest single deletion, ranked against the next only where the CIs separate them."""
+    g = table[(table["model"] == model) & (table["mode"] == "single") & table["error"].notna()]
+    g = g.sort_values("error", ascending=False)
+    a = g.iloc[0]
+    text = f"costliest single deletion {a['deleted']} {fmt.ci(a['error'], a['ci_low'], a['ci_high'], 4)}"
+    if len(g) > 1:
+        b = g.iloc[1]
+        text += (f", above the next ({b['deleted']} {b['error']:.4f}, CIs separate)" if a["ci_low"] > b["ci_high"]
+                 else f", not distinguishable from {b['deleted']} {fmt.ci(b['error'], b['ci_low'], b['ci_high'], 4)}")
+    return text
+
+
 def findings(table: pd.DataFrame, units: dict[str, list[dict]], roles: dict[str, Role]) -> list[str]:
     out = []
     summ = summarize(table, units)
@@ -670,7 +682,7 @@ def findings(table: pd.DataFrame, units: dict[str, list[dict]], roles: dict[str,
             line += (f"; median single deletion {s['median_single_deletion_error']:.4f} (median relative increase "
                      f"{fmt.num(inc.median())} over {len(inc)} non-downsampling units)")
         if "worst_unit" in s:
-            line += f"; worst {s['worst_unit']['unit']} {s['worst_unit']['error']:.4f}"
+            line += "; " + _worst(table, model)
         out.append(line + ".")
         sig = s.get("significant_single_deletions", {})
         lowers = [u for u, d in sig.items() if d["direction"] == "lowers"]

@@ -24,7 +24,7 @@ from ..anatomy import ResidualView, anatomy, preserved_state
 from ..engine import RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics.similarity import cosine, per_image_norm
+from ..metrics.similarity import per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 from ..study import StudyResult, Subject
 from . import common
@@ -56,16 +56,24 @@ def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str,
         for x, _, idx in batches(data, spec, normalize, f"pruning metrics {label}"):
             hs = view.unit_inputs(x)
             check_finite(hs[-1], f"the head input of {label}", spec)
-            norms = [per_image_norm(h) for h in hs]
+            # unit vectors in float64: the angle 2·atan2(‖â − b̂‖, ‖â + b̂‖) keeps its precision near 0,
+            # where arccos of a float32 cosine would not
+            units = [_unit(h) for h in hs]
             idx_all.append(idx.numpy())
             for a, n in pairs:
                 if hs[a].shape != hs[a + n].shape:
                     continue
-                c = cosine(hs[a], hs[a + n], norm_a=norms[a], norm_b=norms[a + n]).clamp(-1, 1)
-                vals[(a, n)].append(c.cpu().numpy())
+                ua, ub = units[a], units[a + n]
+                ang = 2 * torch.atan2(torch.linalg.vector_norm(ua - ub, dim=1), torch.linalg.vector_norm(ua + ub, dim=1))
+                vals[(a, n)].append(ang.cpu().numpy())
     got = dist.gather_rows(np.concatenate(idx_all) if idx_all else np.empty(0, int),
                            {f"{a}|{n}": np.concatenate(v) for (a, n), v in vals.items() if v})
     return got
+
+
+def _unit(h: torch.Tensor) -> torch.Tensor:
+    f = h.reshape(h.shape[0], -1).double()
+    return f / per_image_norm(f).clamp_min(1e-300).unsqueeze(1)
 
 
 def _deletable(view: ResidualView, a: int, n: int) -> bool:
@@ -78,9 +86,10 @@ def range_distances(view: ResidualView, data: Dataset, spec: RunSpec, normalize:
     got = _per_image(view, data, spec, normalize, ns, label)
     got = dist.broadcast(got)
     rows = []
-    for key, c in (got or {}).items():
+    for key, ang in (got or {}).items():
         a, n = map(int, key.split("|"))
-        d = np.arccos(c) / np.pi
+        d = ang / np.pi
+        c = np.cos(ang)
         lo, hi = bootstrap_mean_ci(d, spec.n_boot, seed=stable_seed(spec.seed, label, "angular", a, n))
         rows.append(dict(model=label, metric="angular_distance", start=a, n=n, first=view[a].name,
                          last=view[a + n - 1].name, value=float(d.mean()), angular_distance=float(d.mean()),

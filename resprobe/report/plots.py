@@ -523,7 +523,8 @@ def training_curves_plot(curves: pd.DataFrame):
             ax.set_title("plain networks" if fam == "plain" else "ResNets")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0].set_ylabel("error (%)")
+        for ax in axes:
+            ax.set_ylabel("error (%)")
         top = float(100 * curves["error"].quantile(0.98))
         axes[0].set_ylim(0, min(100.0, max(5.0, top * 1.05)))
         _legend(fig, axes, title="dashed: training, solid: test")
@@ -543,7 +544,9 @@ def prune_plot(df: pd.DataFrame, units: dict[str, list[dict]]):
             names = [u["name"] for u in units[m]]
             for n in ns:
                 g = df[(df["model"] == m) & (df["metric"] == "angular_distance") & (df["n"] == n)].copy()
-                g["x"] = g["first"].map(pos)
+                if g.empty:
+                    continue
+                g["x"] = g["first"].map(pos).astype(float)
                 g = g.sort_values("x")
                 c = pal[f"{m}, n = {n}"]
                 axes[0].plot(g["x"], g["value"], "-", color=c, label=f"{m}, n = {n}")
@@ -551,7 +554,7 @@ def prune_plot(df: pd.DataFrame, units: dict[str, list[dict]]):
                 nd = g[~g["deletable"].astype(bool)]
                 axes[0].plot(nd["x"], nd["value"], "o", ms=4, mfc="white", mec=c)
             b = df[(df["model"] == m) & (df["metric"] == "block_influence")].copy()
-            b["x"] = b["first"].map(pos)
+            b["x"] = b["first"].map(pos).astype(float)
             b = b.sort_values("x")
             c = pal[f"{m}: block influence"]
             axes[1].plot(b["x"], b["value"], "-o", ms=3, color=c, label=f"{m}: block influence")

@@ -1,0 +1,70 @@
+"""Peak resident memory of every probe over the 10,000-image test set, and of a lesion sweep over the
+50,000-image training set, each command in its own process (``os.wait4`` reads that process's peak RSS).
+
+    python benchmarks/memory.py                  # ResNet-56 (shared) on the JPEG test set; ResNet-20 on the train set
+    python benchmarks/memory.py --quick          # 2,000 images, to see the shape of the table
+
+Target (issue 13): every peak below 2 GB, whatever the number of images — probes keep per-image scalars,
+never activations of the whole data set. Sample counts are reduced where they only multiply time (paths:
+one routing per length; amplification: one ε, one power iteration), not memory per image.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def run(argv: list[str]) -> tuple[float, float, int]:
+    """(peak RSS in MB, seconds, exit status) of one command."""
+    t0 = time.time()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(p.pid, 0)
+    return usage.ru_maxrss / 1024, time.time() - t0, os.waitstatus_to_exitcode(status)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    test = f"imagefolder:{SHARED / 'data/cifar10-jpeg-test.tar.gz'}"
+    train = f"imagefolder:{SHARED / 'data/cifar10-jpeg-train.tar.gz'}"
+    r56 = ["--model", "cifar_resnet56", "--weights", str(SHARED / "models/resnet56-4bfd9763.th"),
+           "--normalize", "imagenet", "--quiet"]
+    r20 = ["--model", "cifar_resnet20", "--weights", str(SHARED / "models/resnet20-12fca82f.th"),
+           "--normalize", "imagenet", "--quiet"]
+    lim = ["--limit", "2000"] if args.quick else []
+    rp = [sys.executable, "-m", "resprobe"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [
+            ("eval, 10k test images", rp + ["eval", *r56, "--data", test, *lim, "--json"]),
+            ("lesion single, 10k", rp + ["lesion", *r56, "--data", test, *lim, "--out", f"{tmp}/l"]),
+            ("identity (default metrics), 10k", rp + ["identity", *r56, "--data", test, *lim, "--out", f"{tmp}/i"]),
+            ("paths (1 routing per length), 10k", rp + ["paths", *r56, "--data", test, *lim, "--samples", "1",
+                                                        "--out", f"{tmp}/p"]),
+            ("amplify (one ε, 1 power iteration), 10k", rp + ["amplify", *r56, "--data", test, *lim, "--eps", "1e-3",
+                                                              "--power-iters", "1", "--out", f"{tmp}/a"]),
+            ("gradcorr, 16 lines", rp + ["gradcorr", *r56, "--data", test, *lim, "--lines", "16", "--out", f"{tmp}/g"]),
+            ("prune metrics, 10k", rp + ["prune", *r56, "--data", test, *lim, "--out", f"{tmp}/pr"]),
+            ("lesion single, ResNet-20, 50k training images", rp + ["lesion", *r20, "--data", train, "--split", "train",
+                                                                    *(["--limit", "5000"] if args.quick else []),
+                                                                    "--out", f"{tmp}/lt"]),
+        ]
+        print(f"{'command':50s} {'peak RSS':>10s} {'time':>8s}")
+        worst = 0.0
+        for name, argv in cases:
+            mb, s, code = run(argv)
+            worst = max(worst, mb)
+            print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"))
+        print(f"largest peak: {worst:.0f} MB (target < 2048 MB)")
+
+
+if __name__ == "__main__":
+    main()
