@@ -45,8 +45,10 @@ def main():
         ks = tuple(k for k in (1, 2, 4, 8, 12, 16) if k <= n)
         lesion.run([s], ds, run_spec, lesion.LesionPlan("random-k", ks=ks, samples=samples), store)
         lesion.run([s], ds, run_spec, lesion.LesionPlan("prune-by-similarity", ks=ks[:4], samples=samples), store)
-        if s.label == "vit":
-            lesion.run([s], ds, run_spec, lesion.LesionPlan("single", granularity="block"), store)
+        if s.label == "vit":  # a transformer block's two units deleted together (its own store: other settings)
+            blocks = lesion.run([s], ds, run_spec, lesion.LesionPlan("single", granularity="block"),
+                                LesionStore(out / "lesion_blocks"))
+            finish(out / "lesion_blocks", NAME, args, t0, blocks)
     result = lesion.run(subjects, ds, run_spec, lesion.LesionPlan("single"), store)
     roles = result.extras["roles"]
     result.table = lesion.order_rows(store.rows())

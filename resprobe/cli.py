@@ -234,7 +234,7 @@ def cmd_info(args) -> int:
         print(json.dumps(dict(prov, input_shape=list(shape), n_units=len(rows), n_blocks=len(view.blocks),
                               units=rows), default=list))
         return 0
-    print(f"{args.model}: {len(rows)} units in {len(view.blocks)} blocks and {view.n_stages} stages "
+    print(f"{args.model}: {len(rows)} units in {len(view.blocks)} blocks and {view.n_stages} stage{'s' * (view.n_stages != 1)} "
           f"({sum(u.residual for u in view)} residual), input {shape}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters")
     hdr = f"{'#':>3}  {'unit':<28} {'kind':<10} {'stage':>5} {'idx':>3}  {'in -> out':<30} {'shortcut':<10} {'params':>10}"

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["Verdict", "Role", "decide", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "OUTCOMES", "seed_ci",
-           "bootstrap_ci", "scope_of", "pairs_by_seed", "inconclusive", "unpaired_reason", "primary_residual"]
+           "bootstrap_ci", "scope_of", "pairs_by_seed", "inconclusive", "unpaired_reason", "primary_residual", "pair_names"]
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 OUTCOMES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
@@ -117,8 +117,17 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000
     return float(lo), float(hi)
 
 
-def scope_of(n_seeds: int) -> str:
-    return f"across {n_seeds} seeds" if n_seeds >= 2 else "this network"
+def scope_of(n_seeds: int, networks: Sequence[str] = ()) -> str:
+    """``this network`` (a CI over images) or ``across N seeds`` (a CI over independently trained networks),
+    naming the networks the statistic comes from."""
+    base = f"across {n_seeds} seeds" if n_seeds >= 2 else "this network"
+    names = list(dict.fromkeys(networks))
+    return base + (f" ({', '.join(names)})" if names else "")
+
+
+def pair_names(pairs: Sequence[tuple]) -> list[str]:
+    """The labels of ``(residual, plain, seed)`` pairs, residual then plain, in pair order."""
+    return [x for r, p, *_ in pairs for x in (r, p)]
 
 
 def pairs_by_seed(roles: Mapping[str, Role]) -> list[tuple[str, str, Optional[int]]]:

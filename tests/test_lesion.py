@@ -257,7 +257,7 @@ def test_single_deletion_verdict_across_seeds_at_its_threshold():
         roles[lab] = Role("res", s, True)
         units[lab] = _units(names)
     v = L.single_deletion_verdict(pd.concat(tables), roles, units)
-    assert v.verdict == "supported" and v.scope == "across 3 seeds" and v.ci_high < 0.25
+    assert v.verdict == "supported" and v.scope.startswith("across 3 seeds (") and v.ci_high < 0.25
     assert v.statistic == pytest.approx(0.20)
     # straddling: 0.2, 0.25, 0.3 -> CI contains 0.25 -> inconclusive
     tables = [_table(f"res/s{s}", 0.1, {n: 0.1 * (1 + inc) for n in names}) for s, inc in enumerate((0.2, 0.25, 0.3))]
@@ -287,7 +287,7 @@ def test_single_deletion_verdict_with_plain_twins_paired_by_seed():
 def test_single_network_verdict_uses_an_image_bootstrap(data):
     r = L.run([_subject("r20", "cifar_resnet20")], data, SPEC, _plan("single"))
     v = r.verdicts[0]
-    assert v.scope == "this network" and v.n_seeds == 1 and v.n_images == len(data)
+    assert v.scope.startswith("this network (") and v.n_seeds == 1 and v.n_images == len(data)
     assert v.ci_low <= v.statistic <= v.ci_high and v.ci_low < v.ci_high
 
 

@@ -34,13 +34,15 @@ from torch.func import linearize, vjp
 
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
+from ..anatomy.parts import identity
 from ..engine import RunSpec, batch_generator, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 from ..study import StudyResult, Subject, roles_of
-from ..verdict import Role, Verdict, decide, inconclusive, pairs_by_seed, scope_of, seed_ci, unpaired_reason
+from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, scope_of, seed_ci,
+                       unpaired_reason)
 from . import common
 
 __all__ = ["AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdict",
@@ -102,6 +104,18 @@ def _linear(fn, x):
     return out, jv, lambda u: pull(u)[0]
 
 
+def _post_linear(post, pre):
+    """(J v, Jᵀ u) of the post-operation at ``pre``: the identity and ReLU in closed form (a tracing
+    linearization of an elementwise map costs more than the unit's forward pass), anything else linearized."""
+    if post is identity:
+        return (lambda v: v), (lambda w: w)
+    if post in (torch.relu, torch.nn.functional.relu) or type(post) is torch.nn.ReLU:
+        mask = (pre > 0).to(pre.dtype)  # torch's ReLU derivative: 0 at 0
+        return (lambda v: v * mask), (lambda w: w * mask)
+    _, jp, jpt = _linear(post, pre)
+    return jp, jpt
+
+
 def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
                    gen: torch.Generator | None = None) -> list[torch.Tensor]:
     """Per-image spectral norm of the Jacobian of each ``fns[j]`` at ``xs[j]`` (images independent, eval mode):
@@ -132,7 +146,7 @@ def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generato
             pre = s + f
         else:
             pre, js, jst = f, None, None
-        _, jp, jpt = _linear(u.post, pre)
+        jp, jpt = _post_linear(u.post, pre)
 
         def jv(v):
             return jp(jf(v) if js is None else js(v) + jf(v))
@@ -317,7 +331,7 @@ def amplifier_verdict(table: pd.DataFrame, roles: dict[str, Role], per_image: di
         stat = stats[(r, p)]
         lo, hi = (float(q) for q in np.nanquantile(boots, [0.025, 0.975]))
     return Verdict(conj, decide(lo, hi, AMPLIFIER_LOG_RATIO, "above"), crit, "median log(κ_res / κ_plain)", stat,
-                   lo, hi, AMPLIFIER_LOG_RATIO, scope_of(len(pairs)), n_img, len(pairs),
+                   lo, hi, AMPLIFIER_LOG_RATIO, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs),
                    evidence={f"{r} vs {p}": v for (r, p), v in stats.items()})
 
 

@@ -40,7 +40,8 @@ from ..metrics.stats import bootstrap_mean_ci, stable_seed
 from ..models.mlp import LooksLinearMLP, MLP, mlp
 from ..progress import progress
 from ..study import StudyResult, Subject, roles_of
-from ..verdict import Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of, seed_ci, unpaired_reason
+from ..verdict import (Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of, seed_ci,
+                       unpaired_reason)
 from . import common
 
 __all__ = ["KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
@@ -432,7 +433,8 @@ def shattering_verdict(values: dict, roles: dict) -> Verdict:
         stat, lo, hi = seed_ci(d)
         return Verdict(conj.replace("are not shattered", "are less shattered than a plain twin's"),
                        decide(lo, hi, BROWN_VS_WHITE, "above"), crit, "lag-1 residual − plain", stat, lo, hi,
-                       BROWN_VS_WHITE, scope_of(len(pairs)) if len(pairs) >= 2 else "this network pair",
+                       BROWN_VS_WHITE, (scope_of(len(pairs), pair_names(pairs)) if len(pairs) >= 2
+                        else f"this network pair ({pairs[0][0]}, {pairs[0][1]})"),
                        0, len(pairs), evidence={lab: float(np.nanmean(v[("input", "lag1")])) for lab, v in values.items()})
     res = [lab for lab in primary_residual(roles) if lab in values]
     if not res:
@@ -442,7 +444,7 @@ def shattering_verdict(values: dict, roles: dict) -> Verdict:
     else:
         stat, lo, hi = seed_ci(list(values[res[0]][("input", "lag1")]))
     return Verdict(conj, decide(lo, hi, NOT_SHATTERED, "above"), crit, "lag-1 at the image", stat, lo, hi,
-                   NOT_SHATTERED, scope_of(len(res)), 0, len(res),
+                   NOT_SHATTERED, scope_of(len(res), res), 0, len(res),
                    evidence={lab: float(np.nanmean(values[lab][("input", "lag1")])) for lab in res},
                    reason=f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
 

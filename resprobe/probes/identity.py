@@ -44,7 +44,8 @@ from ..io.data import Dataset
 from ..metrics.similarity import PerImageMoments, cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
 from ..study import StudyResult, Subject, roles_of
-from ..verdict import Role, Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of, seed_ci, unpaired_reason
+from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of,
+                       seed_ci, unpaired_reason)
 from . import common
 
 __all__ = ["IdentityOptions", "COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "run", "profile",
@@ -485,7 +486,7 @@ def response_std_verdict(table: pd.DataFrame, roles: dict[str, Role], responses:
         stat = ratios[(r, p)]
         lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975]))
     return Verdict(conj, decide(lo, hi, RESPONSE_RATIO, "below"), crit, "median response std, ResNet / plain", stat,
-                   lo, hi, RESPONSE_RATIO, scope_of(len(pairs)), n_img, len(pairs), evidence=ev,
+                   lo, hi, RESPONSE_RATIO, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs), evidence=ev,
                    reference="He et al. 2016 Fig. 7: plain-20/56 responses above ResNet-20/56/110's")
 
 
@@ -534,7 +535,7 @@ def refinement_verdict(identity: pd.DataFrame, lesion: pd.DataFrame, roles: dict
         stat = vals[lab]
         lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975])) if boots else (float("nan"),) * 2
     return Verdict(conj, decide(lo, hi, REFINEMENT_RHO, "above"), crit, "Spearman ρ(‖F‖/‖x‖, deletion cost)", stat,
-                   lo, hi, REFINEMENT_RHO, scope_of(len(vals)), 0, len(vals), evidence=dict(rho=vals, n_units=n_units))
+                   lo, hi, REFINEMENT_RHO, scope_of(len(vals), list(vals)), 0, len(vals), evidence=dict(rho=vals, n_units=n_units))
 
 
 def _runs(units: list[str], stages: dict[str, int], order: list[str]) -> list[list[str]]:

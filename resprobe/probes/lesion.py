@@ -38,8 +38,8 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import bootstrap_proportion_ci, holm, mcnemar_exact, stable_seed
 from ..study import StudyResult, Subject, roles_of
-from ..verdict import (INCONCLUSIVE, Role, Verdict, decide, inconclusive, pairs_by_seed, primary_residual, scope_of,
-                       seed_ci, unpaired_reason)
+from ..verdict import (INCONCLUSIVE, Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual,
+                       scope_of, seed_ci, unpaired_reason)
 from . import common
 
 __all__ = ["LesionMode", "LesionPlan", "LesionConfig", "make_configs", "run", "sweep", "summarize", "COLUMNS",
@@ -563,7 +563,7 @@ def single_deletion_verdict(table: pd.DataFrame, roles: dict[str, Role], units: 
             lo, hi = stats[p][1] - stats[r][2], stats[p][2] - stats[r][1]  # conservative: CI ends combined
         v = decide(lo, hi, LESION_CONTRAST_MARGIN, "above")
         return Verdict(conj, v, crit, "plain − residual median relative error increase", stat, lo, hi,
-                       LESION_CONTRAST_MARGIN, scope_of(len(pairs)), n_img, len(pairs), evidence=ev,
+                       LESION_CONTRAST_MARGIN, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs), evidence=ev,
                        reason="paired by seed: " + ", ".join(f"{p} − {r}" for r, p, _ in pairs))
     vals = [stats[lab][0] for lab in res_labels]
     if len(res_labels) >= 2:
@@ -573,7 +573,7 @@ def single_deletion_verdict(table: pd.DataFrame, roles: dict[str, Role], units: 
     v = decide(lo, hi, LESION_RELATIVE_INCREASE, "below")
     why = "" if v != INCONCLUSIVE or np.isfinite(lo) else "no CI: per-image results missing. "
     return Verdict(conj, v, crit, "median relative error increase (ResNet)", stat, lo, hi, LESION_RELATIVE_INCREASE,
-                   scope_of(len(res_labels)), n_img, len(res_labels), evidence=ev,
+                   scope_of(len(res_labels), res_labels), n_img, len(res_labels), evidence=ev,
                    reason=why + f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
 
 
@@ -620,7 +620,7 @@ def no_cliff_verdict(table: pd.DataFrame, roles: dict[str, Role], chance: float,
         lo, hi = (np.quantile(boots, [0.025, 0.975]) if len(boots) else (np.nan, np.nan))
         lo, hi = float(lo), float(hi)
     return Verdict(conj, decide(lo, hi, CLIFF_THRESHOLD, "below"), crit, "largest rise per unit / gap to chance",
-                   stat, lo, hi, CLIFF_THRESHOLD, scope_of(len(labs)), n_img, len(labs), evidence=vals)
+                   stat, lo, hi, CLIFF_THRESHOLD, scope_of(len(labs), labs), n_img, len(labs), evidence=vals)
 
 
 def summarize(table: pd.DataFrame, units: dict[str, list[dict]]) -> dict:

@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
 from ..study import StudyResult, Subject
-from ..verdict import Verdict, decide, inconclusive
+from ..verdict import Verdict, decide, inconclusive, scope_of
 from . import common
 
 __all__ = ["PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
@@ -324,7 +324,7 @@ def short_paths_verdict(summary: dict, label: str, n_images: int) -> Verdict:
     lo = w["ci_low"] / half if w["ci_low"] is not None else None
     hi = w["ci_high"] / half if w["ci_high"] is not None else None
     return Verdict(conj, decide(lo, hi, SHORT_PATHS, "below"), crit, "weighted length / typical length",
-                   w["value"] / half, lo, hi, SHORT_PATHS, "this network", n_images, 1,
+                   w["value"] / half, lo, hi, SHORT_PATHS, scope_of(1, [label]), n_images, 1,
                    evidence=dict(weighted_length=w, typical_length=half, ranges=s["ranges"], peak_k=s["peak_k"]))
 
 
