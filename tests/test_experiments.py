@@ -134,7 +134,7 @@ def test_architectures_fast(tmp_path):
     data = load_data(f"imagefolder:{TEST_ARCHIVE}", "test", limit=300)
     df = pd.read_csv(tmp_path / "lesion" / "lesion.csv")
     spec = "timm:vit_tiny_patch16_224(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2)"
-    model, _ = load_model(spec, str(ROOT / "zoo" / "cifar_vit6" / "model.pt"))
+    model, _ = load_model(spec, str(ROOT / "zoo" / "cifar_vit6" / "model.pt"), num_classes=10)
     ref = evaluate(model, data, RunSpec(batch_size=100, progress=False), "imagenet")["error"]
     intact = df[(df.model == "vit") & (df["mode"] == "baseline")]
     assert len(intact) == 1 and float(intact["error"].iloc[0]) == pytest.approx(ref, abs=1e-9)
