@@ -3,6 +3,7 @@
 
     python benchmarks/memory.py                  # ResNet-56 (shared) on the JPEG test set; ResNet-20 on the train set
     python benchmarks/memory.py --quick          # 2,000 images, to see the shape of the table
+    python benchmarks/memory.py --only paths amplify   # the commands whose names start with these words
 
 Target (issue 13): every peak below 2 GB, whatever the number of images — probes keep per-image scalars,
 never activations of the whole data set. Sample counts are reduced where they only multiply time (paths:
@@ -33,6 +34,7 @@ def run(argv: list[str]) -> tuple[float, float, int]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="+", default=None, help="run only the commands whose names start with these")
     args = ap.parse_args()
     test = f"imagefolder:{SHARED / 'data/cifar10-jpeg-test.tar.gz'}"
     train = f"imagefolder:{SHARED / 'data/cifar10-jpeg-train.tar.gz'}"
@@ -60,6 +62,8 @@ def main():
         print(f"{'command':50s} {'peak RSS':>10s} {'time':>8s}")
         worst = 0.0
         for name, argv in cases:
+            if args.only and not name.startswith(tuple(args.only)):
+                continue
             mb, s, code = run(argv)
             worst = max(worst, mb)
             print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"))

@@ -512,7 +512,7 @@ def _add_probes(sub, common) -> None:
     q = _sub(sub, "amplify", "perturbation gains per unit: is a residual unit a differential amplifier?", parents)
     q.add_argument("--eps", type=float_list, default=(1e-4, 1e-3, 1e-2), help="relative perturbation sizes")
     q.add_argument("--power-iters", type=positive_int, default=10, help="power iterations for Jacobian spectral norms")
-    q.set_defaults(func=cmd_amplify, batch_size=128)
+    q.set_defaults(func=cmd_amplify, batch_size=64)
     q = _sub(sub, "prune", "angular distance between unit ranges and block influence (Gromov et al.; ShortGPT)",
              parents)
     q.add_argument("--n", type=int_list, default=(1, 2, 4), help="range lengths")
@@ -536,7 +536,8 @@ def _add_gradcorr(sub, common) -> None:
                      ("--download", dict(action="store_true", help="allow downloading the data set")),
                      ("--split", dict(default="test", help="split to use")),
                      ("--limit", dict(type=positive_int, help="seeded subset of the data")),
-                     ("--batch-size", dict(type=positive_int, default=256, help="unused by line gradients")),
+                     ("--batch-size", dict(type=positive_int, default=64,
+                                           help="points per backward pass (memory follows it; results do not)")),
                      ("--lines", dict(type=positive_int, default=8, help="number of lines (at least 2)")),
                      ("--line", dict(default="direction", choices=["direction", "between"],
                                      help="x0 + t*u (random unit u) or the segment between two images")),

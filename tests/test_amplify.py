@@ -139,3 +139,18 @@ def test_study_outputs_and_cli_errors(tmp_path, capsys):
     assert main(["amplify", "--model", "cifar_resnet8", "--random-init", "--data", "synthetic(n=8)", "--eps", "0,2",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--eps values must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_values_do_not_depend_on_batch_size():
+    """Random directions are drawn per image (a generator seeded by the image's index): the same
+    values whatever the batch size, as --batch-size's help promises."""
+    m = _small().float()
+    data = load_dataset("synthetic(n=12,classes=4,size=8)", "test")
+    runs = []
+    for bs in (4, 12):
+        values, _, _ = A.profile(Subject("m", m, "none"), data, RunSpec(batch_size=bs, n_boot=100, progress=False),
+                                 A.AmplifyOptions(eps=(1e-3,), power_iters=3))
+        runs.append(values)
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-4, atol=1e-7, err_msg=str(k))

@@ -189,6 +189,10 @@ def test_line_gradients_match_autograd_through_model():
     x = xs.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(m(x).gather(1, y[:, None]).sum(), x)
     assert torch.allclose(gl[0], ref, atol=1e-6)
+    chunked = G.line_gradients(view, xs, y, "loss", chunk=5)  # 5 + 5 + 5 + 1 points: the same gradients
+    assert len(chunked) == len(grads)
+    for a, b in zip(chunked, grads):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_trained_profile_rows_hygiene_and_verdict():

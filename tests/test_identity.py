@@ -380,3 +380,38 @@ def test_cka_subset_is_seeded_and_has_a_ci(data):
     assert (ca["ci_low"] <= ca["value"]).all() and (ca["value"] <= ca["ci_high"]).all()
     with pytest.raises(ValueError, match="at least one minibatch"):
         I.IdentityOptions(cka_minibatch=32, cka_images=10)
+
+
+def test_cka_minibatches_are_random_images_not_consecutive_ones(data):
+    """Image folders are sorted by class: minibatches of consecutive images would each hold one class and
+    measure within-class similarity. The CKA is the minibatch estimator over the seeded random order."""
+    m = _model("cifar_resnet20")
+    order = torch.argsort(data.labels, stable=True)       # a class-sorted copy of the data
+    sorted_data = type(data)(data.images[order], data.labels[order], data.classes, data.spec, data.split,
+                             dict(data.source))
+    df = _profile(m, sorted_data, batch_size=32, cka_minibatch=16)
+    perm = I.cka_order(len(sorted_data), 0)
+    x = torch.cat([b for b, _, _ in sorted_data.batches(80)])[perm]
+    names = ["layer1.1", "layer3.2"]
+    with torch.no_grad(), Trace(m, names, input=True, output=True) as tr:
+        m(x)
+    for n in names:
+        ref = MinibatchCKA(16)
+        ref.update(tr[n].input, tr[n].output)
+        got = df[(df["unit"] == n) & (df["metric"] == "cka")]["value"].item()
+        assert got == pytest.approx(ref.value(), rel=1e-6)
+    labels = sorted_data.labels[perm].reshape(-1, 16)
+    assert all(len(set(row.tolist())) > 1 for row in labels)
+
+
+def test_cka_is_one_for_a_unit_that_is_the_identity(data):
+    """Closed form: with its last BatchNorm's scale and shift at 0, a post-activation unit gives
+    y = relu(x) = x (x is a ReLU output), so CKA(x, y) = 1; its neighbour stays below."""
+    m = _model("cifar_resnet20")
+    with torch.no_grad():
+        m.layer1[1].bn2.weight.zero_()
+        m.layer1[1].bn2.bias.zero_()
+    df = _profile(m, data, batch_size=32, cka_minibatch=8)
+    cka = df[df["metric"] == "cka"].set_index("unit")["value"]
+    assert cka["layer1.1"] == pytest.approx(1.0, abs=1e-9)
+    assert cka["layer1.2"] < 0.99

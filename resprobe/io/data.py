@@ -123,12 +123,16 @@ class Dataset:
 
     def batches(self, batch_size: int = 256, normalize: str = "none", device="cpu", augment: bool = False,
                 shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                start: int = 0, only=None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                start: int = 0, only=None, order: Optional[torch.Tensor] = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y, idx)``: float images scaled to [0, 1] and normalized, labels, indices (the last
-        batch holds the remainder). ``only``: the batch numbers to yield (the others are skipped unread)."""
+        batch holds the remainder). ``only``: the batch numbers to yield (the others are skipped unread);
+        ``order``: a permutation of the images to read them in (default: data order, or a random one with
+        ``shuffle``)."""
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, got {batch_size}")
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        if order is None:
+            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         mean, std = _norm_tensors(normalize, self.images.shape[1])
         for b, s in enumerate(range(start, len(self), batch_size)):
             if only is not None and b not in only:

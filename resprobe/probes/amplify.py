@@ -35,7 +35,7 @@ from torch.func import linearize, vjp
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..anatomy.parts import identity
-from ..engine import RunSpec, batch_generator, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batch_generator, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
@@ -70,7 +70,14 @@ class AmplifyOptions:
 
 
 def _unit(shape, gen, device, dtype):
-    u = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    """Random unit vectors, one per image. ``gen``: one generator for the batch, or one per image (then
+    each image's draws do not depend on which images share its batch: results do not depend on the batch
+    size or on how a distributed run splits the data)."""
+    if isinstance(gen, (list, tuple)):
+        u = torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gen])
+    else:
+        u = torch.randn(shape, generator=gen)
+    u = u.to(device=device, dtype=dtype)
     return u / per_image_norm(u).to(dtype).view(-1, *[1] * (u.dim() - 1)).clamp_min(1e-30)
 
 
@@ -87,7 +94,7 @@ def _math_attention():
         return contextlib.nullcontext()
 
 
-def _power(jv, jtu, x: torch.Tensor, iters: int, gen: torch.Generator) -> torch.Tensor:
+def _power(jv, jtu, x: torch.Tensor, iters: int, gen) -> torch.Tensor:
     """Per-image σ_max of a linear map given as J v (``jv``) and Jᵀ u (``jtu``): v ← JᵀJ v / ‖JᵀJ v‖, σ = ‖J v‖."""
     v = _unit(x.shape, gen, x.device, x.dtype)
     for _ in range(iters):
@@ -96,7 +103,10 @@ def _power(jv, jtu, x: torch.Tensor, iters: int, gen: torch.Generator) -> torch.
 
 
 def _linear(fn, x):
-    """(J v, Jᵀ u) of ``fn`` at ``x``: one linearization and one pullback, reused by every iteration."""
+    """(F(x), J v, Jᵀ u) of ``fn`` at ``x``: one linearization and one pullback, reused by every iteration.
+    (Measured on ResNet-56, batch 128, 1 thread: J v from the linearization costs 1.5 branch forwards, Jᵀ u
+    1.6, the tracing 10–16 per unit and batch; the double-backward trick, which needs no tracing, makes J v
+    cost 3–4.5 branch forwards and the whole computation slower — 93× a forward against 77.6×.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # linearize's tracer warns about its own internals
         out, jv = linearize(fn, x)
@@ -117,7 +127,7 @@ def _post_linear(post, pre):
 
 
 def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
-                   gen: torch.Generator | None = None) -> list[torch.Tensor]:
+                   gen: torch.Generator | list | None = None) -> list[torch.Tensor]:
     """Per-image spectral norm of the Jacobian of each ``fns[j]`` at ``xs[j]`` (images independent, eval mode):
     one linearization (J v) and one pullback (Jᵀ u) per map, then ``iters`` power iterations."""
     gen = gen or torch.Generator().manual_seed(0)
@@ -129,7 +139,7 @@ def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
     return out
 
 
-def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generator | None = None):
+def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generator | list | None = None):
     """σ_max of the branch's Jacobian and of the whole unit's, per image, from one linearization and one
     pullback of the branch: the unit's map is post'∘(S' + F') (plain units and transitions: post'∘F'), and the
     shortcut and the post-operation are linearized on their own (cheap: identity, padding, a 1×1 projection,
@@ -159,7 +169,7 @@ def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generato
     return sig_f, sig_y, f
 
 
-def power_iteration(fn, x: torch.Tensor, iters: int = 10, gen: torch.Generator | None = None) -> torch.Tensor:
+def power_iteration(fn, x: torch.Tensor, iters: int = 10, gen: torch.Generator | list | None = None) -> torch.Tensor:
     """Per-image spectral norm of the Jacobian of ``fn`` at ``x`` (a batch of independent images)."""
     return spectral_norms([fn], [x], iters, gen)[0]
 
@@ -169,17 +179,18 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: AmplifyOpti
     ``{(unit, metric, eps): array}`` in data order (rank 0), the view and timings."""
     view = anatomy(subject.model, data.input_shape)
     subject.model.to(spec.torch_device)
-    vals: dict[tuple, list] = {}
-    idx_all: list = []
+    store = PerImageStore(len(data))
     timing = dict(forward_s=0.0, power_iteration_s=0.0, images=0)
 
+    rows = None
+
     def add(unit, metric, e, t):
-        vals.setdefault((unit, metric, e), []).append(t.detach().double().cpu().numpy())
+        store.put((unit, metric, e), rows, t.detach().double())
 
     with frozen_eval(subject.model), torch.no_grad():
         for x, y, idx in batches(data, spec, subject.normalize, f"amplify {subject.label}"):
-            idx_all.append(idx.numpy())
-            gen = batch_generator(spec, "amplify", int(idx[0]))
+            rows = store.mark(idx)
+            gen = [batch_generator(spec, "amplify", int(i)) for i in rows]  # one per image
             t0 = time.perf_counter()
             hs = view.unit_inputs(x)
             logits = view.head(hs[-1])
@@ -191,9 +202,9 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: AmplifyOpti
             with torch.enable_grad():
                 _worst_rows(view, hs, options.power_iters, gen, add)
             timing["power_iteration_s"] += time.perf_counter() - t0
-    keys = sorted(vals, key=str)
-    got = dist.gather_rows(np.concatenate(idx_all) if idx_all else np.empty(0, int),
-                           {str(j): np.concatenate(vals[k]) for j, k in enumerate(keys)})
+    keys = sorted(store.columns, key=str)
+    pos = {k: j for j, k in enumerate(keys)}
+    got = store.gather(lambda k: str(pos[k]))
     timing = dist.reduce_sum(timing)
     if got is None:
         return None, view, None

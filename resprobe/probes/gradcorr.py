@@ -351,9 +351,14 @@ def make_lines(data: Dataset, options: LineOptions, seed: int = 0, normalize: st
     return out
 
 
-def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss") -> list[torch.Tensor]:
-    """Gradients at every point of a line (one batched backward, eval mode): with respect to the
+def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss",
+                   chunk: Optional[int] = None) -> list[torch.Tensor]:
+    """Gradients at every point of a line (batched backward passes of ``chunk`` points, default all;
+    eval mode, so the points are independent and the chunking changes nothing): with respect to the
     image, then to each unit's input. ``target``: cross-entropy ``loss`` or the true-class ``logit``."""
+    if chunk is not None and chunk < len(xs):
+        parts = [line_gradients(view, xs[s:s + chunk], y[s:s + chunk], target) for s in range(0, len(xs), chunk)]
+        return [torch.cat(gs) for gs in zip(*parts)]
     with torch.enable_grad():
         x = xs.clone().requires_grad_(True)
         h = view.stem(x)
@@ -382,7 +387,8 @@ def trained_profile(subject: Subject, data: Dataset, spec: RunSpec, options: Lin
                                               enabled=spec.progress) as bar:
         for j in mine:
             xs, y = lines[j]
-            grads = line_gradients(view, xs.to(spec.torch_device), y.to(spec.torch_device), options.target)
+            grads = line_gradients(view, xs.to(spec.torch_device), y.to(spec.torch_device), options.target,
+                                   chunk=spec.batch_size)  # memory follows the batch size
             check_finite(grads[0], f"the input gradients of {subject.label}", spec)
             for layer, g in zip(layers, grads):
                 g = g.flatten(1).double().cpu().numpy()

@@ -14,7 +14,10 @@ transformer's token tensor together):
                       the same shape);
 - ``cka``             linear CKA between unit input and output across images (S(x) vs y when the unit
                       changes shape): the unbiased minibatch estimator (Nguyen et al. 2021) on a seeded
-                      subset of minibatch groups (default 2,048 images), with a bootstrap CI over groups;
+                      random subset of images (default 2,048) in seeded random minibatches, with a
+                      bootstrap CI over minibatches. The data are read in a seeded random order for this:
+                      image folders are sorted by class, and minibatches of consecutive images would
+                      measure within-class similarity instead;
 - ``grad_cosine``     (optional, one backward pass) mean over images of cos(F(x), ∂L/∂x), L = cross-entropy;
 - ``response_std``    per 3×3 convolution and per linear layer inside a unit: std of its output (after the
                       BatchNorm that follows it, if any; before addition or nonlinearity) over all elements
@@ -38,10 +41,10 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from .. import fmt
 from ..anatomy import ResidualView, anatomy, frozen_eval
-from ..engine import RunSpec, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics.similarity import PerImageMoments, cosine, hsic_unbiased, minibatch_grams, per_image_norm
+from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
 from ..study import StudyResult, Subject, roles_of
 from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of,
@@ -50,7 +53,7 @@ from . import common
 
 __all__ = ["IdentityOptions", "COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "run", "profile",
            "effective_depth", "stage_summary", "response_std_verdict", "refinement_verdict", "findings",
-           "NEAR_IDENTITY", "CKA_IMAGES"]
+           "NEAR_IDENTITY", "CKA_IMAGES", "cka_order"]
 
 COLUMNS = ["model", "block", "unit", "stage", "index_in_stage", "downsample", "metric", "value", "ci_low", "ci_high",
            "n_images"]
@@ -124,21 +127,31 @@ def response_layers(model: nn.Module, view: Optional[ResidualView] = None) -> li
 
 
 class _ResponseStd:
-    """Forward hooks that accumulate per-image sums of chosen layers' outputs; removed on exit, always."""
+    """Forward hooks that write per-image sums Σr and Σr² of chosen layers' outputs into a
+    :class:`~resprobe.engine.PerImageStore` (rows: the images of the current batch, ``self.rows``);
+    removed on exit, always."""
 
-    def __init__(self, model: nn.Module, view: ResidualView, enabled: bool = True):
+    def __init__(self, model: nn.Module, view: ResidualView, store: PerImageStore, enabled: bool = True):
         self.layers = response_layers(model, view) if enabled else []
-        self.moments = {measured: PerImageMoments() for _, measured in self.layers}
+        self.per_image = {measured: 0 for _, measured in self.layers}  # elements per image
+        self.store = store
+        self.rows: Optional[np.ndarray] = None
         self._mods = dict(model.named_modules())
         self._handles = []
-        self.active = False
+
+    def _update(self, j: int, measured: str, out: torch.Tensor) -> None:
+        if self.rows is None:
+            return
+        flat = out.detach().reshape(out.shape[0], -1)
+        self.per_image[measured] = flat.shape[1]
+        self.store.put(("rs", j, "a"), self.rows, flat.sum(1).double())
+        self.store.put(("rs", j, "b"), self.rows, torch.linalg.vector_norm(flat, dim=1).double().pow(2))
 
     def __enter__(self):
         try:
-            for _, measured in self.layers:
-                acc = self.moments[measured]
+            for j, (_, measured) in enumerate(self.layers):
                 self._handles.append(self._mods[measured].register_forward_hook(
-                    lambda mod, args, out, acc=acc: acc.update(out) if self.active else None))
+                    lambda mod, args, out, j=j, measured=measured: self._update(j, measured, out)))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -168,12 +181,19 @@ class _CKA:
 
 
 def _cka_value(t: np.ndarray) -> float:
-    kk, ll = t[:, 1].sum(), t[:, 2].sum()
-    return float(t[:, 0].sum() / np.sqrt(kk * ll)) if kk > 0 and ll > 0 else float("nan")
+    """CKA from per-minibatch HSIC terms, rows (group, HSIC(K, L), HSIC(K, K), HSIC(L, L), images)."""
+    kl, kk, ll = t[:, 1].sum(), t[:, 2].sum(), t[:, 3].sum()
+    return float(kl / np.sqrt(kk * ll)) if kk > 0 and ll > 0 else float("nan")
+
+
+def cka_order(n: int, seed: int) -> torch.Tensor:
+    """The seeded random order in which the identity pass reads the images when it computes CKA: its
+    minibatch g is the images at positions [g·m, (g+1)·m) of this order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(seed, "cka-order")))
 
 
 def _cka_groups(n: int, m: int, images: Optional[int], seed: int) -> np.ndarray:
-    """Which minibatch groups (consecutive images [g·m, (g+1)·m)) enter the CKA: a seeded subset."""
+    """Which minibatch groups (positions [g·m, (g+1)·m) of :func:`cka_order`) enter the CKA: a seeded subset."""
     n_groups = -(-n // m)
     if images is None or images >= n:
         return np.arange(n_groups)
@@ -195,29 +215,25 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     if cka_on and spec.batch_size % m:  # CKA minibatches never straddle batches; the values do not depend on it
         spec = spec.replace(batch_size=max(m, spec.batch_size - spec.batch_size % m))
     chosen = set(_cka_groups(len(data), m, options.cka_images, spec.seed).tolist()) if cka_on else set()
-    acc = _Acc(per_image={k: [[] for _ in range(n)] for k in PER_IMAGE_METRICS}, ckas=[_CKA() for _ in range(n)],
-               minibatch=m, chosen=chosen, want=want, grad=options.grad, spec=spec)
-    per_image, ckas = acc.per_image, acc.ckas
-    idx_all = []
-    with frozen_eval(model), _ResponseStd(model, view, "response_std" in want) as rs, spec.autocast():
-        rs.active = True
-        for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}"):
-            idx_all.append(idx.numpy())
-            _batch(view, x, y, idx, acc)
-    idx_cat = np.concatenate(idx_all) if idx_all else np.empty(0, int)
-    gathered = dist.gather_rows(idx_cat, {f"{k}|{i}": np.concatenate(per_image[k][i])
-                                          for k in PER_IMAGE_METRICS for i in range(n) if per_image[k][i]})
-    sums = dist.gather_rows(idx_cat, {f"{j}|{w}": s for j, (_, meas) in enumerate(rs.layers)
-                                      for w, s in zip("ab", rs.moments[meas].sums())})
-    cka_terms = dist.gather_lists({i: ckas[i].terms for i in range(n)}) if cka_on else None
+    order = cka_order(len(data), spec.seed) if cka_on else None
+    store = PerImageStore(len(data))
+    acc = _Acc(store=store, ckas=[_CKA() for _ in range(n)], minibatch=m, chosen=chosen, want=want,
+               grad=options.grad, spec=spec,
+               position=np.argsort(order.numpy()) if order is not None else np.arange(len(data)))
+    with frozen_eval(model), _ResponseStd(model, view, store, "response_std" in want) as rs, spec.autocast():
+        for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}", order=order):
+            rs.rows = store.mark(idx)
+            _batch(view, x, y, rs.rows, acc)
+    gathered = store.gather(lambda k: "|".join(map(str, k)))
+    cka_terms = dist.gather_lists({i: acc.ckas[i].terms for i in range(n)}) if cka_on else None
     if gathered is None:
         return None, None, view
     rows = _rows(view, label, gathered, cka_terms, spec)
     resp = None
-    if rs.layers:
-        s1 = np.stack([sums[f"{j}|a"] for j in range(len(rs.layers))], 1)
-        s2 = np.stack([sums[f"{j}|b"] for j in range(len(rs.layers))], 1)
-        per = [rs.moments[meas].per_image for _, meas in rs.layers]
+    if rs.layers and gathered.get("rs|0|a") is not None:
+        s1 = np.stack([gathered[f"rs|{j}|a"] for j in range(len(rs.layers))], 1)
+        s2 = np.stack([gathered[f"rs|{j}|b"] for j in range(len(rs.layers))], 1)
+        per = [rs.per_image[meas] for _, meas in rs.layers]
         resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in rs.layers])
         rows += _response_rows(view, label, rs.layers, s1, s2, per, spec)
     return pd.DataFrame(rows, columns=COLUMNS), resp, view
@@ -227,24 +243,26 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
 class _Acc:
     """What one identity pass accumulates, and how."""
 
-    per_image: dict
+    store: PerImageStore  # per-image metrics, keyed (metric, unit index)
     ckas: list
     minibatch: int
     chosen: set
     want: set
     grad: bool
     spec: RunSpec
+    position: np.ndarray  # each image's position in the reading order (CKA minibatch g: positions [g·m, (g+1)·m))
 
 
-def _batch(view, x, y, idx, acc: _Acc) -> None:
-    m, chosen, want, grad, per_image, ckas, spec = (acc.minibatch, acc.chosen, acc.want, acc.grad, acc.per_image,
-                                                     acc.ckas, acc.spec)
+def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
+    m, chosen, want, grad, ckas, spec = acc.minibatch, acc.chosen, acc.want, acc.grad, acc.ckas, acc.spec
+    put = (lambda metric, i, v: acc.store.put((metric, i), idx, v))
     with torch.set_grad_enabled(grad):
         h = view.stem(x)
         if grad:
             h = h.detach().requires_grad_(True)
-        first = int(idx[0])
-        # CKA minibatch groups in this batch: consecutive images [g·m, (g+1)·m) (a batch holds whole groups)
+        first = int(acc.position[idx[0]])
+        # CKA minibatch groups in this batch: positions [g·m, (g+1)·m) of the reading order (a batch holds
+        # whole groups)
         groups = sorted({(first + j) // m for j in range(len(idx))} & chosen)
         starts = [g * m - first for g in groups]
         sizes = [min(m, len(idx) - s) for s in starts]
@@ -268,15 +286,15 @@ def _batch(view, x, y, idx, acc: _Acc) -> None:
         g_in = grams(h.detach()) if groups else None
         n_in = None
         for st in view.walk(h):
-            i, u = st.index, st.unit
+            i = st.index
             if grad:
                 inputs.append(st.x)
                 branches.append(st.f.detach())
-            xd, od, fd = st.x.detach(), st.y.detach(), st.f.detach()
+            xd, od = st.x.detach(), st.y.detach()
             same = tuple(xd.shape) == tuple(od.shape)
             sd = st.s.detach() if st.s is not None else (xd if same else None)
             if "norms" in want:
-                n_in = _norm_metrics(per_image, st, sd, n_in)
+                n_in = _norm_metrics(put, st, sd, n_in)
             if groups:
                 g_out = grams(od)
                 ckas[i].add(groups, g_in if (same or sd is None) else grams(sd), g_out, sizes)
@@ -289,11 +307,11 @@ def _batch(view, x, y, idx, acc: _Acc) -> None:
             gr = torch.autograd.grad(loss, inputs)
             for i, (f, g) in enumerate(zip(branches, gr)):
                 if view[i].residual and f.shape == g.shape:  # undefined where the unit changes shape
-                    per_image["grad_cosine"][i].append(cosine(f, g).cpu().numpy())
+                    put("grad_cosine", i, cosine(f, g))
 
 
-def _norm_metrics(per_image, st, s, n_x=None):
-    """Append the per-image metrics of the unit of step ``st`` (``s``: its shortcut, or x for a plain unit
+def _norm_metrics(put, st, s, n_x=None):
+    """Write (``put(metric, unit index, values)``) the per-image metrics of the unit of step ``st`` (``s``: its shortcut, or x for a plain unit
     that keeps the shape, or None); return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖ per image
     when already known (the previous unit's ‖y‖)."""
     i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
@@ -307,15 +325,15 @@ def _norm_metrics(per_image, st, s, n_x=None):
     nsc = ns.clamp_min(1e-12)
     if residual:
         nf = per_image_norm(f)
-        per_image["residual_ratio"][i].append((nf / nsc).cpu().numpy())
-        per_image["branch_ratio"][i].append((nf / nx.clamp_min(1e-12)).cpu().numpy())
-    per_image["relative_change"][i].append((nd / nsc).cpu().numpy())
+        put("residual_ratio", i, nf / nsc)
+        put("branch_ratio", i, nf / nx.clamp_min(1e-12))
+    put("relative_change", i, nd / nsc)
     # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
     cos = ((ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)).clamp(-1, 1)
-    per_image["cosine"][i].append(cos.cpu().numpy())
+    put("cosine", i, cos)
     if x.shape == y.shape:
         cxy = cos if identity_shortcut else cosine(x, y, norm_a=nx, norm_b=ny).clamp(-1, 1)
-        per_image["block_influence"][i].append((1 - cxy).cpu().numpy())
+        put("block_influence", i, 1 - cxy)
     return ny
 
 

@@ -20,10 +20,10 @@ written chunk by chunk and a rerun resumes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from itertools import combinations
-from typing import Iterable, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from .. import fmt
 from ..anatomy import AnatomyError, Edits, ResidualView, anatomy, preserved_state
-from ..engine import RunSpec, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import bootstrap_proportion_ci, holm, mcnemar_exact, stable_seed
@@ -300,13 +300,14 @@ def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionC
 
 
 class _Counts:
-    __slots__ = ("wrong", "loss", "n", "top5_wrong", "broken", "fixed", "nonfinite", "bits", "idx")
+    __slots__ = ("wrong", "loss", "n", "top5_wrong", "broken", "fixed", "nonfinite", "bits")
 
     def __init__(self):
         self.wrong, self.loss, self.n, self.top5_wrong, self.broken, self.fixed, self.nonfinite = 0, 0.0, 0, 0, 0, 0, 0
-        self.bits, self.idx = [], []
+        self.bits = None
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor, base_wrong: torch.Tensor, idx: torch.Tensor, finite: bool):
+    def add(self, logits: torch.Tensor, y: torch.Tensor, base_wrong: torch.Tensor, finite: bool) -> torch.Tensor:
+        """Count one batch; returns the per-image wrong bits."""
         logits = logits.float()
         w = logits.argmax(1) != y
         self.wrong += int(w.sum())
@@ -317,8 +318,7 @@ class _Counts:
         self.n += len(y)
         if logits.shape[1] >= 10:
             self.top5_wrong += int((~(logits.topk(5, 1).indices == y[:, None]).any(1)).sum())
-        self.bits.append(w.cpu().numpy())
-        self.idx.append(idx.numpy())
+        return w
 
     def scalars(self) -> list:
         return [self.wrong, self.loss, self.n, self.top5_wrong, self.broken, self.fixed, self.nonfinite]
@@ -331,6 +331,7 @@ def sweep(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], sp
     n = len(view)
     order = sorted((i for i, c in enumerate(configs) if c.runnable), key=lambda i: configs[i].signature(n))
     counts = {i: _Counts() for i in order}
+    store = PerImageStore(len(data))
     with preserved_state(view.model), torch.no_grad(), spec.autocast():
         view.model.eval()
         for x, y, idx in batches(data, spec, normalize, desc):
@@ -338,13 +339,13 @@ def sweep(view: ResidualView, data: Dataset, configs: Sequence[LesionConfig], sp
             base = view.head(hs[-1])
             check_finite(base, "the intact network's logits", spec, lambda: common.locate_nonfinite(view, x))
             base_wrong = base.argmax(1) != y
+            i_np = store.mark(idx)
             for ci, logits in stream_logits(view, x, configs, order, hs, base):
                 finite = check_finite(logits, f"the logits of configuration {configs[ci].key()}", spec)
-                counts[ci].add(logits, y, base_wrong, idx, finite)
+                store.put(ci, i_np, counts[ci].add(logits, y, base_wrong, finite))
     totals = dist.reduce_sum({i: c.scalars() for i, c in counts.items()})
-    idx = np.concatenate(counts[order[0]].idx) if order and counts[order[0]].idx else np.empty(0, int)
-    bits = dist.gather_rows(idx, {str(i): np.concatenate(c.bits) if c.bits else np.empty(0, bool)
-                                  for i, c in counts.items()})
+    bits = dist.gather_rows(store.index(), {str(i): store.columns.get(i, np.zeros(len(data), bool))[store.index()]
+                                            for i in counts})
     if totals is None:
         return [None] * len(configs)
     out: list[Optional[_Counts]] = [None] * len(configs)

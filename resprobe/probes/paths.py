@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
-from ..engine import RunSpec, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
@@ -214,9 +214,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOption
     if bad:
         raise UsageError(f"path lengths {bad} out of range 0..{n} (residual units of {subject.label})")
     routes = _routes(residual, ks, options.samples, spec.seed)
-    per = {k: [] for k in ks}
-    per_img = {k: [] for k in ks}
-    idx_all = []
+    store = PerImageStore(len(data))
     total = sum(len(r) for r in routes.values())
     subject.model.to(spec.torch_device)
     with frozen_eval(subject.model):
@@ -224,7 +222,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOption
                                  unit_weight=total):
             rb = RoutedBackward(view, x, y, to_image=options.to_image)
             check_finite(rb.logits.detach(), f"the logits of {subject.label}", spec)
-            idx_all.append(idx.numpy())
+            rows = store.mark(idx)
             for k, rs in routes.items():
                 cols, cols_img = [], []
                 for chosen in rs:
@@ -233,14 +231,11 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOption
                     cols.append(_norms(g))
                     if gi is not None:
                         cols_img.append(_norms(gi))
-                per[k].append(np.stack(cols, 1))
+                store.put(f"g{k}", rows, np.stack(cols, 1))
                 if cols_img:
-                    per_img[k].append(np.stack(cols_img, 1))
+                    store.put(f"i{k}", rows, np.stack(cols_img, 1))
             del rb
-    idx = np.concatenate(idx_all) if idx_all else np.empty(0, int)
-    arrays = {f"g{k}": np.concatenate(v) for k, v in per.items() if v}
-    arrays.update({f"i{k}": np.concatenate(v) for k, v in per_img.items() if v})
-    got = dist.gather_rows(idx, arrays)
+    got = store.gather()
     return view, routes, got
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, preserved_state
-from ..engine import RunSpec, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
@@ -49,8 +49,7 @@ class PruneOptions:
 def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str, ns: Sequence[int], label: str):
     L = len(view)
     pairs = [(a, n) for n in ns for a in range(0, L - n + 1)]
-    vals: dict = {p: [] for p in pairs}
-    idx_all = []
+    store = PerImageStore(len(data))
     with preserved_state(view.model), torch.no_grad(), spec.autocast():
         view.model.eval()
         for x, _, idx in batches(data, spec, normalize, f"pruning metrics {label}"):
@@ -59,15 +58,14 @@ def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str,
             # unit vectors in float64: the angle 2·atan2(‖â − b̂‖, ‖â + b̂‖) keeps its precision near 0,
             # where arccos of a float32 cosine would not
             units = [_unit(h) for h in hs]
-            idx_all.append(idx.numpy())
+            rows = store.mark(idx)
             for a, n in pairs:
                 if hs[a].shape != hs[a + n].shape:
                     continue
                 ua, ub = units[a], units[a + n]
                 ang = 2 * torch.atan2(torch.linalg.vector_norm(ua - ub, dim=1), torch.linalg.vector_norm(ua + ub, dim=1))
-                vals[(a, n)].append(ang.cpu().numpy())
-    got = dist.gather_rows(np.concatenate(idx_all) if idx_all else np.empty(0, int),
-                           {f"{a}|{n}": np.concatenate(v) for (a, n), v in vals.items() if v})
+                store.put(f"{a}|{n}", rows, ang)
+    got = store.gather()
     return got
 
 
