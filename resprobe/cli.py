@@ -17,7 +17,7 @@ from typing import Optional
 from . import __version__, api
 from . import distributed as dist
 from .errors import UsageError, UserError
-from .outputs import claim
+from .outputs import check_same_settings, claim
 from .progress import note, set_quiet
 
 __all__ = ["main", "build_parser", "RangeSpec"]
@@ -33,6 +33,16 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def _cka_images(text: str):
+    """--cka-images: a positive integer, or 'all' (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
 
 
 def positive_float(text: str) -> float:
@@ -189,20 +199,36 @@ def _weights_lists(args) -> list:
 def _load(args):
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize,
-                                 args.trust_checkpoint, args.random_init, getattr(args, "allow_nonfinite", False))
+                                 args.trust_checkpoint, args.random_init, getattr(args, "allow_nonfinite", False),
+                                 seed=args.seed)
     return data, subjects
 
 
+_NOT_SETTINGS = ("func", "quiet", "debug", "out", "device", "cmd")
+
+
+def _settings(args) -> dict:
+    """The command's settings as recorded in its results (what a rerun into the same --out must repeat)."""
+    v = {k: x for k, x in vars(args).items() if k not in _NOT_SETTINGS and not callable(x)}
+    return json.loads(json.dumps(dict(v, command=args.cmd), default=str))
+
+
 @contextlib.contextmanager
-def _output(out):
+def _output(out, args=None, stem: Optional[str] = None):
+    """Claim ``out`` (checked and locked before any work); with ``stem``, refuse to replace that study's
+    results of other settings."""
     if dist.is_main():
         with claim(out) as o:
+            if stem is not None:
+                check_same_settings(o, stem, _settings(args))
             yield o
     else:
         yield Path(out)
 
 
-def _finish(result, out, t0: float) -> int:
+def _finish(result, out, t0: float, args=None) -> int:
+    if args is not None:
+        result.provenance = dict(result.provenance or {}, command=_settings(args))
     if dist.is_main():
         files = api.save(result, out)
         for line in result.findings:
@@ -251,7 +277,7 @@ def cmd_eval(args) -> int:
     spec = _spec(args)
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, args.trust_checkpoint,
-                            args.random_init, args.allow_nonfinite)
+                            args.random_init, args.allow_nonfinite, seed=args.seed)
     s.model.to(spec.torch_device)
     t0 = time.time()
     res = api.evaluate(s.model, data, spec, s.normalize)
@@ -319,42 +345,42 @@ def cmd_lesion(args) -> int:
 def cmd_identity(args) -> int:
     t0 = time.time()
     options = api.identity.IdentityOptions(metrics=args.metrics, grad=args.grad, cka_minibatch=args.cka_minibatch,
-                                           cka_images=None if args.cka_images == "all" else int(args.cka_images),
+                                           cka_images=args.cka_images,
                                            threshold=args.threshold, lesion_check=args.lesion_check)
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "identity") as out:
         data, subjects = _load(args)
-        return _finish(api.identity.run(subjects, data, spec, options), out, t0)
+        return _finish(api.identity.run(subjects, data, spec, options), out, t0, args)
 
 
 def cmd_paths(args) -> int:
     t0 = time.time()
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "paths") as out:
         data, subjects = _load(args)
         from .anatomy import anatomy
         n = min(sum(u.residual for u in anatomy(s.model)) for s in subjects)
         options = api.paths.PathsOptions(ks=args.k.resolve(n) if args.k else None, samples=args.samples,
                                          share=args.share)
-        return _finish(api.paths.run(subjects, data, spec, options), out, t0)
+        return _finish(api.paths.run(subjects, data, spec, options), out, t0, args)
 
 
 def cmd_amplify(args) -> int:
     t0 = time.time()
     options = api.amplify.AmplifyOptions(eps=args.eps, power_iters=args.power_iters)
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "amplify") as out:
         data, subjects = _load(args)
-        return _finish(api.amplify.run(subjects, data, spec, options), out, t0)
+        return _finish(api.amplify.run(subjects, data, spec, options), out, t0, args)
 
 
 def cmd_prune(args) -> int:
     t0 = time.time()
     options = api.prune.PruneOptions(ns=args.n)
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "prune") as out:
         data, subjects = _load(args)
-        return _finish(api.prune.run(subjects, data, spec, options), out, t0)
+        return _finish(api.prune.run(subjects, data, spec, options), out, t0, args)
 
 
 def cmd_gradcorr(args) -> int:
@@ -363,23 +389,23 @@ def cmd_gradcorr(args) -> int:
         options = api.gradcorr.SyntheticOptions(kinds=args.kinds, depths=args.depths, seeds=args.seeds,
                                                 width=args.width, points=args.points, beta=args.beta)
         spec = api.RunSpec(seed=args.seed, progress=not args.quiet, n_boot=args.n_boot)
-        with _output(args.out) as out:
-            return _finish(api.gradcorr.run_synthetic(options, spec), out, t0)
+        with _output(args.out, args, "gradcorr") as out:
+            return _finish(api.gradcorr.run_synthetic(options, spec), out, t0, args)
     if not args.model or not args.data:
         raise UsageError("resprobe gradcorr needs 'synthetic' or --model ... --data ...",
                          "e.g. resprobe gradcorr synthetic --out results/gc")
     options = api.gradcorr.LineOptions(lines=args.lines, points=args.points, mode=args.line, span=args.span,
                                        target=args.grad_target)
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "gradcorr") as out:
         data, subjects = _load(args)
-        return _finish(api.gradcorr.run(subjects, data, spec, options), out, t0)
+        return _finish(api.gradcorr.run(subjects, data, spec, options), out, t0, args)
 
 
 def cmd_report(args) -> int:
     from .report.full import BUDGETS
     spec = _spec(args)
-    with _output(args.out) as out:
+    with _output(args.out, args, "report") as out:
         data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
         specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
         if args.plain:
@@ -387,12 +413,12 @@ def cmd_report(args) -> int:
             weights.append(args.plain_weights.split(",") if args.plain_weights else None)
             labels.append(args.plain_label)
         subjects = api.load_subjects(specs, weights, data, labels, args.normalize, args.trust_checkpoint,
-                                     args.random_init, args.allow_nonfinite)
+                                     args.random_init, args.allow_nonfinite, seed=args.seed)
         b = BUDGETS[args.budget]
         if b.images is not None and b.images < len(data):
             note(f"budget {args.budget}: lesions and identity use {b.images} of the {len(data)} images, amplification "
                  f"and paths {b.amplify_images} and {b.paths_images} (--budget full uses all)")
-        sections = api.full_report(subjects, data, spec, args.budget, out)
+        sections = api.full_report(subjects, data, spec, args.budget, out, command=_settings(args))
     if dist.is_main():
         for k, v in sections.items():
             print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
@@ -497,7 +523,7 @@ def _add_probes(sub, common) -> None:
                    help="near identity: the 95%% CI of ||F||/||S|| below it; active: above it")
     q.add_argument("--lesion-check", action="store_true", help="also the error with every near-identity unit deleted")
     q.add_argument("--cka-minibatch", type=positive_int, default=32, help="images per CKA minibatch (unbiased HSIC)")
-    q.add_argument("--cka-images", default=str(api.identity.CKA_IMAGES),
+    q.add_argument("--cka-images", type=_cka_images, default=api.identity.CKA_IMAGES,
                    help="images in CKA's seeded subset, or 'all'")
     q.add_argument("--metrics", type=str_list, default=api.identity.METRIC_GROUPS,
                    help="metric groups: norms (ratios, cosines, block influence), cka, response_std")
@@ -515,7 +541,7 @@ def _add_probes(sub, common) -> None:
     q.set_defaults(func=cmd_amplify, batch_size=64)
     q = _sub(sub, "prune", "angular distance between unit ranges and block influence (Gromov et al.; ShortGPT)",
              parents)
-    q.add_argument("--n", type=int_list, default=(1, 2, 4), help="range lengths")
+    q.add_argument("--n", type=int_list, default=None, help="range lengths (default: 1,2,4, those that fit the network)")
     q.set_defaults(func=cmd_prune)
 
 

@@ -143,6 +143,26 @@ def batch_generator(spec: RunSpec, *parts) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(spec.seed, *parts))
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def require_memory(nbytes: float, what: str, fix: str) -> None:
+    """Refuse, before the work starts, settings whose arrays cannot fit in memory."""
+    have = available_memory()
+    if have is not None and nbytes > 0.9 * have:
+        raise UsageError(f"{what} need about {nbytes / 2**30:,.1f} GiB of memory; {have / 2**30:,.1f} GiB are available",
+                         fix)
+
+
 def _libc_trim():
     try:
         import ctypes

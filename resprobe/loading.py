@@ -125,15 +125,21 @@ def _label_for(spec: str, weights: Optional[str]) -> str:
 
 def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str] | str]], data: Dataset,
                   labels: Optional[Sequence[Optional[str]]] = None, normalize: Optional[str] = None,
-                  trust: bool = False, random_init: bool = False, allow_nonfinite: bool = False) -> list[Subject]:
+                  trust: bool = False, random_init: bool = False, allow_nonfinite: bool = False,
+                  seed: int = 0) -> list[Subject]:
     """One :class:`Subject` per (spec, weights); ``weights[i]`` may list several checkpoints (seeds of one
-    group). See the module docstring for labels, normalization, seeds and missing weights."""
+    group). See the module docstring for labels, normalization, seeds and missing weights. A network without
+    weights is initialised from ``seed`` (and its position), so a rerun gives the same network."""
     if len(weights) != len(specs):
         raise UsageError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights)",
                          "use --random-init for randomly initialised networks")
     labels = list(labels or [None] * len(specs))
     if len(labels) != len(specs):
         raise UsageError(f"give one --label per --model ({len(specs)} models, {len(labels)} labels)")
+    if random_init and weights and all(w not in (None, "", "none") and (isinstance(w, str) or all(
+            (x or "").lower() not in ("", "none") for x in w)) for w in weights):
+        raise UsageError("--random-init was given but every --model has --weights, so it would be ignored",
+                         "drop --random-init to probe the checkpoints, or drop --weights to probe random networks")
     out: list[Subject] = []
     for spec, w, label in zip(specs, weights, labels):
         ws = [w] if isinstance(w, (str, type(None))) else list(w)
@@ -152,8 +158,16 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
                 lab = f"{group}/s{seed}"
             else:
                 lab = label or _label_for(spec, x)
-            model, prov = load_model(spec, x, trust, num_classes=data.num_classes, in_channels=data.input_shape[0],
-                                     allow_nonfinite=allow_nonfinite, classes=data.classes)
+            from .metrics.stats import stable_seed
+            init_seed = stable_seed(seed, "init", spec, len(out))
+            with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+                torch.manual_seed(init_seed)
+                model, prov = load_model(spec, x, trust, num_classes=data.num_classes,
+                                         in_channels=data.input_shape[0], allow_nonfinite=allow_nonfinite,
+                                         classes=data.classes)
+            if x is None:
+                prov = dict(prov, init_seed=init_seed)
+            _check_outputs(model, data, lab)
             out.append(Subject(lab, model, normalization_for(x, normalize), prov, group=group or lab,
                                seed=int(seed) if seed is not None else None, recipe=recipe_key(x)))
     labs = [s.label for s in out]
@@ -162,6 +176,23 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
         raise UsageError(f"two networks would share the label {', '.join(map(repr, dup))}",
                          "give each --model its own --label")
     return out
+
+
+def _check_outputs(model: nn.Module, data: Dataset, label: str) -> None:
+    """The network's number of outputs must be the data set's number of classes: labels index the outputs,
+    so a data set with fewer (or other) classes would be scored against the wrong outputs."""
+    try:
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            x = torch.zeros((1, *data.input_shape), device=p.device if p is not None else "cpu",
+                            dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+            out = model(x)
+    except Exception:  # noqa: BLE001 - a model that cannot take the data's shape fails later with its own error
+        return
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != data.num_classes:
+        names = f" ({', '.join(map(str, data.classes))})" if len(data.classes) <= 20 else ""
+        raise UsageError(f"the network {label} has {out.shape[1]} outputs but the data set has {data.num_classes} "
+                         f"classes{names}", "check --data and --split, or the model spec's num_classes")
 
 
 def default_input_shape(model: nn.Module) -> tuple:

@@ -154,3 +154,34 @@ def test_values_do_not_depend_on_batch_size():
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-4, atol=1e-7, err_msg=str(k))
+
+
+@pytest.mark.parametrize("spec,shape", [("cifar_resnet8(width=4,shortcut=B)", (3, 8, 8)),
+                                        ("cifar_preresnet8(width=4)", (3, 8, 8)),
+                                        ("torchvision:resnet18", (3, 16, 16)),
+                                        ("torchvision:resnet50(width_per_group=8)", (3, 32, 32))])
+def test_closed_form_maps_equal_the_linearization(spec, shape):
+    """The closed-form J v and Jᵀ u of conv/BN/ReLU chains (branches, projection shortcuts) equal those of
+    torch.func's linearization and pullback; a branch with another nonlinearity is left to the latter."""
+    m = _small(spec)
+    view = anatomy(m, shape)
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    hs = view.unit_inputs(x)
+    closed = 0
+    for i, u in enumerate(view):
+        fns = [u.branch] + ([u.shortcut] if u.residual and u.shortcut_kind == "projection" else [])
+        for fn in fns:
+            got = A._chain_linear(fn, hs[i])
+            assert got is not None, (spec, u.name)
+            out, jv, jtu = got
+            with torch.enable_grad():
+                ref_out, rjv, rjtu = A._linear(fn, hs[i])
+            v, w = torch.randn_like(hs[i]), torch.randn_like(out)
+            assert torch.allclose(out, ref_out)
+            assert torch.allclose(jv(v), rjv(v), rtol=1e-9, atol=1e-12)
+            assert torch.allclose(jtu(w), rjtu(w), rtol=1e-9, atol=1e-12)
+            closed += 1
+    assert closed >= len(view)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).double()
+    assert A._chain_linear(lambda t: torch.nn.functional.gelu(conv(t)), x) is None  # not a ReLU: linearized
+    assert A._chain_linear(lambda t: conv(t) * 2, x) is None  # an operation between no modules: linearized

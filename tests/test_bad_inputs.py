@@ -84,6 +84,23 @@ def env(tmp_path_factory):
     e["nan"] = d / "nan.pt"
     (d / "random.pt").write_bytes(os.urandom(5000))
     e["random"] = d / "random.pt"
+    import bz2
+    import lzma
+    import zipfile
+    plain_tar = gzip.decompress(raw)
+    for ext, comp in (("bz2", bz2.compress), ("xz", lzma.compress)):
+        whole = comp(plain_tar)
+        (d / f"good.tar.{ext}").write_bytes(whole)
+        (d / f"cut.tar.{ext}").write_bytes(whole[: len(whole) * 2 // 3])
+        e[f"good_{ext}"], e[f"cut_{ext}"] = d / f"good.tar.{ext}", d / f"cut.tar.{ext}"
+    with zipfile.ZipFile(d / "good.zip", "w") as z:
+        for name, data in good.items():
+            z.writestr(name, data)
+    zraw = (d / "good.zip").read_bytes()
+    (d / "cut.zip").write_bytes(zraw[: len(zraw) // 2])
+    e["good_zip"], e["cut_zip"] = d / "good.zip", d / "cut.zip"
+    (d / "text.tar.gz").write_bytes(gzip.compress(b"not a tar archive " * 100))
+    e["gz_text"] = d / "text.tar.gz"
     (d / "afile").write_text("x")
     e["afile"] = d / "afile"
     return e
@@ -104,6 +121,29 @@ CASES = [
     ("split and class folders mixed", ["lesion", *R8, "--data", "imagefolder:{mixed}", "--split", "test", "--out",
                                        "{out}"], ["split folders", "horse"]),
     ("missing split", ["eval", *R8, "--data", "imagefolder:{good}", "--split", "val"], ["no split 'val'", "test"]),
+    ("bzip2 archive cut", ["eval", *R8, "--data", "imagefolder:{cut_bz2}"], ["truncated"]),
+    ("xz archive cut", ["eval", *R8, "--data", "imagefolder:{cut_xz}"], ["truncated"]),
+    ("zip archive cut", ["eval", *R8, "--data", "imagefolder:{cut_zip}"], ["truncated", "zip"]),
+    ("gzip of something that is not a tar", ["eval", *R8, "--data", "imagefolder:{gz_text}"], ["not a tar archive"]),
+    ("a path without imagefolder:", ["eval", *R8, "--data", "{good}"], ["imagefolder:"]),
+    ("synthetic with a negative n", ["eval", *R8, "--data", "synthetic(n=-3)"], ["n must be", ">= 1"]),
+    ("synthetic with an unknown setting", ["eval", *R8, "--data", "synthetic(q=3)"], ["unknown setting q"]),
+    ("more outputs than classes", ["eval", "--model", "cifar_resnet8(num_classes=10)", "--random-init", *SYN],
+     ["10 outputs", "4 classes"]),
+    ("weights and --random-init", ["eval", "--model", "cifar_resnet8", "--weights", "{r8_4}", "--random-init", *SYN],
+     ["--random-init", "ignored"]),
+    ("CKA subset not a number", ["identity", *R8, *SYN, "--cka-images", "abc", "--out", "{out}"],
+     ["--cka-images", "'all'"]),
+    ("range longer than the network", ["prune", *R8, *SYN, "--n", "99", "--out", "{out}"], ["--n 99", "3 units"]),
+    ("no range keeps the shape", ["prune", *R8, *SYN, "--n", "2", "--out", "{out}"], ["--n 2", "keeps the shape"]),
+    ("lines too long for memory", ["gradcorr", *R8, *SYN, "--points", "1000000000", "--out", "{out}"],
+     ["--points", "GiB"]),
+    ("empty --out", ["lesion", *R8, *SYN, "--out", ""], ["--out is empty"]),
+    ("depth in the name and the arguments", ["info", "--model", "cifar_resnet8(depth=20)"], ["depth 8", "depth=20"]),
+    ("a factory spec without a module", ["info", "--model", ":"], ["cannot read model spec"]),
+    ("torchvision weights to download", ["info", "--model", "torchvision:resnet18(weights='DEFAULT')"],
+     ["download", "--weights FILE"]),
+    ("lesion mode unknown to the API", ["lesion", *R8, *SYN, "--mode", "bogus", "--out", "{out}"], ["--mode"]),
     ("class count differs from the network", ["eval", "--model", "cifar_resnet8", "--weights", "{r8}", "--data",
                                               "imagefolder:{six}"], ["10 outputs", "6 classes"]),
     ("training on the test images", ["train", "--model", "cifar_resnet8", "--data", "imagefolder:{unsplit}",
@@ -241,3 +281,40 @@ def test_rerun_with_other_settings_names_them(tmp_path, capsys):
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(Exception):
         main(["info", "--model", "cifar_resnet9000x", "--debug"])
+
+
+@pytest.mark.parametrize("kind", ["good_bz2", "good_xz", "good_zip"])
+def test_other_archive_formats_read_like_the_tar_gz(env, kind):
+    from resprobe.io.data import load_imagefolder
+    ref = load_imagefolder(env["good"], "test", cache=False)
+    got = load_imagefolder(env[kind], "test", cache=False)
+    assert got.classes == ref.classes and torch.equal(got.images, ref.images) and torch.equal(got.labels, ref.labels)
+
+
+def test_a_split_without_a_class_keeps_the_class_indices_of_the_others(tmp_path):
+    from resprobe.io.data import load_imagefolder
+    files = {f"{split}/{c}/{i}.png": _png(col) for split in ("train", "test") for c, col in CLASSES.items()
+             for i in range(2) if not (split == "test" and c == "ant")}
+    ds = load_imagefolder(_folder(tmp_path / "d", files), "test", cache=False)
+    assert ds.classes == sorted(CLASSES)  # "ant" kept: every other class keeps its index
+    assert ds.source["classes_absent"] == ["ant"]
+    # the label of each image is its folder's index among all splits' classes, checked from the pixel colour
+    colour_of = {tuple(col): c for c, col in CLASSES.items()}
+    for img, lab in zip(ds.images, ds.labels):
+        assert ds.classes[int(lab)] == colour_of[tuple(int(v) for v in img[:, 0, 0])]
+
+
+@pytest.mark.parametrize("probe", ["identity", "prune"])
+def test_a_rerun_with_other_settings_does_not_replace_the_results(tmp_path, capsys, probe):
+    out = tmp_path / probe
+    argv = [probe, *R8, *SYN, "--limit", "16", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert main(argv) == 0  # the same settings: the same files (random init seeded by --seed)
+    again = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert again[f"{probe}.csv"] == first[f"{probe}.csv"]
+    capsys.readouterr()
+    assert _run(argv + ["--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "seed: 0 then, 3 now" in err
+    assert (out / f"{probe}.csv").read_bytes() == first[f"{probe}.csv"]

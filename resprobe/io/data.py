@@ -5,8 +5,9 @@ Specs (``--data``):
 - ``cifar10``: the official python-format CIFAR-10 (``cifar-10-batches-py``) under ``--data-root`` or the
   user cache (``$RESPROBE_CACHE`` or ``~/.cache/resprobe``); downloaded, checksum verified, only with
   ``download=True``;
-- ``imagefolder:PATH``: a folder or ``.tar``/``.tar.gz`` archive of ``[split/]<class>/<image>`` files; class
-  index = sorted class names; archives are read in one sequential pass; decoded images are cached by
+- ``imagefolder:PATH``: a folder or a ``.tar`` (plain, gzip, bzip2 or xz) or ``.zip`` archive of
+  ``[split/]<class>/<image>`` files; class index = sorted class names (of all splits together, so a split
+  that lacks a class keeps the others' indices); archives are read in one sequential pass; decoded images are cached by
   the archive's content hash;
 - ``fashion-mnist``: IDX files under ``--data-root``, ``/usr/share/datasets/fashion-mnist`` or the cache;
 - ``synthetic`` (or ``synthetic(n=2000,classes=4,size=32)``): an offline, seeded procedural set.
@@ -52,7 +53,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: class indices from every split's classes
 
 
 class DataError(UserError, ValueError):
@@ -182,8 +183,11 @@ def _augment(x: torch.Tensor, g: Optional[torch.Generator], pad: int = 4) -> tor
 def load_dataset(spec: str, split: str = "test", root=None, download: bool = False, limit: Optional[int] = None,
                  subset_seed: int = 0, cache: bool = True, progress: bool = False) -> Dataset:
     """Load the data set named by ``spec`` (see the module docstring)."""
-    from ..models import parse_spec  # spec kwargs syntax shared with models
-    name, kwargs = parse_spec(spec) if spec.startswith("synthetic") else (spec, {})
+    from ..models import SpecError, parse_spec  # spec kwargs syntax shared with models
+    try:
+        name, kwargs = parse_spec(spec) if spec.startswith("synthetic") else (spec, {})
+    except SpecError as e:
+        raise DataError(str(e.one_line()).replace("model spec", "data spec")) from e
     if name.startswith("imagefolder:"):
         ds = load_imagefolder(name.split(":", 1)[1], split, cache=cache, progress=progress)
     elif name == "cifar10":
@@ -191,11 +195,30 @@ def load_dataset(spec: str, split: str = "test", root=None, download: bool = Fal
     elif name in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         ds = load_fashion_mnist(split, root, download)
     elif name == "synthetic":
-        ds = make_synthetic(split=split, **kwargs)
+        ds = make_synthetic(split=split, **_synthetic_kwargs(spec, kwargs))
         ds.spec = spec
+    elif Path(spec).exists():
+        raise DataError(f"--data {spec!r} is a path without its kind", f"write imagefolder:{spec}")
     else:
         raise DataError(f"unknown data spec {spec!r}; use cifar10, imagefolder:PATH, fashion-mnist or synthetic")
     return ds.subset(limit, subset_seed)
+
+
+def _synthetic_kwargs(spec: str, kwargs: dict) -> dict:
+    """Check the settings of a ``synthetic(...)`` spec: known names, values in range."""
+    kinds = {"n": int, "classes": int, "size": int, "seed": int, "noise": float}
+    unknown = sorted(set(kwargs) - set(kinds))
+    if unknown:
+        raise DataError(f"{spec}: unknown setting {', '.join(unknown)}", f"synthetic takes {', '.join(kinds)}")
+    for k, v in kwargs.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+            (kinds[k] is float or float(v).is_integer())
+        lo = {"n": 1, "classes": 2, "size": 4, "seed": 0, "noise": 0}[k]
+        if not ok or v < lo:
+            raise DataError(f"{spec}: {k} must be {'an integer' if kinds[k] is int else 'a number'} >= {lo}, "
+                            f"got {v!r}")
+        kwargs = dict(kwargs, **{k: kinds[k](v)})
+    return kwargs
 
 
 # --- image folders and archives ---------------------------------------------------------------------
@@ -216,46 +239,85 @@ def _content_key(path: Path) -> str:
     return h.hexdigest()
 
 
+_INCOMPLETE = "the file is incomplete or damaged: download or copy it again"
+_FORMATS = "a folder, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz or .zip"
+
+
 def _archive_bytes(path: Path) -> bytes:
-    """The archive's (decompressed) bytes; a gzip stream is read to its end, so a cut anywhere fails the
-    length and CRC check of its trailer."""
+    """The archive's decompressed bytes. The compression is told by the file's first bytes (gzip, bzip2,
+    xz; anything else is read as is), and every stream is read to its end marker, so a cut anywhere fails
+    (gzip: length and CRC of its trailer; bzip2 and xz: end-of-stream marker and checksums)."""
+    import bz2
+    import lzma
     with open(path, "rb") as f:
-        head = f.read(2)
+        head = f.read(6)
+    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
+    op = next((o for magic, o in opener.items() if head.startswith(magic)), None)
     try:
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as g:
-                return g.read()
-        return path.read_bytes()
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})",
-                        "the file is incomplete: download or copy it again") from e
+        if op is None:
+            return path.read_bytes()
+        with op(path, "rb") as g:
+            return g.read()
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, ValueError) as e:
+        raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
+
+
+def _read_zip(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
+    """Image files and directories from a zip archive, every member's CRC verified (a cut zip has no
+    central directory and is refused)."""
+    import zipfile
+    files, dirs = [], set()
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                parts = tuple(p for p in Path(info.filename).parts if p not in (".", ""))
+                if not parts:
+                    continue
+                if info.is_dir():
+                    dirs.add(parts)
+                    continue
+                dirs.update(parts[:k] for k in range(1, len(parts)))
+                files.append((parts, z.read(info) if parts[-1].lower().endswith(IMAGE_EXTS) else None))
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+        raise DataError(f"{path}: truncated or corrupt zip archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
+    return files, dirs
 
 
 def _read_tar(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
     """Image files as (path parts, bytes) and directories as path parts, from a verified tar: every
     member's data is complete and the archive ends with its end-of-archive blocks."""
     raw = _archive_bytes(path)
+    if not raw:
+        raise DataError(f"{path}: the archive is empty", "expected [split/]<class>/<image> files")
+    if len(raw) >= 512:
+        try:
+            tarfile.TarInfo.frombuf(raw[:512], "utf-8", "surrogateescape")
+        except (tarfile.EmptyHeaderError, tarfile.EOFHeaderError):
+            pass  # an archive without members (its end blocks only): "no image files" below
+        except tarfile.HeaderError as e:
+            raise DataError(f"{path}: not a tar archive (its first block is no tar header: {e})",
+                            f"imagefolder: reads {_FORMATS}") from e
     if len(raw) < 1024 or len(raw) % 512:
-        raise DataError(f"{path}: truncated tar archive ({len(raw)} bytes, not whole 512-byte blocks)",
-                        "the file is incomplete: download or copy it again")
+        raise DataError(f"{path}: truncated tar archive ({len(raw)} bytes, not whole 512-byte blocks)"
+                        + ("" if len(raw) >= 512 else f", or not a tar archive ({_FORMATS} are read)"), _INCOMPLETE)
     files, dirs, end = [], set(), 0
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
             for m in tf:
                 end = max(end, m.offset_data + ((m.size + 511) // 512) * 512)
                 if m.offset_data + m.size > len(raw):
-                    raise DataError(f"{path}: member {m.name} is cut short (truncated archive)")
+                    raise DataError(f"{path}: member {m.name} is cut short (truncated archive)", _INCOMPLETE)
                 parts = tuple(p for p in Path(m.name).parts if p not in (".", ""))
                 if m.isdir():
                     dirs.add(parts)
                 elif m.isfile():
                     files.append((parts, tf.extractfile(m).read() if parts[-1].lower().endswith(IMAGE_EXTS) else None))
     except tarfile.TarError as e:
-        raise DataError(f"{path}: corrupt tar archive ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: corrupt tar archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
     tail = raw[end:]
     if len(tail) < 1024 or tail[:1024].count(0) != 1024:
         raise DataError(f"{path}: truncated tar archive (no end-of-archive marker after the last member, "
-                        f"{len(tail)} bytes left)", "the file is incomplete: download or copy it again")
+                        f"{len(tail)} bytes left)", _INCOMPLETE)
     return files, dirs
 
 
@@ -271,6 +333,10 @@ def _read_members(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
             elif p.is_file():
                 files.append((parts, p.read_bytes() if p.suffix.lower() in IMAGE_EXTS else None))
         return files, dirs
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in (b"PK\x03\x04", b"PK\x05\x06"):
+        return _read_zip(path)
     return _read_tar(path)
 
 
@@ -307,13 +373,17 @@ def _layout(path: Path, files, dirs, split: str) -> tuple[list[tuple[tuple, byte
         chosen = [(p[1:], b) for p, b in images if p[0] == split]
         sub = {p[1:] for p in dirs if p[0] == split and len(p) >= 2}
         used = split
+        # class indices from every split's class folders: a split that lacks a class keeps the others' indices
+        every = {p[1] for p, _ in images if len(p) >= 3}
     else:
         chosen, sub, used = images, dirs, "all"
+        every = set()
     loose = [p for p, _ in chosen if len(p) < 2]
     if loose:
         raise DataError(f"{path}: images directly in the split folder {split!r} (e.g. {'/'.join(loose[0])})",
                         "put them in <split>/<class>/ folders")
-    classes = sorted({p[0] for p, _ in chosen})
+    present = {p[0] for p, _ in chosen}
+    classes = sorted(present | every)
     empty = sorted({p[0] for p in sub if len(p) >= 1} - set(classes))
     if empty:
         raise DataError(f"{path}: class folders without images: {', '.join(empty[:5])}",
@@ -351,8 +421,9 @@ def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bo
     if cache:
         try:
             d = torch.load(cfile, map_location="cpu", weights_only=True)
+            absent = sorted(set(d["classes"]) - set(d["classes"][i] for i in d["labels"].unique().tolist()))
             return Dataset(d["images"], d["labels"], list(d["classes"]), f"imagefolder:{path}", d["split"],
-                           dict(source, cached=True))
+                           dict(source, cached=True, **({"classes_absent": absent} if absent else {})))
         except FileNotFoundError:
             pass
         except Exception:  # noqa: BLE001 - a broken or unreadable cache file is rebuilt
@@ -379,6 +450,12 @@ def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bo
         imgs.append(arr)
         labels.append(cidx[parts[0]])
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    absent = sorted(set(classes) - {parts[0] for parts, _ in chosen})
+    if absent:
+        source["classes_absent"] = absent
+        from ..progress import note
+        note(f"resprobe: note: split {used_split!r} of {path} has no images of {len(absent)} of the "
+             f"{len(classes)} classes of its archive ({', '.join(absent[:5])}); class indices follow all splits")
     ds = Dataset(images, torch.tensor(labels, dtype=torch.long), classes, f"imagefolder:{path}", used_split,
                  dict(source, cached=False))
     if cache:

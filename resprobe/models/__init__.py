@@ -101,6 +101,9 @@ def build_model(spec: str, num_classes: int | None = None, in_channels: int | No
         kwargs.setdefault("shortcut", sc)
         kwargs.setdefault("preact", kind.startswith("pre"))
         kwargs.setdefault("plain", kind.endswith("plain"))
+        if kwargs.get("depth", depth) != depth:
+            raise SpecError(f"model spec {spec!r}: its name says depth {depth}, its arguments depth={kwargs['depth']}",
+                            f"write cifar_{kind}{kwargs['depth']} (or drop depth=)")
         kwargs["depth"] = depth
         return _call(cifar_resnet, _with_defaults(kwargs, num_classes, in_channels), spec)
     if name == "mlp":
@@ -140,7 +143,10 @@ def _torchvision(tv_name: str, kwargs: dict, num_classes, spec: str) -> nn.Modul
         close = difflib.get_close_matches(tv_name, available, n=3)
         raise SpecError(f"unknown torchvision model {tv_name!r}",
                         f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()")
-    kwargs.setdefault("weights", None)
+    if kwargs.get("weights") is not None or kwargs.get("pretrained"):
+        raise SpecError("torchvision:...(weights=...) would download weights", "pass --weights FILE instead")
+    kwargs.pop("pretrained", None)
+    kwargs["weights"] = None
     if num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
     return _call(lambda **kw: torchvision.models.get_model(tv_name, **kw), kwargs, spec)
@@ -166,7 +172,9 @@ def _timm(timm_name: str, kwargs: dict, num_classes, in_channels, spec: str) -> 
 
 
 def _user_factory(name: str, kwargs: dict, num_classes, in_channels, spec: str) -> nn.Module:
-    mod_name, fn_name = name.split(":", 1)
+    mod_name, fn_name = (x.strip() for x in name.split(":", 1))
+    if not mod_name or not fn_name or not all(part.isidentifier() for part in mod_name.split(".") + [fn_name]):
+        raise SpecError(f"cannot read model spec {spec!r}", "write package.module:factory (or a built-in name)")
     top = mod_name.split(".")[0]
     if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
         raise SpecError(f"model spec {spec!r} names the standard-library module {mod_name!r}",

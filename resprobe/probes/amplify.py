@@ -14,8 +14,8 @@ therefore more sensitive.* Two readings, kept apart:
 
 Also per unit: random gains of the unit, its branch and its shortcut (‖Δout‖/‖δ‖ for ‖δ‖ = ε‖x‖; one
 direction per image shared by all ε, so a flat gain across ε shows the linear regime), worst-case gains
-(Jacobian spectral norms by power iteration, all units at once: one linearization and one pullback per
-batch, batched over images), gains from each unit's input to the logits and from the image to each
+(Jacobian spectral norms by power iteration, J v and Jᵀ u in closed form for chains of convolutions,
+BatchNorms and ReLUs, else from one linearization and one pullback per branch and batch, batched over images), gains from each unit's input to the logits and from the image to each
 unit's output, and end to end the flip rate and margin change under input noise. 95% CIs: bootstrap
 over images.
 """
@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import linearize, vjp
 
 from .. import distributed as dist
@@ -114,6 +116,150 @@ def _linear(fn, x):
     return out, jv, lambda u: pull(u)[0]
 
 
+_CHAIN_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.Identity, nn.Dropout)
+
+
+def _record_leaf_calls(fn, x):
+    """``fn(x)`` with every leaf module call recorded as (module, input, output), in order."""
+    calls = []
+
+    def hook(mod, args, out):
+        if next(mod.children(), None) is None:
+            calls.append((mod, args, out))
+
+    h = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        out = fn(x)
+    finally:
+        h.remove()
+    return out, calls
+
+
+def _chain_linear(fn, x):
+    """(F(x), J v, Jᵀ u) in closed form when ``fn`` is a chain of convolutions, linear layers, eval-mode
+    BatchNorms and ReLUs (modules, or functional ReLUs between them) — a ResNet branch, a projection
+    shortcut — else None. The chain is read from one forward pass with hooks: modules of exactly these
+    types (no subclass with its own forward), each one's input the previous one's output or its ReLU
+    (checked), ``fn``'s output the last one's or its ReLU. J v is the chain without biases, each
+    BatchNorm's scale folded into the neighbouring convolution's weights and each ReLU a 0/1 mask of its
+    positive outputs; Jᵀ u the transposed chain (transposed convolutions). About one branch forward each and no
+    tracing (``benchmarks/amplify_cost.py``)."""
+    out, calls = _record_leaf_calls(fn, x)
+    if not calls or not isinstance(out, torch.Tensor):
+        return None
+    ops, shapes, cur = [], [], x  # ops: ["mask", m] | ["conv", module] | ["linear", module] | ["scale", bn]
+    for mod, args, o in calls:
+        if type(mod) not in _CHAIN_LEAVES or len(args) != 1 or not isinstance(o, torch.Tensor):
+            return None
+        if (type(mod) is nn.BatchNorm2d and (mod.training or mod.running_var is None)) or \
+                (type(mod) is nn.Dropout and mod.training) or \
+                (type(mod) is nn.Conv2d and (mod.padding_mode != "zeros" or isinstance(mod.padding, str))):
+            return None
+        inp = args[0]
+        if inp is not cur:  # allowed: a functional ReLU between two modules
+            if not _is_relu_of(inp, cur):
+                return None
+            ops.append(["mask", inp > 0])
+            shapes.append(inp.shape)
+        if type(mod) is nn.ReLU:
+            ops.append(["mask", o > 0])
+            shapes.append(o.shape)
+        elif type(mod) in (nn.Conv2d, nn.Linear, nn.BatchNorm2d):
+            ops.append([{nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm2d: "scale"}[type(mod)], mod])
+            shapes.append(inp.shape)
+        cur = o
+    if out is not cur:
+        if not _is_relu_of(out, cur):
+            return None
+        ops.append(["mask", out > 0])
+        shapes.append(out.shape)
+    lin = _fold(ops, shapes, x.dtype)
+
+    @torch.no_grad()
+    def jv(v):
+        for kind, a, shape in lin:
+            if kind == "mask":
+                v = v * a
+            elif kind == "conv":
+                v = F.conv2d(v, a[0], None, *a[1:])
+            elif kind == "linear":
+                v = F.linear(v, a)
+            else:
+                v = v * a
+        return v
+
+    @torch.no_grad()
+    def jtu(u):
+        for kind, a, shape in reversed(lin):
+            if kind == "mask":
+                u = u * a
+            elif kind == "conv":
+                u = F.conv_transpose2d(u, a[0], None, a[1], a[2], _output_padding(shape, u.shape, *a), a[4], a[3])
+            elif kind == "linear":
+                u = u @ a
+            else:
+                u = u * a
+        return u
+
+    return out, jv, jtu
+
+
+def _output_padding(in_shape, out_shape, w, stride, padding, dilation, groups) -> tuple:
+    """The output padding that makes the transposed convolution return the convolution's input size
+    (several input sizes give one output size when the stride is above 1)."""
+    k = w.shape[-2:]
+    return tuple(int(in_shape[-2 + d] - ((out_shape[-2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1))
+                 for d in range(2))
+
+
+def _is_relu_of(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, torch.relu(b))
+
+
+def _fold(ops, shapes, dtype) -> list:
+    """The chain's linear part as (kind, tensor(s), input shape): masks as 0/1 tensors of ``dtype``, each
+    BatchNorm's per-channel scale folded into the nearest convolution across masks (both are diagonal, so
+    they commute) — into its output channels when the convolution comes before, its input channels when
+    after — else kept as a multiplication."""
+    scales = {}
+    convs = [j for j, op in enumerate(ops) if op[0] == "conv"]
+    w = {j: ops[j][1].weight.detach() for j in convs}
+    for j, op in enumerate(ops):
+        if op[0] != "scale":
+            continue
+        bn = op[1]
+        sc = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.weight is not None else 1)
+        sc = sc.detach()
+        before = next((k for k in range(j - 1, -1, -1) if ops[k][0] != "mask"), None)
+        after = next((k for k in range(j + 1, len(ops)) if ops[k][0] != "mask"), None)
+        if before is not None and ops[before][0] == "conv" and w[before].shape[0] == sc.numel():
+            w[before] = w[before] * sc.view(-1, 1, 1, 1)
+        elif after is not None and ops[after][0] == "conv" and w[after].shape[1] * ops[after][1].groups == sc.numel() \
+                and ops[after][1].groups == 1:
+            w[after] = w[after] * sc.view(1, -1, 1, 1)
+        else:
+            scales[j] = sc
+    lin = []
+    for j, (op, shape) in enumerate(zip(ops, shapes)):
+        kind, a = op
+        if kind == "mask":
+            lin.append(("mask", a.to(dtype), shape))
+        elif kind == "conv":
+            lin.append(("conv", (w[j], a.stride, a.padding, a.dilation, a.groups), shape))
+        elif kind == "linear":
+            lin.append(("linear", a.weight.detach(), shape))
+        elif j in scales:
+            lin.append(("scale", scales[j].view(1, -1, *[1] * (len(shape) - 2)).to(dtype), shape))
+    return lin
+
+
+def _maps(fn, x):
+    """(F(x), J v, Jᵀ u): in closed form for chains of convolutions, BatchNorms and ReLUs, else from a
+    linearization and a pullback."""
+    got = _chain_linear(fn, x)
+    return got if got is not None else _linear(fn, x)
+
+
 def _post_linear(post, pre):
     """(J v, Jᵀ u) of the post-operation at ``pre``: the identity and ReLU in closed form (a tracing
     linearization of an elementwise map costs more than the unit's forward pass), anything else linearized."""
@@ -134,7 +280,7 @@ def spectral_norms(fns: Sequence, xs: Sequence[torch.Tensor], iters: int = 10,
     out = []
     with _math_attention():
         for fn, x in zip(fns, xs):
-            _, jv, jtu = _linear(fn, x)
+            _, jv, jtu = _maps(fn, x)
             out.append(_power(jv, jtu, x, iters, gen))
     return out
 
@@ -146,13 +292,13 @@ def unit_spectral_norms(u, x: torch.Tensor, iters: int = 10, gen: torch.Generato
     an activation). Returns (σ_branch, σ_unit, F(x))."""
     gen = gen or torch.Generator().manual_seed(0)
     with _math_attention():
-        f, jf, jft = _linear(u.branch, x)
+        f, jf, jft = _maps(u.branch, x)
         sig_f = _power(jf, jft, x, iters, gen)
         if u.residual:
             if u.shortcut_kind == "identity":
                 s, js, jst = x, (lambda v: v), (lambda w: w)
             else:
-                s, js, jst = _linear(u.shortcut, x)
+                s, js, jst = _maps(u.shortcut, x)
             pre = s + f
         else:
             pre, js, jst = f, None, None

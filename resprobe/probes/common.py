@@ -18,6 +18,10 @@ def check_labels(subjects: Sequence[Subject]) -> None:
     """Labels name rows in every table: two networks with one label would be merged silently."""
     if not subjects:
         raise UsageError("no network to probe", "pass --model (and --weights)")
+    wrong = [type(s).__name__ for s in subjects if not isinstance(s, Subject)]
+    if wrong:
+        raise UsageError(f"the networks to probe must be Subjects, got {', '.join(sorted(set(wrong)))}",
+                         "wrap each model: resprobe.api.Subject(label, model, normalize), or use resprobe.api.load_subjects")
     labels = [s.label for s in subjects]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from ..anatomy import anatomy, frozen_eval
-from ..engine import RunSpec, check_finite
+from ..engine import RunSpec, check_finite, require_memory
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.signal import (brown_noise, correlation_matrix, fit_exponential_log2, fit_power_law, lag1,
@@ -279,6 +279,9 @@ def synthetic_verdict(df: pd.DataFrame) -> Verdict:
 
 
 def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec()) -> StudyResult:
+    require_memory(options.points * options.width * max(options.depths) * 4 * 8,
+                   f"--points {options.points} through networks of width {options.width} and depth {max(options.depths)}",
+                   "lower --points, --width or --depths")
     df, grads = synthetic_sweep(options, spec)
     f = {m: fits(df, m, seed=spec.seed) for m in ("lag1", "corr_far")}
     summary = dict(fits=f, paper=dict(ff_bn="2^-L (log2 slope -1 per layer)", res_bn="L^-1/2 (log-log slope -0.5)"))
@@ -378,6 +381,11 @@ def trained_profile(subject: Subject, data: Dataset, spec: RunSpec, options: Lin
     unit's input. Returns (per-line values ``{(layer, metric): array over lines}`` on rank 0, a trace)."""
     view = anatomy(subject.model, data.input_shape)
     layers = ["input"] + view.names
+    numel = int(np.prod(data.input_shape))
+    per_point = numel + sum(int(np.prod(u.in_shape)) for u in view if u.in_shape is not None)
+    require_memory(options.lines * options.points * numel * 4 + options.points * per_point * 12,
+                   f"--lines {options.lines} × --points {options.points} (lines of {'×'.join(map(str, data.input_shape))} "
+                   f"inputs, gradients at {len(layers)} layers)", "lower --points or --lines")
     lines = make_lines(data, options, spec.seed, subject.normalize)
     mine = list(dist.shard(len(lines)))
     vals = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}

@@ -86,7 +86,11 @@ class LesionPlan:
     granularity: str = "unit"
 
     def __post_init__(self):
-        object.__setattr__(self, "mode", LesionMode(self.mode))
+        try:
+            object.__setattr__(self, "mode", LesionMode(self.mode))
+        except ValueError:
+            raise UsageError(f"unknown lesion mode {self.mode!r}",
+                             f"choose one of {', '.join(m.value for m in LesionMode)}") from None
         if self.granularity not in ("unit", "block"):
             raise UsageError(f"granularity must be unit or block, got {self.granularity!r}")
         if self.samples < 1:

@@ -13,7 +13,7 @@ similar range of each length and compares it with random deletions of as many un
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,14 +36,20 @@ COLUMNS = ["model", "metric", "start", "n", "first", "last", "value", "ci_low", 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    ns: tuple = (1, 2, 4)
+    """``ns``: range lengths; None: the default 1, 2, 4, those that fit the network (lengths given
+    explicitly must fit: a range longer than the network, or one that no range of units keeps the shape
+    over, is refused)."""
+    ns: Optional[tuple] = None
 
     def __post_init__(self):
-        if not self.ns or min(self.ns) < 1:
+        if self.ns is not None and (not self.ns or min(self.ns) < 1):
             raise UsageError(f"range lengths must be positive integers, got {list(self.ns)}")
 
     def describe(self) -> dict:
-        return dict(ns=list(self.ns))
+        return dict(ns=list(self.ns) if self.ns is not None else "default (1, 2, 4 where they fit)")
+
+
+DEFAULT_NS = (1, 2, 4)
 
 
 def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str, ns: Sequence[int], label: str):
@@ -67,6 +73,14 @@ def _per_image(view: ResidualView, data: Dataset, spec: RunSpec, normalize: str,
                 store.put(f"{a}|{n}", rows, ang)
     got = store.gather()
     return got
+
+
+def _ranges(view: ResidualView, n: int) -> list[int]:
+    """Starts ℓ of the ranges of ``n`` units whose input (unit ℓ's) and output (unit ℓ+n's input) have one shape."""
+    if any(u.in_shape is None or u.out_shape is None for u in view):
+        return list(range(0, len(view) - n + 1))
+    shapes = [tuple(u.in_shape) for u in view] + [tuple(view[len(view) - 1].out_shape)]
+    return [a for a in range(0, len(view) - n + 1) if shapes[a] == shapes[a + n]]
 
 
 def _unit(h: torch.Tensor) -> torch.Tensor:
@@ -107,11 +121,25 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
     """Angular distances of unit ranges and block influence per unit, for every subject."""
     common.check_labels(subjects)
     frames, find, units = [], [], {}
-    for s in subjects:
-        view = anatomy(s.model, data.input_shape)
+    views = [anatomy(s.model, data.input_shape) for s in subjects]
+    if options.ns is None:
+        options = PruneOptions(tuple(n for n in DEFAULT_NS if all(_ranges(v, n) for v in views)) or (1,))
+    for s, view in zip(subjects, views):  # checked before any work
+        too_long = [n for n in options.ns if n > len(view)]
+        if too_long:
+            raise UsageError(f"--n {','.join(map(str, too_long))}: {s.label} has only {len(view)} units",
+                             f"use range lengths 1..{len(view)}")
+        if not any(_ranges(view, n) for n in options.ns):
+            raise UsageError(f"--n {','.join(map(str, options.ns))}: no range of that many units of {s.label} keeps "
+                             "the shape of its input, so no angular distance is defined",
+                             "use other range lengths (resprobe info shows where units change shape)")
+    for s, view in zip(subjects, views):
         units[s.label] = view.table()
         s.model.to(spec.torch_device)
-        ns = [n for n in options.ns if n <= len(view)]
+        ns = list(options.ns)
+        for n in ns:
+            if not _ranges(view, n):
+                find.append(f"{s.label}: no range of {n} units keeps the shape of its input: none measured for n = {n}.")
         df = range_distances(view, data, spec, s.normalize, ns, s.label)
         frames.append(df[COLUMNS])
         for n in ns:

@@ -126,7 +126,7 @@ def _section_keys(study: str, verdicts: list[Verdict]) -> list[str]:
 
 
 def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), budget: str = "fast",
-                out: str | Path = "report") -> dict:
+                out: str | Path = "report", command: Optional[dict] = None) -> dict:
     """Run every study on the subjects (residual networks and, optionally, plain twins, several seeds each)
     within ``budget``; write the report into ``out``. Returns the sections (verdict records as dicts)."""
     b = BUDGETS[budget]
@@ -164,7 +164,7 @@ def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunS
     header = _header(subjects, data, b, budget, spec, total)
     write_json(dict(provenance=dict(models=[s.describe() for s in subjects], data=data.describe(), budget=budget,
                                     budget_details=b.describe(len(data)), run=spec.describe(), versions=versions(),
-                                    wall_time_s=round(total, 1)),
+                                    wall_time_s=round(total, 1), **({"command": command} if command else {})),
                     sections=sections, failures=failures), out / "report.json")
     _document(results, sections, failures, header, out).write(out, "report")
     return sections
