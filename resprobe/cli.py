@@ -204,7 +204,7 @@ def _load(args):
     return data, subjects
 
 
-_NOT_SETTINGS = ("func", "quiet", "debug", "out", "device", "cmd")
+_NOT_SETTINGS = ("func", "quiet", "debug", "out", "device", "cmd", "batch_size")  # results do not depend on these
 
 
 def _settings(args) -> dict:
