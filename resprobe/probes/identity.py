@@ -136,6 +136,7 @@ class _ResponseStd:
         self.per_image = {measured: 0 for _, measured in self.layers}  # elements per image
         self.store = store
         self.rows: Optional[np.ndarray] = None
+        self.norms: dict = {}
         self._mods = dict(model.named_modules())
         self._handles = []
 
@@ -144,8 +145,15 @@ class _ResponseStd:
             return
         flat = out.detach().reshape(out.shape[0], -1)
         self.per_image[measured] = flat.shape[1]
+        norm = torch.linalg.vector_norm(flat, dim=1).double()
+        self.norms[id(out)] = (out, norm)  # a branch output that is this tensor reuses its norm
         self.store.put(("rs", j, "a"), self.rows, flat.sum(1).double())
-        self.store.put(("rs", j, "b"), self.rows, torch.linalg.vector_norm(flat, dim=1).double().pow(2))
+        self.store.put(("rs", j, "b"), self.rows, norm.pow(2))
+
+    def norm_of(self, t: torch.Tensor) -> Optional[torch.Tensor]:
+        """‖t‖ per image if ``t`` is a measured module's output of this step (as per_image_norm), else None."""
+        got = self.norms.get(id(t))
+        return got[1] if got is not None and got[0] is t else None
 
     def __enter__(self):
         try:
@@ -223,6 +231,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     with frozen_eval(model), _ResponseStd(model, view, store, "response_std" in want) as rs, spec.autocast():
         for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}", order=order):
             rs.rows = store.mark(idx)
+            acc.rs = rs
             _batch(view, x, y, rs.rows, acc)
     gathered = store.gather(lambda k: "|".join(map(str, k)))
     cka_terms = dist.gather_lists({i: acc.ckas[i].terms for i in range(n)}) if cka_on else None
@@ -251,6 +260,8 @@ class _Acc:
     grad: bool
     spec: RunSpec
     position: np.ndarray  # each image's position in the reading order (CKA minibatch g: positions [g·m, (g+1)·m))
+    rs: Optional["_ResponseStd"] = None  # the response-std hooks (their norms are reused for ‖F‖)
+    buffers: dict = None  # reused scratch tensors, by shape
 
 
 def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
@@ -273,9 +284,15 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
             """Linear Gram matrices of the chosen groups (a list aligned with ``groups``)."""
             out = [None] * len(starts)
             full = [j for j, z in enumerate(sizes) if z == m]
-            if full:
-                rows = torch.cat([torch.arange(starts[j], starts[j] + m) for j in full]).to(t.device)
-                for j, g in zip(full, minibatch_grams(t[rows], m)):
+            runs = []  # full groups in runs of consecutive positions: each run is a view, no copy
+            for j in full:
+                if runs and starts[j] == starts[runs[-1][-1]] + m:
+                    runs[-1].append(j)
+                else:
+                    runs.append([j])
+            for run in runs:
+                a = starts[run[0]]
+                for j, g in zip(run, minibatch_grams(t[a:a + len(run) * m], m)):
                     out[j] = g
             for j, z in enumerate(sizes):
                 if z != m:
@@ -294,7 +311,9 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
             same = tuple(xd.shape) == tuple(od.shape)
             sd = st.s.detach() if st.s is not None else (xd if same else None)
             if "norms" in want:
-                n_in = _norm_metrics(put, st, sd, n_in)
+                n_in = _norm_metrics(put, st, sd, n_in, acc)
+            if acc.rs is not None:
+                acc.rs.norms.clear()
             if groups:
                 g_out = grams(od)
                 ckas[i].add(groups, g_in if (same or sd is None) else grams(sd), g_out, sizes)
@@ -310,7 +329,7 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
                     put("grad_cosine", i, cosine(f, g))
 
 
-def _norm_metrics(put, st, s, n_x=None):
+def _norm_metrics(put, st, s, n_x=None, acc: Optional[_Acc] = None):
     """Write (``put(metric, unit index, values)``) the per-image metrics of the unit of step ``st`` (``s``: its shortcut, or x for a plain unit
     that keeps the shape, or None); return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖ per image
     when already known (the previous unit's ‖y‖)."""
@@ -321,10 +340,11 @@ def _norm_metrics(put, st, s, n_x=None):
     if s is None:
         return ny
     ns = nx if identity_shortcut else per_image_norm(s)
-    nd = per_image_norm(y - s)
+    nd = per_image_norm(_difference(y, s, acc))
     nsc = ns.clamp_min(1e-12)
     if residual:
-        nf = per_image_norm(f)
+        known = acc.rs.norm_of(st.f) if acc is not None and acc.rs is not None else None
+        nf = known if known is not None else per_image_norm(f)
         put("residual_ratio", i, nf / nsc)
         put("branch_ratio", i, nf / nx.clamp_min(1e-12))
     put("relative_change", i, nd / nsc)
@@ -335,6 +355,19 @@ def _norm_metrics(put, st, s, n_x=None):
         cxy = cos if identity_shortcut else cosine(x, y, norm_a=nx, norm_b=ny).clamp(-1, 1)
         put("block_influence", i, 1 - cxy)
     return ny
+
+
+def _difference(y: torch.Tensor, s: torch.Tensor, acc: Optional[_Acc]) -> torch.Tensor:
+    """y − s, written into a scratch tensor reused across units and batches (no allocation per unit)."""
+    if acc is None or y.shape != s.shape:
+        return y - s
+    if acc.buffers is None:
+        acc.buffers = {}
+    key = (tuple(y.shape), y.dtype, y.device)
+    buf = acc.buffers.get(key)
+    if buf is None:
+        buf = acc.buffers[key] = torch.empty_like(y)
+    return torch.sub(y, s, out=buf)
 
 
 def _base(view: ResidualView, label: str, u) -> dict:
