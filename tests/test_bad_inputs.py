@@ -313,6 +313,8 @@ def test_a_rerun_with_other_settings_does_not_replace_the_results(tmp_path, caps
     assert main(argv) == 0  # the same settings: the same files (random init seeded by --seed)
     again = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
     assert again[f"{probe}.csv"] == first[f"{probe}.csv"]
+    assert main(argv + ["--batch-size", "4"]) == 0  # the batch size is not a setting: results do not depend on it
+    assert (out / f"{probe}.csv").read_bytes() == first[f"{probe}.csv"]
     capsys.readouterr()
     assert _run(argv + ["--seed", "3"]) == 2
     err = capsys.readouterr().err
