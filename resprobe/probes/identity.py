@@ -29,6 +29,7 @@ scalars are kept.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -44,6 +45,8 @@ from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
+from ..metrics import fused
+from ..anatomy.parts import identity as _no_post
 from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
 from ..study import StudyResult, Subject, roles_of
@@ -145,15 +148,24 @@ class _ResponseStd:
             return
         flat = out.detach().reshape(out.shape[0], -1)
         self.per_image[measured] = flat.shape[1]
+        sums = fused.row_sums(flat)  # Σr and Σr² in one pass (None: two torch reductions)
+        if sums is not None:
+            norm = sums[:, 1].sqrt()
+            self.norms[id(out)] = (weakref.ref(out), norm)
+            self.store.put(("rs", j, "a"), self.rows, sums[:, 0])
+            self.store.put(("rs", j, "b"), self.rows, sums[:, 1])
+            return
         norm = torch.linalg.vector_norm(flat, dim=1).double()
-        self.norms[id(out)] = (out, norm)  # a branch output that is this tensor reuses its norm
+        # a branch output that is this tensor reuses its norm; a weak reference, so that an intermediate output
+        # is freed when the forward is done with it (holding it costs the next convolution fresh, faulting pages)
+        self.norms[id(out)] = (weakref.ref(out), norm)
         self.store.put(("rs", j, "a"), self.rows, flat.sum(1).double())
         self.store.put(("rs", j, "b"), self.rows, norm.pow(2))
 
     def norm_of(self, t: torch.Tensor) -> Optional[torch.Tensor]:
         """‖t‖ per image if ``t`` is a measured module's output of this step (as per_image_norm), else None."""
         got = self.norms.get(id(t))
-        return got[1] if got is not None and got[0] is t else None
+        return got[1] if got is not None and got[0]() is t else None
 
     def __enter__(self):
         try:
@@ -217,6 +229,8 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     want = set(options.metrics)
     view = anatomy(model, data.input_shape)
     model.to(spec.torch_device)
+    if spec.torch_device.type == "cpu" and want & {"norms", "response_std"}:
+        fused.available()  # compiled (once per machine) before the pass, not inside its first batch
     n = len(view)
     m = options.cka_minibatch
     cka_on = "cka" in want
@@ -262,6 +276,29 @@ class _Acc:
     position: np.ndarray  # each image's position in the reading order (CKA minibatch g: positions [g·m, (g+1)·m))
     rs: Optional["_ResponseStd"] = None  # the response-std hooks (their norms are reused for ‖F‖)
     buffers: dict = None  # reused scratch tensors, by shape
+    sums: dict = None  # unit index -> per-image (Σy², Σ(y − s)², Σs²) from the fused addition of this step
+
+
+def _relu_post(post) -> Optional[bool]:
+    """True if a unit's post-operation is a ReLU, False if it is the identity, None otherwise."""
+    if post is _no_post:
+        return False
+    if post is F.relu or post is torch.relu or type(post) is nn.ReLU:
+        return True
+    return None
+
+
+def _combiner(acc: _Acc):
+    """The walk's ``combine``: y = post(s + f) by the fused kernel, which also sums y², (y − s)² and s² per
+    image in the same pass (None: the walk adds as usual, and the norms are computed with torch operations)."""
+    def combine(u, s, f):
+        relu = _relu_post(u.parts.post) if s is not None else None
+        got = fused.add_post_sums(s, f, relu) if relu is not None else None
+        if got is None:
+            return None
+        acc.sums[u.index] = got[1]
+        return got[0]
+    return combine
 
 
 def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
@@ -302,7 +339,11 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
         inputs, branches = [], []
         g_in = grams(h.detach()) if groups else None
         n_in = None
-        for st in view.walk(h):
+        combine = None
+        if "norms" in want and not grad:
+            acc.sums = {} if acc.sums is None else acc.sums
+            combine = _combiner(acc)
+        for st in view.walk(h, combine=combine):
             i = st.index
             if grad:
                 inputs.append(st.x)
@@ -335,12 +376,17 @@ def _norm_metrics(put, st, s, n_x=None, acc: Optional[_Acc] = None):
     when already known (the previous unit's ‖y‖)."""
     i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
     x, f, y = st.x.detach(), st.f.detach(), st.y.detach()
+    sums = acc.sums.pop(i, None) if acc is not None and acc.sums else None
     nx = per_image_norm(x) if n_x is None else n_x
-    ny = per_image_norm(y)
+    ny = per_image_norm(y) if sums is None else sums[:, 0].sqrt()
     if s is None:
         return ny
-    ns = nx if identity_shortcut else per_image_norm(s)
-    nd = per_image_norm(_difference(y, s, acc))
+    if sums is not None and st.s is not None:  # the fused kernel summed y - S(x) and S(x)^2
+        ns = nx if identity_shortcut else sums[:, 2].sqrt()
+        nd = sums[:, 1].sqrt()
+    else:
+        ns = nx if identity_shortcut else per_image_norm(s)
+        nd = per_image_norm(_difference(y, s, acc))
     nsc = ns.clamp_min(1e-12)
     if residual:
         known = acc.rs.norm_of(st.f) if acc is not None and acc.rs is not None else None
@@ -439,8 +485,16 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                                                        overview=overview(table),
                                                        stage_summary=stage_summary(table).to_dict("records")),
                        verdicts=verdicts, findings=findings(table, options.threshold, lesion, roles),
-                       provenance=common.provenance(subjects, data, spec), settings=options.describe(),
+                       provenance=dict(common.provenance(subjects, data, spec), sums=_sums_path(spec)),
+                       settings=options.describe(),
                        extras=dict(roles=roles, units={lab: v.table() for lab, v in views.items()}))
+
+
+def _sums_path(spec: RunSpec) -> str:
+    """How the per-image norms and response sums were computed (they agree to about 1e-6 relative)."""
+    if spec.torch_device.type != "cpu":
+        return "torch operations"
+    return "one-pass kernels" if fused.available() else f"torch operations (one-pass kernels {fused.failure()})"
 
 
 def _lesion_check(subjects, data, spec, table, threshold) -> dict:

@@ -1,0 +1,221 @@
+"""One-pass CPU kernels for the identity study's per-image sums (issue 16: identity within 1.10× inference).
+
+The identity study needs, per unit and image, ‖y‖, ‖y − S(x)‖ and ‖S(x)‖ where y = post(S(x) + F(x)), and per
+measured layer Σr and Σr². With torch operations that is five passes over each activation and one temporary;
+here the addition, the post-ReLU and the three sums are one pass (the pass the forward makes anyway), and Σr,
+Σr² one more. The output y is bit-identical to ``post(s + f)``: the same float32 addition, and a ReLU that keeps
+NaN (as ``torch.relu``). Sums: float32 lanes over runs of at most 1,024 elements, added into float64.
+
+The kernels are compiled once, on first use, with :mod:`torch.utils.cpp_extension` (a C++ compiler and ninja);
+where that is not possible — no compiler, a GPU tensor, another dtype, a non-contiguous tensor — every function
+here returns None and the caller computes the same quantities with torch operations. ``RESPROBE_FUSED=0`` turns
+the kernels off.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+__all__ = ["available", "failure", "add_post_sums", "row_sums"]
+
+Tensor = torch.Tensor
+
+_SRC = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <cstring>
+
+namespace {
+// GCC/Clang vector extensions: four independent accumulators of 16 floats (one AVX-512 register each, or four
+// SSE registers), so that the sums do not wait on each other; loads through memcpy (unaligned).
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int64_t W = 16, U = 4, RUN = 1024;  // lanes, accumulators, elements summed in float before double
+
+inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline double hsum(v16 v) { double a = 0; for (int k = 0; k < W; ++k) a += v[k]; return a; }
+
+// y = post(s + f) (post: ReLU if RELU, else the identity; f alone if not ADD) written to y; per row:
+// sum y^2, sum (y - s)^2, sum s^2.  The ReLU keeps NaN (v < 0 ? 0 : v), as torch.relu.
+template <bool RELU, bool ADD>
+void add_post_rows(const float* __restrict__ s, const float* __restrict__ f, float* __restrict__ y, double* out,
+                   int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0;
+  const v16 zero = {0};
+  int64_t j = 0;
+  while (j + W * U <= n) {
+    const int64_t stop = std::min(n, j + RUN) - (std::min(n, j + RUN) - j) % (W * U);
+    v16 c0[U] = {}, c1[U] = {}, c2[U] = {};
+    for (; j < stop; j += W * U) {
+      for (int u = 0; u < U; ++u) {
+        const v16 sv = load(s + j + u * W);
+        v16 v = ADD ? sv + load(f + j + u * W) : load(f + j + u * W);
+        if (RELU) v = v < zero ? zero : v;
+        store(y + j + u * W, v);
+        const v16 d = v - sv;
+        c0[u] += v * v; c1[u] += d * d; c2[u] += sv * sv;
+      }
+    }
+    for (int u = 0; u < U; ++u) { a0 += hsum(c0[u]); a1 += hsum(c1[u]); a2 += hsum(c2[u]); }
+  }
+  for (; j < n; ++j) {
+    const float sv = s[j];
+    float v = ADD ? sv + f[j] : f[j];
+    if (RELU) v = v < 0.f ? 0.f : v;
+    y[j] = v;
+    const float d = v - sv;
+    a0 += double(v) * v; a1 += double(d) * d; a2 += double(sv) * sv;
+  }
+  out[0] = a0; out[1] = a1; out[2] = a2;
+}
+
+// per row: sum t, sum t^2
+void sum_rows(const float* __restrict__ t, double* out, int64_t n) {
+  double a0 = 0, a1 = 0;
+  int64_t j = 0;
+  while (j + W * U <= n) {
+    const int64_t stop = std::min(n, j + RUN) - (std::min(n, j + RUN) - j) % (W * U);
+    v16 c0[U] = {}, c1[U] = {};
+    for (; j < stop; j += W * U) {
+      for (int u = 0; u < U; ++u) { const v16 v = load(t + j + u * W); c0[u] += v; c1[u] += v * v; }
+    }
+    for (int u = 0; u < U; ++u) { a0 += hsum(c0[u]); a1 += hsum(c1[u]); }
+  }
+  for (; j < n; ++j) { a0 += t[j]; a1 += double(t[j]) * t[j]; }
+  out[0] = a0; out[1] = a1;
+}
+}  // namespace
+
+std::vector<torch::Tensor> add_post_sums(torch::Tensor s, torch::Tensor f, bool relu, bool add) {
+  const int64_t b = s.size(0), n = s.numel() / std::max<int64_t>(b, 1);
+  auto y = torch::empty_like(f);
+  auto out = torch::empty({b, 3}, torch::dtype(torch::kFloat64));
+  const float* sp = s.data_ptr<float>();
+  const float* fp = f.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  double* op = out.data_ptr<double>();
+  at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* a = sp + r * n; const float* c = fp + r * n; float* w = yp + r * n; double* o = op + 3 * r;
+      if (relu && add) add_post_rows<true, true>(a, c, w, o, n);
+      else if (relu) add_post_rows<true, false>(a, c, w, o, n);
+      else if (add) add_post_rows<false, true>(a, c, w, o, n);
+      else add_post_rows<false, false>(a, c, w, o, n);
+    }
+  });
+  return {y, out};
+}
+
+torch::Tensor row_sums(torch::Tensor t) {
+  const int64_t b = t.size(0), n = t.numel() / std::max<int64_t>(b, 1);
+  auto out = torch::empty({b, 2}, torch::dtype(torch::kFloat64));
+  const float* tp = t.data_ptr<float>();
+  double* op = out.data_ptr<double>();
+  at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) sum_rows(tp + r * n, op + 2 * r, n);
+  });
+  return out;
+}
+"""
+
+_lock = threading.Lock()
+_module = None
+_failed: Optional[str] = None
+VERSION = 4  # bump with any change of _SRC
+
+
+def _cpu_tag() -> str:
+    """A fingerprint of this CPU's instruction sets: the kernels are built for the CPU they run on
+    (``-march=native``), and a build directory shared by several kinds of machine keeps one build per kind."""
+    import platform
+    import zlib
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    flags += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return f"{zlib.crc32(flags.encode()):08x}"
+
+
+def _build(name: str, flags: list, announce: bool):
+    import logging
+    from ..progress import note
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its 'no CUDA runtime' warning (at import) is not ours to show
+    try:
+        from torch.utils import cpp_extension
+        built = os.path.join(cpp_extension._get_build_directory(name, verbose=False), f"{name}.so")
+        if announce and not os.path.exists(built):
+            note("compiling resprobe's one-pass identity kernels for this machine (once; about 40 s)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cpp_extension.load_inline(name=name, cpp_sources=[_SRC], functions=["add_post_sums", "row_sums"],
+                                             extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"],
+                                             verbose=False)
+    finally:
+        log.setLevel(level)
+
+
+def _load():
+    global _module, _failed
+    if _module is not None or _failed is not None:
+        return _module
+    with _lock:
+        if _module is None and _failed is None:
+            if os.environ.get("RESPROBE_FUSED", "1") == "0":
+                _failed = "turned off by RESPROBE_FUSED=0"
+                return None
+            errors = []
+            for tag, flags in ((_cpu_tag(), ["-march=native"]), ("generic", [])):
+                try:
+                    _module = _build(f"resprobe_fused_v{VERSION}_{tag}", flags, announce=not errors)
+                    break
+                except Exception as e:  # noqa: BLE001 - no compiler or headers: torch operations do the same work
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    errors.append(f"{type(e).__name__}: {first[:120]}")
+            if _module is None:
+                _failed = "could not be compiled: " + "; ".join(errors)
+    return _module
+
+
+def available() -> bool:
+    """True when the compiled kernels can be used (compiling them on the first call)."""
+    return _load() is not None
+
+
+def failure() -> Optional[str]:
+    """Why the kernels are not used (None when they are)."""
+    return None if available() else _failed
+
+
+def _ok(*ts: Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad
+               for t in ts)
+
+
+def add_post_sums(s: Tensor, f: Tensor, relu: bool, add: bool = True) -> Optional[tuple[Tensor, Tensor]]:
+    """``(y, sums)`` with y = relu?(s + f) (or relu?(f) when not ``add``) and per image (rows of the first
+    dimension) sums (float64, shape (B, 3)): Σy², Σ(y − s)², Σs²; None when the kernel cannot be used."""
+    if s.shape != f.shape or s.dim() == 0 or not _ok(s, f) or _load() is None:
+        return None
+    y, sums = _module.add_post_sums(s, f, bool(relu), bool(add))
+    return y, sums
+
+
+def row_sums(t: Tensor) -> Optional[Tensor]:
+    """Per image (rows of the first dimension) Σt and Σt² (float64, shape (B, 2)); None when the kernel cannot
+    be used."""
+    if t.dim() == 0 or not _ok(t) or _load() is None:
+        return None
+    return _module.row_sums(t)

@@ -1,0 +1,134 @@
+"""The one-pass identity kernels against torch (bit-identical outputs, float64 sums), the identity study with and
+without them, and the batch loop's heap policy."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from resprobe import engine
+from resprobe.engine import RunSpec
+from resprobe.io.data import load_dataset
+from resprobe.metrics import fused
+from resprobe.models import build_model
+from resprobe.probes import identity as I
+from resprobe.study import Subject
+
+from conftest import randomize_bn
+
+COMPILER = shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if not fused.available():
+        if COMPILER:  # a machine that can build them must: a silent fallback would hide a broken build
+            pytest.fail(f"the one-pass kernels did not build although {COMPILER} exists: {fused.failure()}")
+        pytest.skip(f"no C++ compiler: {fused.failure()}")
+    return fused
+
+
+@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 1023, 1024, 1025, 3000, 16384])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("add", [True, False])
+def test_add_post_sums_equal_torch(kernels, n, relu, add):
+    g = torch.Generator().manual_seed(n)
+    s, f = torch.randn(5, n, generator=g) * 3, torch.randn(5, n, generator=g)
+    s[1, n // 2] = float("nan")  # NaN kept by the ReLU, as torch.relu keeps it
+    s[2, 0] = float("inf")
+    y, sums = kernels.add_post_sums(s, f, relu, add)
+    ref = s + f if add else f.clone()
+    ref = torch.relu(ref) if relu else ref
+    assert torch.equal(y.view(torch.int32), ref.view(torch.int32))  # bit for bit, NaN and inf included
+    want = torch.stack([(ref.double() ** 2).sum(1), ((ref.double() - s.double()) ** 2).sum(1), (s.double() ** 2).sum(1)], 1)
+    assert sums.dtype == torch.float64 and sums.shape == (5, 3)
+    torch.testing.assert_close(sums, want, rtol=2e-6, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (4, 1000), (256, 16, 8, 8), (2, 3, 33, 17)])
+def test_row_sums_equal_float64_sums(kernels, shape):
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    flat = t.reshape(shape[0], -1)
+    got = kernels.row_sums(flat)
+    want = torch.stack([flat.double().sum(1), (flat.double() ** 2).sum(1)], 1)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+
+
+def test_kernels_refuse_what_they_do_not_handle(kernels):
+    a = torch.randn(4, 6, 5)
+    assert kernels.add_post_sums(a.transpose(1, 2), a.transpose(1, 2), True) is None  # not contiguous
+    assert kernels.add_post_sums(a.double(), a.double(), True) is None
+    assert kernels.add_post_sums(a, a[:, :5], True) is None
+    assert kernels.add_post_sums(a.requires_grad_(True), a, True) is None  # autograd: torch operations
+    assert kernels.row_sums(torch.randn(4, 6).bfloat16()) is None
+
+
+def test_post_operations_recognized():
+    from resprobe.anatomy.parts import identity
+    assert I._relu_post(torch.relu) is True and I._relu_post(torch.nn.functional.relu) is True
+    assert I._relu_post(torch.nn.ReLU(inplace=True)) is True and I._relu_post(identity) is False
+    assert I._relu_post(torch.nn.GELU()) is None and I._relu_post(torch.sigmoid) is None
+
+
+def _profile(model, data, **kw):
+    spec = RunSpec(batch_size=32, progress=False, n_boot=100, seed=3)
+    df, _, _ = I.profile(Subject("m", model, "none"), data, spec, I.IdentityOptions(**kw))
+    return df
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic(n=80,classes=4)", "test")
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preresnet20", "cifar_resnet20_b", "cifar_plain20",
+                                  "torchvision:resnet18"])
+def test_identity_study_same_with_and_without_kernels(kernels, data, name, monkeypatch):
+    if name.startswith("torchvision"):
+        pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = randomize_bn(build_model(name, num_classes=4), seed=0).eval()
+    calls = []
+    real = fused.add_post_sums
+    monkeypatch.setattr(fused, "add_post_sums", lambda *a, **k: calls.append(1) or real(*a, **k))
+    on = _profile(m, data)
+    assert bool(calls) == (name != "cifar_plain20"), "the fused path taken where it applies, and only there"
+    monkeypatch.setattr(fused, "add_post_sums", lambda *a, **k: None)
+    monkeypatch.setattr(fused, "row_sums", lambda *a, **k: None)
+    off = _profile(m, data)
+    pd.testing.assert_frame_equal(on.drop(columns=["value", "ci_low", "ci_high"]),
+                                  off.drop(columns=["value", "ci_low", "ci_high"]))
+    for c in ("value", "ci_low", "ci_high"):
+        np.testing.assert_allclose(on[c].to_numpy(float), off[c].to_numpy(float), rtol=1e-5, atol=1e-7)
+
+
+class _FakeHeap(engine._Heap):
+    def __init__(self, sizes):
+        super().__init__()
+        self.tuned = True
+        self._mallopt = lambda *a: 1
+        self.sizes = iter(sizes)
+        self.trimmed_at = []
+
+    def resident(self):
+        return next(self.sizes)
+
+    def trim(self):
+        self.trimmed_at.append(self.depth)
+        self.trims += 1
+
+
+def test_heap_trims_only_when_the_resident_size_grew():
+    mb = 1 << 20
+    h = _FakeHeap([500 * mb, 520 * mb, 610 * mb, 620 * mb, 510 * mb])
+    with h:
+        for _ in range(5):
+            h.after_batch()
+        assert h.trims == 1  # 620 MB > 1.1 x 500 MB + 64 MB; 610 MB is within
+        with h:  # a nested loop keeps the outer one's settings
+            pass
+        assert h.trims == 1
+    assert h.trims == 2  # the outermost loop's end hands the freed heap back
