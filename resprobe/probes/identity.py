@@ -492,9 +492,12 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
 
 def _sums_path(spec: RunSpec) -> str:
     """How the per-image norms and response sums were computed (they agree to about 1e-6 relative)."""
-    if spec.torch_device.type != "cpu":
+    if spec.torch_device.type != "cpu" or spec.dtype != "float32":
         return "torch operations"
-    return "one-pass kernels" if fused.available() else f"torch operations (one-pass kernels {fused.failure()})"
+    if not fused.available():
+        return f"torch operations (one-pass kernels {fused.failure()})"
+    return ("one-pass kernels where they apply (float32 CPU tensors without autograd; residual units whose "
+            "post-operation is a ReLU or none), torch operations elsewhere")
 
 
 def _lesion_check(subjects, data, spec, table, threshold) -> dict:
