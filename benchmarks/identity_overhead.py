@@ -29,10 +29,13 @@ def main():
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--n-boot", type=int, default=RunSpec().n_boot,
+                    help="bootstrap resamples (default: the CLI's, as `resprobe identity` runs)")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these rows (names as printed), besides inference")
     args = ap.parse_args()
     data = load_data(args.data, "test", limit=args.limit)
     model, _ = load_model(args.model, args.weights)
-    spec = RunSpec(batch_size=args.batch_size, progress=False, n_boot=100)
+    spec = RunSpec(batch_size=args.batch_size, progress=False, n_boot=args.n_boot)
     subject = Subject("m", model, "imagenet")
 
     def ident(**kw):
@@ -42,19 +45,25 @@ def main():
             "cka on every image": ident(cka_images=None), "with grad_cosine": ident(grad=True),
             "norms only": ident(metrics=("norms",)), "cka only (subset)": ident(metrics=("cka",)),
             "response_std only": ident(metrics=("response_std",))}
-    best = {k: float("inf") for k in runs}
+    if args.only:
+        runs = {k: fn for k, fn in runs.items() if k == "inference" or k in args.only}
+    times = {k: [] for k in runs}
     for _ in range(args.repeats):  # interleaved, best of N: the machine's drift hits all alike
         for k, fn in runs.items():
             t0 = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            times[k].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
     t_inf = best["inference"]
-    print(f"{args.model}, {len(data)} images, batch {args.batch_size}, best of {args.repeats}")
+    print(f"{args.model}, {len(data)} images, batch {args.batch_size}, {spec.n_boot} bootstrap resamples, "
+          f"best of {args.repeats}")
     print(f"plain inference pass:                {t_inf:7.2f} s")
     for k in runs:
         if k != "inference":
             note = " (target <= 1.10)" if k == "default" else ""
-            print(f"identity, {k:26s} {best[k]:7.2f} s  ratio {best[k] / t_inf:.3f}{note}")
+            pairs = sorted(a / b for a, b in zip(times[k], times["inference"]))  # each repeat against its own
+            spread = f"; per repeat {pairs[len(pairs) // 2]:.3f} median, {pairs[0]:.3f}-{pairs[-1]:.3f}"
+            print(f"identity, {k:26s} {best[k]:7.2f} s  ratio {best[k] / t_inf:.3f}{note}{spread}")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,9 @@ class _Heap:
     the freed heap is handed back (``malloc_trim``) only when the resident size has grown by a tenth (plus
     64 MiB) over its size after the first batch — small allocations between batches can pin freed blocks,
     and the resident size would otherwise grow with the number of batches (issue 13) — and when the
-    outermost loop ends, which also restores glibc's thresholds (128 KiB)."""
+    outermost loop ends, which also restores glibc's thresholds (128 KiB). A resident size that comes back
+    to the level of the last trim (within 2% + 16 MiB) is the loop's working set, not growth: it becomes the
+    new reference instead of being trimmed (and faulted in) after every batch."""
 
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     MMAP = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
@@ -185,6 +187,7 @@ class _Heap:
     def __init__(self):
         self.depth = 0
         self.base: Optional[int] = None
+        self.last: Optional[int] = None  # resident size that triggered the last trim
         self.trims = 0
         self._mallopt = self._trim = None
         try:
@@ -229,9 +232,15 @@ class _Heap:
         if rss is None:
             return
         if self.base is None:
-            self.base = rss
+            self.base, self.last = rss, None
         elif rss > 1.1 * self.base + (64 << 20):
-            self.trim()
+            if self.last is not None and rss <= 1.02 * self.last + (16 << 20):
+                # back at the level of the last trim, not above it: that is the loop's working set (the
+                # first batch was lighter), not growth; trimming again would only fault it in afresh
+                self.base = rss
+            else:
+                self.trim()
+                self.last = rss
 
     def __exit__(self, *exc):
         self.depth -= 1
@@ -244,6 +253,12 @@ class _Heap:
 
 
 _HEAP = _Heap()
+
+
+def heap_kept() -> _Heap:
+    """The batch loops' heap settings as a context manager, for other work on large temporaries (a bootstrap's
+    resample matrices): freed blocks up to 32 MiB are reused instead of being faulted in afresh."""
+    return _HEAP
 
 
 def batches(data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "",

@@ -93,9 +93,11 @@ def test_identity_study_same_with_and_without_kernels(kernels, data, name, monke
     m = randomize_bn(build_model(name, num_classes=4), seed=0).eval()
     calls = []
     real = fused.add_post_sums
-    monkeypatch.setattr(fused, "add_post_sums", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(fused, "add_post_sums", lambda *a, **k: calls.append(k.get("f_sums")) or real(*a, **k))
     on = _profile(m, data)
     assert bool(calls) == (name != "cifar_plain20"), "the fused path taken where it applies, and only there"
+    # from the second batch on, the branch output's response sums come out of the addition's pass
+    assert any(calls) == (name != "cifar_plain20")
     monkeypatch.setattr(fused, "add_post_sums", lambda *a, **k: None)
     monkeypatch.setattr(fused, "row_sums", lambda *a, **k: None)
     off = _profile(m, data)
@@ -103,6 +105,23 @@ def test_identity_study_same_with_and_without_kernels(kernels, data, name, monke
                                   off.drop(columns=["value", "ci_low", "ci_high"]))
     for c in ("value", "ci_low", "ci_high"):
         np.testing.assert_allclose(on[c].to_numpy(float), off[c].to_numpy(float), rtol=1e-5, atol=1e-7)
+
+
+def test_pending_response_sums_refuse_an_output_changed_in_place():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1))
+    store = engine.PerImageStore(3)
+    rs = I._ResponseStd(model, None, store)  # measures the 3x3 convolution "0"
+    rs.rows = np.arange(3)
+    rs.final = {0}
+    out = torch.randn(3, 2, 4, 4)
+    rs._update(0, "0", out)
+    assert rs.is_pending(out) and not store.columns  # deferred
+    rs.flush()
+    np.testing.assert_allclose(store.columns[("rs", 0)][:, 1], (out.double() ** 2).sum((1, 2, 3)).numpy(), rtol=1e-6)
+    rs._update(0, "0", out)
+    out.relu_()
+    with pytest.raises(RuntimeError, match="changed in place"):
+        rs.flush()
 
 
 class _FakeHeap(engine._Heap):
@@ -132,3 +151,17 @@ def test_heap_trims_only_when_the_resident_size_grew():
             pass
         assert h.trims == 1
     assert h.trims == 2  # the outermost loop's end hands the freed heap back
+
+
+def test_heap_does_not_trim_a_steady_working_set_after_every_batch():
+    mb = 1 << 20
+    # a light first batch (700 MB), then a steady 940 MB: one trim (it might have been growth), then the level
+    # is recognised as the working set when it comes back; real growth past it is trimmed again
+    sizes = [700 * mb] + [940 * mb] * 10 + [1050 * mb, 945 * mb, 1300 * mb]
+    h = _FakeHeap(sizes)
+    with h:
+        trims = []
+        for _ in sizes:
+            h.after_batch()
+            trims.append(h.trims)
+    assert trims == [0, 1] + [1] * 9 + [1, 1, 2]

@@ -415,3 +415,14 @@ def test_cka_is_one_for_a_unit_that_is_the_identity(data):
     cka = df[df["metric"] == "cka"].set_index("unit")["value"]
     assert cka["layer1.1"] == pytest.approx(1.0, abs=1e-9)
     assert cka["layer1.2"] < 0.99
+
+
+def test_cka_ci_equals_the_loop_over_resampled_minibatches():
+    from resprobe.metrics.stats import resample_counts
+    from resprobe.probes.identity import _cka_ci, _cka_value
+    rng = np.random.default_rng(0)
+    t = np.column_stack([np.arange(8), rng.normal(1, .3, 8), rng.normal(2, .3, 8) ** 2, rng.normal(2, .3, 8) ** 2,
+                         np.full(8, 256)])
+    boots = [_cka_value(t[row]) for idx, _ in resample_counts(8, 300, seed=5) for row in idx]
+    assert _cka_ci(t, 300, 5) == pytest.approx(tuple(np.nanquantile(boots, [0.025, 0.975])), rel=1e-12)
+    assert all(np.isnan(_cka_ci(t[:1], 300, 5)))

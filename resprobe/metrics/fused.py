@@ -41,27 +41,33 @@ inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline double hsum(v16 v) { double a = 0; for (int k = 0; k < W; ++k) a += v[k]; return a; }
 
 // y = post(s + f) (post: ReLU if RELU, else the identity; f alone if not ADD) written to y; per row:
-// sum y^2, sum (y - s)^2, sum s^2.  The ReLU keeps NaN (v < 0 ? 0 : v), as torch.relu.
-template <bool RELU, bool ADD>
+// sum y^2, sum (y - s)^2, sum s^2, and if FS also sum f, sum f^2 (the same runs and lanes as sum_rows, so
+// these two are bit-identical to row_sums(f)).  The ReLU keeps NaN (v < 0 ? 0 : v), as torch.relu.
+template <bool RELU, bool ADD, bool FS>
 void add_post_rows(const float* __restrict__ s, const float* __restrict__ f, float* __restrict__ y, double* out,
                    int64_t n) {
-  double a0 = 0, a1 = 0, a2 = 0;
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
   const v16 zero = {0};
   int64_t j = 0;
   while (j + W * U <= n) {
     const int64_t stop = std::min(n, j + RUN) - (std::min(n, j + RUN) - j) % (W * U);
-    v16 c0[U] = {}, c1[U] = {}, c2[U] = {};
+    v16 c0[U] = {}, c1[U] = {}, c2[U] = {}, c3[U] = {}, c4[U] = {};
     for (; j < stop; j += W * U) {
       for (int u = 0; u < U; ++u) {
         const v16 sv = load(s + j + u * W);
-        v16 v = ADD ? sv + load(f + j + u * W) : load(f + j + u * W);
+        const v16 fv = load(f + j + u * W);
+        v16 v = ADD ? sv + fv : fv;
         if (RELU) v = v < zero ? zero : v;
         store(y + j + u * W, v);
         const v16 d = v - sv;
         c0[u] += v * v; c1[u] += d * d; c2[u] += sv * sv;
+        if (FS) { c3[u] += fv; c4[u] += fv * fv; }
       }
     }
-    for (int u = 0; u < U; ++u) { a0 += hsum(c0[u]); a1 += hsum(c1[u]); a2 += hsum(c2[u]); }
+    for (int u = 0; u < U; ++u) {
+      a0 += hsum(c0[u]); a1 += hsum(c1[u]); a2 += hsum(c2[u]);
+      if (FS) { a3 += hsum(c3[u]); a4 += hsum(c4[u]); }
+    }
   }
   for (; j < n; ++j) {
     const float sv = s[j];
@@ -70,8 +76,18 @@ void add_post_rows(const float* __restrict__ s, const float* __restrict__ f, flo
     y[j] = v;
     const float d = v - sv;
     a0 += double(v) * v; a1 += double(d) * d; a2 += double(sv) * sv;
+    if (FS) { a3 += f[j]; a4 += double(f[j]) * f[j]; }
   }
   out[0] = a0; out[1] = a1; out[2] = a2;
+  if (FS) { out[3] = a3; out[4] = a4; }
+}
+
+template <bool FS>
+void add_post_dispatch(const float* a, const float* c, float* w, double* o, int64_t n, bool relu, bool add) {
+  if (relu && add) add_post_rows<true, true, FS>(a, c, w, o, n);
+  else if (relu) add_post_rows<true, false, FS>(a, c, w, o, n);
+  else if (add) add_post_rows<false, true, FS>(a, c, w, o, n);
+  else add_post_rows<false, false, FS>(a, c, w, o, n);
 }
 
 // per row: sum t, sum t^2
@@ -91,21 +107,19 @@ void sum_rows(const float* __restrict__ t, double* out, int64_t n) {
 }
 }  // namespace
 
-std::vector<torch::Tensor> add_post_sums(torch::Tensor s, torch::Tensor f, bool relu, bool add) {
-  const int64_t b = s.size(0), n = s.numel() / std::max<int64_t>(b, 1);
+std::vector<torch::Tensor> add_post_sums(torch::Tensor s, torch::Tensor f, bool relu, bool add, bool fsums) {
+  const int64_t b = s.size(0), n = s.numel() / std::max<int64_t>(b, 1), k = fsums ? 5 : 3;
   auto y = torch::empty_like(f);
-  auto out = torch::empty({b, 3}, torch::dtype(torch::kFloat64));
+  auto out = torch::empty({b, k}, torch::dtype(torch::kFloat64));
   const float* sp = s.data_ptr<float>();
   const float* fp = f.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   double* op = out.data_ptr<double>();
   at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      const float* a = sp + r * n; const float* c = fp + r * n; float* w = yp + r * n; double* o = op + 3 * r;
-      if (relu && add) add_post_rows<true, true>(a, c, w, o, n);
-      else if (relu) add_post_rows<true, false>(a, c, w, o, n);
-      else if (add) add_post_rows<false, true>(a, c, w, o, n);
-      else add_post_rows<false, false>(a, c, w, o, n);
+      const float* a = sp + r * n; const float* c = fp + r * n; float* w = yp + r * n; double* o = op + k * r;
+      if (fsums) add_post_dispatch<true>(a, c, w, o, n, relu, add);
+      else add_post_dispatch<false>(a, c, w, o, n, relu, add);
     }
   });
   return {y, out};
@@ -126,7 +140,7 @@ torch::Tensor row_sums(torch::Tensor t) {
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-VERSION = 4  # bump with any change of _SRC
+VERSION = 5  # bump with any change of _SRC
 
 
 def _cpu_tag() -> str:
@@ -204,12 +218,14 @@ def _ok(*ts: Tensor) -> bool:
                for t in ts)
 
 
-def add_post_sums(s: Tensor, f: Tensor, relu: bool, add: bool = True) -> Optional[tuple[Tensor, Tensor]]:
+def add_post_sums(s: Tensor, f: Tensor, relu: bool, add: bool = True,
+                  f_sums: bool = False) -> Optional[tuple[Tensor, Tensor]]:
     """``(y, sums)`` with y = relu?(s + f) (or relu?(f) when not ``add``) and per image (rows of the first
-    dimension) sums (float64, shape (B, 3)): Σy², Σ(y − s)², Σs²; None when the kernel cannot be used."""
+    dimension) sums (float64, shape (B, 3)): Σy², Σ(y − s)², Σs²; with ``f_sums`` also Σf, Σf² (shape (B, 5);
+    these two equal ``row_sums(f)`` bit for bit). None when the kernel cannot be used."""
     if s.shape != f.shape or s.dim() == 0 or not _ok(s, f) or _load() is None:
         return None
-    y, sums = _module.add_post_sums(s, f, bool(relu), bool(add))
+    y, sums = _module.add_post_sums(s, f, bool(relu), bool(add), bool(f_sums))
     return y, sums
 
 

@@ -5,7 +5,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["bootstrap_mean_ci", "bootstrap_proportion_ci", "pooled_std", "bootstrap_pooled_std_ci", "mcnemar_exact", "holm",
+__all__ = ["bootstrap_mean_ci", "bootstrap_means_ci", "resample_counts", "bootstrap_stats", "percentile_ci",
+           "means_stat", "pooled_std_stat", "bootstrap_proportion_ci", "pooled_std", "bootstrap_pooled_std_ci", "mcnemar_exact", "holm",
            "stable_seed"]
 
 
@@ -32,6 +33,83 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int
     a = (1 - level) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
     return float(lo), float(hi)
+
+
+def resample_counts(n: int, n_boot: int, seed: int = 0, chunk: int = 100):
+    """The seeded bootstrap resamples of ``n`` items, ``chunk`` at a time: yields ``(idx, counts)`` with
+    ``idx`` (b, n) the drawn positions and ``counts`` (b, n) float64 how often each item is drawn.
+
+    The draws are those of :func:`bootstrap_mean_ci` with the same seed (``rng.integers(0, n, (b, n))``),
+    so every statistic computed from one seed's counts sees the same resampled images."""
+    rng = np.random.default_rng(seed)
+    for s in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - s)
+        idx = rng.integers(0, n, size=(b, n))
+        if n < 4096:  # one count for all rows
+            counts = np.bincount((idx + np.arange(b)[:, None] * n).ravel(), minlength=b * n).reshape(b, n)
+            yield idx, counts.astype(np.float64)
+            continue
+        counts = np.empty((b, n))
+        for k, row in enumerate(idx):  # row by row: the count array stays in cache
+            counts[k] = np.bincount(row, minlength=n)
+        yield idx, counts
+
+
+def bootstrap_stats(n: int, stats: list, n_boot: int = 1000, seed: int = 0, chunk: int = 100) -> list:
+    """Bootstrap distributions of several statistics of the same resamples of ``n`` items: each
+    ``stat(idx, counts)`` maps a chunk of resamples (:func:`resample_counts`) to a (b, k) array; returns,
+    for each, its (n_boot, k) values."""
+    out = [None] * len(stats)
+    s = 0
+    for idx, counts in resample_counts(n, n_boot, seed, chunk):
+        for j, stat in enumerate(stats):
+            v = np.asarray(stat(idx, counts), np.float64).reshape(len(idx), -1)
+            if out[j] is None:
+                out[j] = np.empty((n_boot, v.shape[1]))
+            out[j][s:s + len(idx)] = v
+        s += len(idx)
+    return out
+
+
+def percentile_ci(boots: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap values (n_boot, k), per column."""
+    a = (1 - level) / 2
+    lo, hi = np.quantile(boots, [a, 1 - a], axis=0)
+    return lo, hi
+
+
+def means_stat(values):
+    """The statistic of :func:`bootstrap_stats` giving the means of the columns of ``values`` (n, m) in each
+    resample: one matrix product with the counts; a column with a NaN or an infinity is resampled element by
+    element (its means are NaN/inf as they would be one column at a time)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    n, m = v.shape
+    finite = np.isfinite(v).all(0)
+    vf, odd = v[:, finite], np.flatnonzero(~finite)
+
+    def stat(idx, counts):
+        out = np.empty((len(idx), m))
+        out[:, finite] = (counts @ vf) / n
+        for j in odd:
+            out[:, j] = v[:, j][idx].mean(1)
+        return out
+    return stat
+
+
+def bootstrap_means_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                       chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CIs of the means of the m columns of ``values`` (n, m), all from the same
+    resamples of the n rows (images): column j gets what ``bootstrap_mean_ci(values[:, j], seed=seed)``
+    gives, to rounding, at the cost of one matrix product per chunk instead of m gathers.
+    Returns ``(low, high)``, arrays of m."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    if len(v) == 0:
+        return np.full(v.shape[1], np.nan), np.full(v.shape[1], np.nan)
+    return percentile_ci(bootstrap_stats(len(v), [means_stat(v)], n_boot, seed, chunk)[0], level)
 
 
 def bootstrap_proportion_ci(k: int, n: int, n_boot: int = 1000, level: float = 0.95,
@@ -68,26 +146,26 @@ def pooled_std_from_counts(counts, s1, s2, per_image):
     return pooled_std(counts @ s1, counts @ s2, n_el)
 
 
+def pooled_std_stat(s1, s2, per_image):
+    """The statistic of :func:`bootstrap_stats` giving the pooled std of L layers in each resample, from
+    per-image sums ``s1``, ``s2`` (n, L) of ``per_image`` (L,) elements."""
+    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    return lambda idx, counts: pooled_std_from_counts(counts, s1, s2, per_image)
+
+
 def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                             chunk: int = 100):
     """Percentile bootstrap CI over images of the std over all elements, for L layers at once.
 
     ``s1``, ``s2``: (n, L) per-image sums Σr and Σr²; ``per_image``: (L,) elements per image. Each
-    resample draws n images with replacement (multinomial counts), shared by all layers.
-    Returns ``(low, high)``, arrays of L."""
-    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    resample draws n images with replacement, shared by all layers.
+    Returns ``(low, high)``, arrays of L. The resamples are :func:`resample_counts`' with ``seed``: the same
+    images as :func:`bootstrap_means_ci` with that seed."""
+    s1 = np.atleast_2d(np.asarray(s1, np.float64))
     n, L = s1.shape
     if n == 0:
         return np.full(L, np.nan), np.full(L, np.nan)
-    rng = np.random.default_rng(seed)
-    stds = np.empty((n_boot, L))
-    p = np.full(n, 1.0 / n)
-    for s in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - s)
-        stds[s:s + b] = pooled_std_from_counts(rng.multinomial(n, p, size=b), s1, s2, per_image)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(stds, [a, 1 - a], axis=0)
-    return lo, hi
+    return percentile_ci(bootstrap_stats(n, [pooled_std_stat(s1, s2, per_image)], n_boot, seed, chunk)[0], level)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -24,13 +24,14 @@ transformer's token tensor together):
                       of all images (He et al. Fig. 7), with a bootstrap CI over images.
 
 For a plain unit (no shortcut) S(x) is taken as x when it keeps the shape (``residual_ratio`` is
-undefined there). 95% CIs: seeded bootstrap over images. Memory follows the batch size; only per-image
+undefined there). 95% CIs: seeded percentile bootstrap over images, one set of resampled images shared by
+every metric, unit and layer of a network (so CIs of two units are of the same resamples). Memory follows the batch size; only per-image
 scalars are kept.
 """
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,13 +43,14 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from .. import fmt
 from ..anatomy import ResidualView, anatomy, frozen_eval
-from ..engine import PerImageStore, RunSpec, batches, check_finite
+from ..engine import PerImageStore, RunSpec, batches, check_finite, heap_kept
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics import fused
 from ..anatomy.parts import identity as _no_post
 from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
-from ..metrics.stats import bootstrap_mean_ci, bootstrap_pooled_std_ci, stable_seed
+from ..metrics.stats import (bootstrap_stats, means_stat, percentile_ci, pooled_std_stat, resample_counts,
+                             stable_seed)
 from ..study import StudyResult, Subject, roles_of
 from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of,
                        seed_ci, unpaired_reason)
@@ -72,6 +74,9 @@ RESPONSE_RATIO = 1.0
 # Jastrzebski et al.: units that change the representation little are cheap to delete. Statistic: Spearman rank
 # correlation across units between ‖F‖/‖x‖ and the single-deletion relative error increase; supported above 0.
 REFINEMENT_RHO = 0.0
+BOOTSTRAP = ("percentile, 95%: per-image metrics and response std from one set of resampled images per network "
+             "(seed: stable_seed(seed, network, 'images')), shared by every unit, metric and layer; CKA over its "
+             "minibatch groups (seed per unit)")
 
 
 @dataclass(frozen=True)
@@ -140,27 +145,64 @@ class _ResponseStd:
         self.store = store
         self.rows: Optional[np.ndarray] = None
         self.norms: dict = {}
+        # layers whose output is a residual unit's branch output F (seen on the first batch): from the next batch
+        # on, their sums are left to the fused addition that reads F anyway (``claim``), or taken at ``flush``
+        self.final: set = set()
+        self.pending: dict = {}  # id(out) -> (j, measured, out, out._version)
         self._mods = dict(model.named_modules())
         self._handles = []
 
     def _update(self, j: int, measured: str, out: torch.Tensor) -> None:
         if self.rows is None:
             return
+        if j in self.final:
+            self.pending[id(out)] = (j, measured, out, out._version)
+            return
+        self._measure(j, measured, out)
+
+    def _measure(self, j: int, measured: str, out: torch.Tensor, sums: Optional[torch.Tensor] = None) -> None:
         flat = out.detach().reshape(out.shape[0], -1)
         self.per_image[measured] = flat.shape[1]
-        sums = fused.row_sums(flat)  # Σr and Σr² in one pass (None: two torch reductions)
-        if sums is not None:
-            norm = sums[:, 1].sqrt()
-            self.norms[id(out)] = (weakref.ref(out), norm)
-            self.store.put(("rs", j, "a"), self.rows, sums[:, 0])
-            self.store.put(("rs", j, "b"), self.rows, sums[:, 1])
-            return
-        norm = torch.linalg.vector_norm(flat, dim=1).double()
+        if sums is None:
+            sums = fused.row_sums(flat)  # Σr and Σr² in one pass (None: two torch reductions)
         # a branch output that is this tensor reuses its norm; a weak reference, so that an intermediate output
         # is freed when the forward is done with it (holding it costs the next convolution fresh, faulting pages)
-        self.norms[id(out)] = (weakref.ref(out), norm)
-        self.store.put(("rs", j, "a"), self.rows, flat.sum(1).double())
-        self.store.put(("rs", j, "b"), self.rows, norm.pow(2))
+        if sums is not None:
+            self.norms[id(out)] = (weakref.ref(out), sums[:, 1].sqrt(), j)
+            self.store.put(("rs", j), self.rows, sums)
+            return
+        norm = torch.linalg.vector_norm(flat, dim=1).double()
+        self.norms[id(out)] = (weakref.ref(out), norm, j)
+        self.store.put(("rs", j), self.rows, torch.stack([flat.sum(1).double(), norm.pow(2)], 1))
+
+    def is_pending(self, t: torch.Tensor) -> bool:
+        got = self.pending.get(id(t))
+        return got is not None and got[2] is t
+
+    def resolve(self, t: torch.Tensor, sums: torch.Tensor) -> None:
+        """The pending layer output ``t``'s Σr, Σr² (B, 2), computed by the caller while it read ``t``."""
+        j, measured, out, version = self.pending.pop(id(t))
+        self._check(out, version, measured)
+        self._measure(j, measured, out, sums)
+
+    def flush(self) -> None:
+        """Measure every pending output that no fused addition took."""
+        while self.pending:
+            _, (j, measured, out, version) = self.pending.popitem()
+            self._check(out, version, measured)
+            self._measure(j, measured, out)
+
+    @staticmethod
+    def _check(out: torch.Tensor, version: int, measured: str) -> None:
+        if out._version != version:
+            raise RuntimeError(f"the output of {measured} was changed in place before its response sums were taken")
+
+    def learn(self, f: torch.Tensor) -> None:
+        """``f`` is a residual unit's branch output that the fused addition reads: if a measured layer produced
+        it, that layer's sums come from the addition from the next batch on."""
+        got = self.norms.get(id(f))
+        if got is not None and got[0]() is f:
+            self.final.add(got[2])
 
     def norm_of(self, t: torch.Tensor) -> Optional[torch.Tensor]:
         """‖t‖ per image if ``t`` is a measured module's output of this step (as per_image_norm), else None."""
@@ -190,14 +232,30 @@ class _CKA:
     def __init__(self):
         self.terms: list[tuple[int, float, float, float, int]] = []  # (group, kl, kk, ll, images)
 
-    def add(self, groups: Sequence[int], Ks: list, Ls: list, sizes: Sequence[int]):
-        for z in sorted(set(sizes)):
-            sel = [j for j, s in enumerate(sizes) if s == z]
-            K = torch.stack([Ks[j] for j in sel])
-            L = torch.stack([Ls[j] for j in sel])
-            kl, kk, ll = hsic_unbiased(K, L), hsic_unbiased(K, K), hsic_unbiased(L, L)
-            for j, a, b, c in zip(sel, kl.tolist(), kk.tolist(), ll.tolist()):
-                self.terms.append((groups[j], a, b, c, z))
+
+def _add_cka_terms(ckas: list, groups: Sequence[int], sizes: Sequence[int], pairs: list) -> None:
+    """HSIC terms of one batch's CKA groups for every unit at once: ``pairs`` holds (unit index, Grams of its
+    input, Grams of its output), lists aligned with ``groups``. One batched estimator call per kind of term;
+    HSIC(K, K) once per distinct Gram matrix (a unit's output Grams are the next unit's input Grams)."""
+    for z in sorted(set(sizes)):
+        sel = [j for j, s in enumerate(sizes) if s == z]
+        slot: dict = {}
+        uniq = []
+        for _, Ks, Ls in pairs:
+            for j in sel:
+                for g in (Ks[j], Ls[j]):
+                    if id(g) not in slot:
+                        slot[id(g)] = len(uniq)
+                        uniq.append(g)
+        G = torch.stack(uniq)
+        own = hsic_unbiased(G, G).tolist()
+        cross = hsic_unbiased(torch.stack([Ks[j] for _, Ks, _ in pairs for j in sel]),
+                              torch.stack([Ls[j] for _, _, Ls in pairs for j in sel])).tolist()
+        r = 0
+        for i, Ks, Ls in pairs:
+            for j in sel:
+                ckas[i].terms.append((groups[j], cross[r], own[slot[id(Ks[j])]], own[slot[id(Ls[j])]], z))
+                r += 1
 
 
 def _cka_value(t: np.ndarray) -> float:
@@ -249,16 +307,27 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
             _batch(view, x, y, rs.rows, acc)
     gathered = store.gather(lambda k: "|".join(map(str, k)))
     cka_terms = dist.gather_lists({i: acc.ckas[i].terms for i in range(n)}) if cka_on else None
+    # what each unit is (residual, identity shortcut, same shape), as seen by whichever rank ran a batch
+    kinds = dist.gather_lists({i: [acc.kinds[i]] if i in acc.kinds else [] for i in range(n)})
     if gathered is None:
         return None, None, view
-    rows = _rows(view, label, gathered, cka_terms, spec)
-    resp = None
-    if rs.layers and gathered.get("rs|0|a") is not None:
-        s1 = np.stack([gathered[f"rs|{j}|a"] for j in range(len(rs.layers))], 1)
-        s2 = np.stack([gathered[f"rs|{j}|b"] for j in range(len(rs.layers))], 1)
-        per = [rs.per_image[meas] for _, meas in rs.layers]
-        resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in rs.layers])
-        rows += _response_rows(view, label, rs.layers, s1, s2, per, spec)
+    for i in range(n):  # the norm metrics, from the gathered per-image norms of each unit
+        norms = gathered.pop(f"norms|{i}", None)
+        if norms is not None and kinds[i]:
+            gathered.update({f"{metric}|{i}": v for metric, v in _derive_metrics(norms, *kinds[i][0]).items()})
+    with heap_kept():  # the bootstrap's resample matrices (tens of MB per chunk) reuse the heap
+        resp = None
+        if rs.layers and gathered.get("rs|0") is not None:  # per layer (n, 2): Σr, Σr² per image
+            s1 = np.stack([gathered[f"rs|{j}"][:, 0] for j in range(len(rs.layers))], 1)
+            s2 = np.stack([gathered[f"rs|{j}"][:, 1] for j in range(len(rs.layers))], 1)
+            per = [rs.per_image[meas] for _, meas in rs.layers]
+            resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in rs.layers])
+        keys = [f"{metric}|{u.index}" for u in view for metric in PER_IMAGE_METRICS
+                if gathered.get(f"{metric}|{u.index}") is not None and len(gathered[f"{metric}|{u.index}"])]
+        cis, resp_ci = _image_cis(gathered, keys, resp, spec, label)
+        rows = _rows(view, label, gathered, cis, cka_terms, spec)
+        if resp is not None:
+            rows += _response_rows(view, label, rs.layers, resp, resp_ci)
     return pd.DataFrame(rows, columns=COLUMNS), resp, view
 
 
@@ -277,6 +346,7 @@ class _Acc:
     rs: Optional["_ResponseStd"] = None  # the response-std hooks (their norms are reused for ‖F‖)
     buffers: dict = None  # reused scratch tensors, by shape
     sums: dict = None  # unit index -> per-image (Σy², Σ(y − s)², Σs²) from the fused addition of this step
+    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape)
 
 
 def _relu_post(post) -> Optional[bool]:
@@ -293,10 +363,16 @@ def _combiner(acc: _Acc):
     image in the same pass (None: the walk adds as usual, and the norms are computed with torch operations)."""
     def combine(u, s, f):
         relu = _relu_post(u.parts.post) if s is not None else None
-        got = fused.add_post_sums(s, f, relu) if relu is not None else None
+        if relu is None:
+            return None
+        rs = acc.rs
+        take = rs is not None and rs.is_pending(f)  # F's response sums in the same pass
+        got = fused.add_post_sums(s, f, relu, f_sums=take)
         if got is None:
             return None
-        acc.sums[u.index] = got[1]
+        acc.sums[u.index] = got[1][:, :3]
+        if take:
+            rs.resolve(f, got[1][:, 3:])
         return got[0]
     return combine
 
@@ -336,11 +412,11 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
                     out[j] = minibatch_grams(t[starts[j]:starts[j] + z], z)[0]
             return out
 
-        inputs, branches = [], []
+        inputs, branches, cka_pairs = [], [], []
         g_in = grams(h.detach()) if groups else None
         n_in = None
         combine = None
-        if "norms" in want and not grad:
+        if not grad:  # the fused addition (its sums serve the norms; it is faster than add + ReLU alone)
             acc.sums = {} if acc.sums is None else acc.sums
             combine = _combiner(acc)
         for st in view.walk(h, combine=combine):
@@ -351,15 +427,25 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
             xd, od = st.x.detach(), st.y.detach()
             same = tuple(xd.shape) == tuple(od.shape)
             sd = st.s.detach() if st.s is not None else (xd if same else None)
+            if acc.rs is not None:
+                acc.rs.flush()
+                if combine is not None and i in acc.sums:  # the fused addition ran: it can take F's sums
+                    acc.rs.learn(st.f)
             if "norms" in want:
                 n_in = _norm_metrics(put, st, sd, n_in, acc)
+            elif acc.sums:
+                acc.sums.clear()
             if acc.rs is not None:
                 acc.rs.norms.clear()
             if groups:
                 g_out = grams(od)
-                ckas[i].add(groups, g_in if (same or sd is None) else grams(sd), g_out, sizes)
+                cka_pairs.append((i, g_in if (same or sd is None) else grams(sd), g_out))
                 g_in = g_out
             h = st.y
+        if acc.rs is not None:
+            acc.rs.flush()
+        if cka_pairs:
+            _add_cka_terms(ckas, groups, sizes, cka_pairs)
         # one check per batch: a non-finite value anywhere reaches the last unit's output
         check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
         if grad:
@@ -370,10 +456,15 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
                     put("grad_cosine", i, cosine(f, g))
 
 
+# columns of the per-image "norms" a unit puts each batch; the metrics are derived from them after the pass
+_NORM_COLUMNS = ("x", "y", "s", "d", "f", "cos_xy")  # ‖x‖, ‖y‖, ‖S(x)‖, ‖y − S(x)‖, ‖F(x)‖, cos(x, y)
+
+
 def _norm_metrics(put, st, s, n_x=None, acc: Optional[_Acc] = None):
-    """Write (``put(metric, unit index, values)``) the per-image metrics of the unit of step ``st`` (``s``: its shortcut, or x for a plain unit
-    that keeps the shape, or None); return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖ per image
-    when already known (the previous unit's ‖y‖)."""
+    """Write (``put("norms", unit index, (B, 6) float64)``) the per-image norms of the unit of step ``st``
+    (``s``: its shortcut, or x for a plain unit that keeps the shape, or None) from which
+    :func:`_derive_metrics` computes its metrics; return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖
+    per image when already known (the previous unit's ‖y‖)."""
     i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
     x, f, y = st.x.detach(), st.f.detach(), st.y.detach()
     sums = acc.sums.pop(i, None) if acc is not None and acc.sums else None
@@ -387,20 +478,38 @@ def _norm_metrics(put, st, s, n_x=None, acc: Optional[_Acc] = None):
     else:
         ns = nx if identity_shortcut else per_image_norm(s)
         nd = per_image_norm(_difference(y, s, acc))
-    nsc = ns.clamp_min(1e-12)
+    nan = None
     if residual:
         known = acc.rs.norm_of(st.f) if acc is not None and acc.rs is not None else None
         nf = known if known is not None else per_image_norm(f)
-        put("residual_ratio", i, nf / nsc)
-        put("branch_ratio", i, nf / nx.clamp_min(1e-12))
-    put("relative_change", i, nd / nsc)
-    # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
-    cos = ((ns * ns + ny * ny - nd * nd) / (2 * ns * ny).clamp_min(1e-12)).clamp(-1, 1)
-    put("cosine", i, cos)
-    if x.shape == y.shape:
-        cxy = cos if identity_shortcut else cosine(x, y, norm_a=nx, norm_b=ny).clamp(-1, 1)
-        put("block_influence", i, 1 - cxy)
+    else:
+        nf = nan = torch.full_like(nx, float("nan"))
+    if x.shape == y.shape and not identity_shortcut:
+        cxy = cosine(x, y, norm_a=nx, norm_b=ny)
+    else:  # not needed (cos(x, y) = cos(S(x), y)) or undefined
+        cxy = nan if nan is not None else torch.full_like(nx, float("nan"))
+    put("norms", i, torch.stack([nx, ny, ns, nd, nf, cxy], 1))
+    if acc is not None:
+        acc.kinds[i] = (bool(residual), bool(identity_shortcut), tuple(x.shape) == tuple(y.shape))
     return ny
+
+
+def _derive_metrics(norms: np.ndarray, residual: bool, identity_shortcut: bool, same_shape: bool) -> dict:
+    """The per-image metrics of one unit from its gathered norms (n, 6) (:data:`_NORM_COLUMNS`)."""
+    nx, ny, ns, nd, nf, cxy = norms.T
+    nsc = np.maximum(ns, 1e-12)
+    out = {}
+    if residual:
+        out["residual_ratio"] = nf / nsc
+        out["branch_ratio"] = nf / np.maximum(nx, 1e-12)
+    out["relative_change"] = nd / nsc
+    # cos(s, y) from the three norms (law of cosines): no extra pass over the activations
+    with np.errstate(invalid="ignore"):
+        cos = np.clip((ns * ns + ny * ny - nd * nd) / np.maximum(2 * ns * ny, 1e-12), -1, 1)
+        out["cosine"] = cos
+        if same_shape:
+            out["block_influence"] = 1 - (cos if identity_shortcut else np.clip(cxy, -1, 1))
+    return out
 
 
 def _difference(y: torch.Tensor, s: torch.Tensor, acc: Optional[_Acc]) -> torch.Tensor:
@@ -421,30 +530,78 @@ def _base(view: ResidualView, label: str, u) -> dict:
                 downsample=u.downsample)
 
 
-def _rows(view, label, gathered, cka_terms, spec: RunSpec) -> list[dict]:
+def _image_seed(spec: RunSpec, label: str) -> int:
+    """Seed of the image resamples behind every per-image CI of one network (metrics and response std)."""
+    return stable_seed(spec.seed, label, "images")
+
+
+def _image_cis(gathered: dict, keys: list, resp: Optional[dict], spec: RunSpec, label: str):
+    """Bootstrap CIs over images, all from one set of image resamples: of the means of the per-image vectors
+    ``gathered[k]`` (one matrix product per chunk of resamples for all of them) and of the pooled response
+    std of every measured layer. Returns ({key: (low, high)}, (low, high) arrays over layers or None)."""
+    by_len: dict[int, list] = {}
+    for k in keys:
+        by_len.setdefault(len(gathered[k]), []).append(k)
+    n_resp = len(resp["s1"]) if resp is not None and len(resp["s1"]) else None
+    stats_of: dict[int, list] = {}
+    for n, ks in by_len.items():
+        stats_of.setdefault(n, []).append(("means", ks, means_stat(np.stack([gathered[k] for k in ks], 1))))
+    if n_resp is not None:
+        stats_of.setdefault(n_resp, []).append(("std", None, pooled_std_stat(resp["s1"], resp["s2"],
+                                                                             resp["per_image"])))
+    cis, resp_ci = {}, None
+    for n, todo in stats_of.items():
+        boots = bootstrap_stats(n, [t[2] for t in todo], spec.n_boot, _image_seed(spec, label))
+        for (kind, ks, _), b in zip(todo, boots):
+            lo, hi = percentile_ci(b)
+            if kind == "means":
+                cis.update({k: (float(a), float(c)) for k, a, c in zip(ks, lo, hi)})
+            else:
+                resp_ci = (lo, hi)
+    return cis, resp_ci
+
+
+def _cka_ci(t: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of CKA over its minibatch groups (rows of ``t``), resamples vectorised."""
+    if len(t) < 2:
+        return float("nan"), float("nan")
+    boots = np.empty(n_boot)
+    s = 0
+    for _, counts in resample_counts(len(t), n_boot, seed):
+        kl, kk, ll = (counts @ t[:, 1:4]).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots[s:s + len(counts)] = np.where((kk > 0) & (ll > 0), kl / np.sqrt(np.abs(kk * ll)), np.nan)
+        s += len(counts)
+    if not np.isfinite(boots).any():
+        return float("nan"), float("nan")
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def _rows(view, label, gathered, cis: dict, cka_terms, spec: RunSpec) -> list[dict]:
     rows = []
     for u in view:
         for metric in PER_IMAGE_METRICS:
-            v = gathered.get(f"{metric}|{u.index}")
-            if v is None or not len(v):
+            key = f"{metric}|{u.index}"
+            if key not in cis:
                 continue
-            lo, hi = bootstrap_mean_ci(v, n_boot=spec.n_boot, seed=stable_seed(spec.seed, label, u.name, metric))
+            v = gathered[key]
+            lo, hi = cis[key]
             rows.append(dict(_base(view, label, u), metric=metric, value=float(v.mean()), ci_low=lo, ci_high=hi,
                              n_images=len(v)))
         if cka_terms is not None:
             t = np.array(sorted(cka_terms[u.index]), dtype=float).reshape(-1, 5)
             value = _cka_value(t) if len(t) else float("nan")
-            rng = np.random.default_rng(stable_seed(spec.seed, label, u.name, "cka"))
-            boots = [_cka_value(t[rng.integers(0, len(t), len(t))]) for _ in range(spec.n_boot)] if len(t) > 1 else []
-            lo, hi = np.nanquantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
-            rows.append(dict(_base(view, label, u), metric="cka", value=value, ci_low=float(lo), ci_high=float(hi),
+            lo, hi = _cka_ci(t, spec.n_boot, stable_seed(spec.seed, label, u.name, "cka"))
+            rows.append(dict(_base(view, label, u), metric="cka", value=value, ci_low=lo, ci_high=hi,
                              n_images=int(t[:, 4].sum()) if len(t) else 0))
     return rows
 
 
-def _response_rows(view, label, layers, s1, s2, per, spec: RunSpec) -> list[dict]:
+def _response_rows(view, label, layers, resp: dict, ci) -> list[dict]:
     from ..metrics.stats import pooled_std
-    lo, hi = bootstrap_pooled_std_ci(s1, s2, per, spec.n_boot, seed=stable_seed(spec.seed, label, "response_std"))
+    s1, s2, per = resp["s1"], resp["s2"], resp["per_image"]
+    lo, hi = ci
     std = pooled_std(s1.sum(0), s2.sum(0), len(s1) * np.asarray(per, float))
     owner = {}
     for u in view:
@@ -485,7 +642,8 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                                                        overview=overview(table),
                                                        stage_summary=stage_summary(table).to_dict("records")),
                        verdicts=verdicts, findings=findings(table, options.threshold, lesion, roles),
-                       provenance=dict(common.provenance(subjects, data, spec), sums=_sums_path(spec)),
+                       provenance=dict(common.provenance(subjects, data, spec), sums=_sums_path(spec),
+                                       bootstrap=BOOTSTRAP),
                        settings=options.describe(),
                        extras=dict(roles=roles, units={lab: v.table() for lab, v in views.items()}))
 
