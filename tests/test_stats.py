@@ -48,11 +48,13 @@ def test_means_ci_is_each_columns_bootstrap_from_shared_resamples():
     with np.errstate(invalid="ignore"):
         np.testing.assert_equal(np.ravel(bootstrap_means_ci(w[:, None], n_boot=100, seed=3)),
                                 bootstrap_mean_ci(w, n_boot=100, seed=3))
-    # the counts are the drawn indices counted, row by row, and add up to n
-    for idx, counts in resample_counts(9, 7, seed=2, chunk=3):
-        assert counts.shape == (len(idx), 9) and (counts.sum(1) == 9).all()
-        for row, c in zip(idx, counts):
-            assert (np.bincount(row, minlength=9) == c).all()
+    # the counts are the drawn indices counted, row by row, and add up to n (both ways of counting: few items
+    # at once, many row by row)
+    for n in (9, 5000):
+        for idx, counts in resample_counts(n, 7, seed=2, chunk=3):
+            assert counts.shape == (len(idx), n) and counts.dtype == np.float64 and (counts.sum(1) == n).all()
+            for row, c in zip(idx, counts):
+                assert (np.bincount(row, minlength=n) == c).all()
     # the CI covers the mean of a normal sample as the t interval does
     x = rng.normal(3.0, 2.0, size=(400, 1))
     lo, hi = bootstrap_means_ci(x, n_boot=4000, seed=1)

@@ -226,15 +226,9 @@ class _ResponseStd:
         return False
 
 
-class _CKA:
-    """Per-group HSIC terms of one unit, for the CKA value and its bootstrap over groups."""
-
-    def __init__(self):
-        self.terms: list[tuple[int, float, float, float, int]] = []  # (group, kl, kk, ll, images)
-
-
 def _add_cka_terms(ckas: list, groups: Sequence[int], sizes: Sequence[int], pairs: list) -> None:
-    """HSIC terms of one batch's CKA groups for every unit at once: ``pairs`` holds (unit index, Grams of its
+    """HSIC terms of one batch's CKA groups for every unit at once, appended to ``ckas[unit index]`` as
+    (group, HSIC(K, L), HSIC(K, K), HSIC(L, L), images): ``pairs`` holds (unit index, Grams of its
     input, Grams of its output), lists aligned with ``groups``. One batched estimator call per kind of term;
     HSIC(K, K) once per distinct Gram matrix (a unit's output Grams are the next unit's input Grams)."""
     for z in sorted(set(sizes)):
@@ -254,7 +248,7 @@ def _add_cka_terms(ckas: list, groups: Sequence[int], sizes: Sequence[int], pair
         r = 0
         for i, Ks, Ls in pairs:
             for j in sel:
-                ckas[i].terms.append((groups[j], cross[r], own[slot[id(Ks[j])]], own[slot[id(Ls[j])]], z))
+                ckas[i].append((groups[j], cross[r], own[slot[id(Ks[j])]], own[slot[id(Ls[j])]], z))
                 r += 1
 
 
@@ -297,7 +291,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     chosen = set(_cka_groups(len(data), m, options.cka_images, spec.seed).tolist()) if cka_on else set()
     order = cka_order(len(data), spec.seed) if cka_on else None
     store = PerImageStore(len(data))
-    acc = _Acc(store=store, ckas=[_CKA() for _ in range(n)], minibatch=m, chosen=chosen, want=want,
+    acc = _Acc(store=store, ckas=[[] for _ in range(n)], minibatch=m, chosen=chosen, want=want,
                grad=options.grad, spec=spec,
                position=np.argsort(order.numpy()) if order is not None else np.arange(len(data)))
     with frozen_eval(model), _ResponseStd(model, view, store, "response_std" in want) as rs, spec.autocast():
@@ -306,7 +300,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
             acc.rs = rs
             _batch(view, x, y, rs.rows, acc)
     gathered = store.gather(lambda k: "|".join(map(str, k)))
-    cka_terms = dist.gather_lists({i: acc.ckas[i].terms for i in range(n)}) if cka_on else None
+    cka_terms = dist.gather_lists({i: acc.ckas[i] for i in range(n)}) if cka_on else None
     # what each unit is (residual, identity shortcut, same shape), as seen by whichever rank ran a batch
     kinds = dist.gather_lists({i: [acc.kinds[i]] if i in acc.kinds else [] for i in range(n)})
     if gathered is None:
@@ -336,7 +330,7 @@ class _Acc:
     """What one identity pass accumulates, and how."""
 
     store: PerImageStore  # per-image metrics, keyed (metric, unit index)
-    ckas: list
+    ckas: list  # per unit, its CKA groups' HSIC terms (group, kl, kk, ll, images)
     minibatch: int
     chosen: set
     want: set
