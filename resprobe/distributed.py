@@ -96,6 +96,8 @@ def gather_rows(idx: np.ndarray, arrays: dict[str, np.ndarray]) -> Optional[dict
     parts = _gather((np.asarray(idx), {k: np.asarray(v) for k, v in arrays.items()}))
     if parts is None:
         return None
+    if len(parts) == 1 and bool(np.all(parts[0][0][1:] >= parts[0][0][:-1])):  # one process, in order: no copy
+        return dict(parts[0][1])
     allidx = np.concatenate([p[0] for p in parts])
     order = np.argsort(allidx, kind="stable")
     return {k: np.concatenate([p[1][k] for p in parts])[order] for k in arrays}

@@ -129,6 +129,8 @@ class PerImageStore:
 
     def arrays(self, name: Callable = str) -> dict:
         """``{name(key): this process's rows of the column}`` in data order."""
+        if self.seen.all():  # every image: the columns themselves
+            return {name(k): c for k, c in self.columns.items()}
         i = self.index()
         return {name(k): c[i] for k, c in self.columns.items()}
 
@@ -174,13 +176,17 @@ class _Heap:
     the development machine (``benchmarks/heap.py``). Inside
     :func:`batches` blocks up to 32 MiB come from the heap and stay there to be reused by the next batch;
     the freed heap is handed back (``malloc_trim``) only when the resident size has grown by a tenth (plus
-    64 MiB) over its size after the first batch — small allocations between batches can pin freed blocks,
+    64 MiB) over the largest of its sizes after the first four batches (one batch can need more than another:
+    the identity study's CKA minibatches fall unevenly into batches, and its first batch learns which sums
+    the fused addition gives; a trim at such a batch faults the pages in again) — small allocations between
+    batches can pin freed blocks,
     and the resident size would otherwise grow with the number of batches (issue 13) — and when the
     outermost loop ends, which also restores glibc's thresholds (128 KiB). A resident size that comes back
     to the level of the last trim (within 2% + 16 MiB) is the loop's working set, not growth: it becomes the
     new reference instead of being trimmed (and faulted in) after every batch."""
 
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    WARMUP = 4  # batches whose largest resident size is the loop's reference
     MMAP = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
     DEFAULT = 128 << 10
 
@@ -188,6 +194,7 @@ class _Heap:
         self.depth = 0
         self.base: Optional[int] = None
         self.last: Optional[int] = None  # resident size that triggered the last trim
+        self.batches = 0  # batches of the outermost loop so far
         self.trims = 0
         self._mallopt = self._trim = None
         try:
@@ -218,7 +225,7 @@ class _Heap:
     def __enter__(self):
         self.depth += 1
         if self.depth == 1:
-            self.base = None
+            self.base, self.batches = None, 0
             if self.tuned:
                 self._mallopt(self.M_MMAP_THRESHOLD, self.MMAP)
                 self._mallopt(self.M_TRIM_THRESHOLD, 2**31 - 1)
@@ -231,8 +238,10 @@ class _Heap:
         rss = self.resident()
         if rss is None:
             return
-        if self.base is None:
-            self.base, self.last = rss, None
+        self.batches += 1
+        if self.batches <= self.WARMUP:  # the reference: the largest of the first batches
+            self.base = rss if self.base is None else max(self.base, rss)
+            self.last = None
         elif rss > 1.1 * self.base + (64 << 20):
             if self.last is not None and rss <= 1.02 * self.last + (16 << 20):
                 # back at the level of the last trim, not above it: that is the loop's working set (the

@@ -478,6 +478,9 @@ class ResidualView:
                 y = u.post(f if s is None else s + f)
             yield Step(i, u, h, s, f, y)
             h = y
+            # nothing of this unit but its output stays referenced here while the next one runs (the caller
+            # decides what it keeps): the forward's working set, not two more activations per step
+            s = f = y = None
 
     def run_with_cache(self, x: Tensor) -> tuple[Tensor, list[Step]]:
         """Logits and every unit's :class:`Step` for an image batch (keeps all activations: for small

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "failure", "add_post_sums", "row_sums"]
+__all__ = ["available", "failure", "add_post_into", "row_sums_into", "add_post_sums", "row_sums"]
 
 Tensor = torch.Tensor
 
@@ -107,40 +107,56 @@ void sum_rows(const float* __restrict__ t, double* out, int64_t n) {
 }
 }  // namespace
 
-std::vector<torch::Tensor> add_post_sums(torch::Tensor s, torch::Tensor f, bool relu, bool add, bool fsums) {
-  const int64_t b = s.size(0), n = s.numel() / std::max<int64_t>(b, 1), k = fsums ? 5 : 3;
+namespace {
+// what the kernels take: a float32 CPU tensor, contiguous, outside autograd, with a batch dimension
+bool ok_input(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() &&
+         !t.requires_grad() && t.dim() > 0;
+}
+// a float64 CPU table (rows: the batch's images) with room for k columns from col on
+bool ok_table(const torch::Tensor& out, int64_t b, int64_t col, int64_t k) {
+  return out.defined() && out.device().is_cpu() && out.scalar_type() == torch::kDouble && out.dim() == 2 &&
+         out.size(0) == b && out.stride(1) == 1 && col >= 0 && col + k <= out.size(1) && !out.requires_grad();
+}
+}  // namespace
+
+// y = post(s + f) (a new tensor) and, in columns col..col+4 of each image's row of the table out (float64):
+// sum y^2, sum (y - s)^2, sum s^2, sum f, sum f^2. Undefined (None) where the kernel does not apply.
+torch::Tensor add_post_into(torch::Tensor s, torch::Tensor f, torch::Tensor out, int64_t col, bool relu, bool add) {
+  if (!ok_input(s) || !ok_input(f) || !s.sizes().equals(f.sizes())) return torch::Tensor();
+  const int64_t b = s.size(0), n = s.numel() / std::max<int64_t>(b, 1), ld = out.defined() ? out.stride(0) : 0;
+  if (!ok_table(out, b, col, 5)) return torch::Tensor();
   auto y = torch::empty_like(f);
-  auto out = torch::empty({b, k}, torch::dtype(torch::kFloat64));
   const float* sp = s.data_ptr<float>();
   const float* fp = f.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  double* op = out.data_ptr<double>();
+  double* op = out.data_ptr<double>() + col;
   at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const float* a = sp + r * n; const float* c = fp + r * n; float* w = yp + r * n; double* o = op + k * r;
-      if (fsums) add_post_dispatch<true>(a, c, w, o, n, relu, add);
-      else add_post_dispatch<false>(a, c, w, o, n, relu, add);
-    }
+    for (int64_t r = lo; r < hi; ++r)
+      add_post_dispatch<true>(sp + r * n, fp + r * n, yp + r * n, op + ld * r, n, relu, add);
   });
-  return {y, out};
+  return y;
 }
 
-torch::Tensor row_sums(torch::Tensor t) {
+// sum t and sum t^2 per image into columns col, col+1 of the table out; false where the kernel does not apply
+bool row_sums_into(torch::Tensor t, torch::Tensor out, int64_t col) {
+  if (!ok_input(t)) return false;
   const int64_t b = t.size(0), n = t.numel() / std::max<int64_t>(b, 1);
-  auto out = torch::empty({b, 2}, torch::dtype(torch::kFloat64));
+  if (!ok_table(out, b, col, 2)) return false;
+  const int64_t ld = out.stride(0);
   const float* tp = t.data_ptr<float>();
-  double* op = out.data_ptr<double>();
+  double* op = out.data_ptr<double>() + col;
   at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) sum_rows(tp + r * n, op + 2 * r, n);
+    for (int64_t r = lo; r < hi; ++r) sum_rows(tp + r * n, op + ld * r, n);
   });
-  return out;
+  return true;
 }
 """
 
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-VERSION = 5  # bump with any change of _SRC
+VERSION = 6  # bump with any change of _SRC
 
 
 def _cpu_tag() -> str:
@@ -174,7 +190,7 @@ def _build(name: str, flags: list, announce: bool):
             note("compiling resprobe's one-pass identity kernels for this machine (once; about 40 s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cpp_extension.load_inline(name=name, cpp_sources=[_SRC], functions=["add_post_sums", "row_sums"],
+            return cpp_extension.load_inline(name=name, cpp_sources=[_SRC], functions=["add_post_into", "row_sums_into"],
                                              extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"],
                                              verbose=False)
     finally:
@@ -213,25 +229,42 @@ def failure() -> Optional[str]:
     return None if available() else _failed
 
 
-def _ok(*ts: Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad
-               for t in ts)
+def add_post_into(s: Tensor, f: Tensor, relu: bool, out: Tensor, col: int, add: bool = True) -> Optional[Tensor]:
+    """y = relu?(s + f) (or relu?(f) when not ``add``), and per image (rows of the first dimension) into
+    columns ``col`` … ``col + 4`` of ``out`` (a float64 CPU table, one row per image of the batch, unit column
+    stride): Σy², Σ(y − s)², Σs², Σf, Σf². None (nothing written) when the kernel does not apply: tensors that
+    are not float32, contiguous, on the CPU and outside autograd, shapes that differ, a table without room."""
+    m = _module if _module is not None else _load()
+    if m is None:
+        return None
+    return m.add_post_into(s, f, out, int(col), bool(relu), bool(add))
+
+
+def row_sums_into(t: Tensor, out: Tensor, col: int) -> bool:
+    """Per image (rows of the first dimension) Σt and Σt² into columns ``col``, ``col + 1`` of ``out`` (as
+    :func:`add_post_into`); False (nothing written) when the kernel does not apply."""
+    m = _module if _module is not None else _load()
+    return m is not None and m.row_sums_into(t, out, int(col))
 
 
 def add_post_sums(s: Tensor, f: Tensor, relu: bool, add: bool = True,
                   f_sums: bool = False) -> Optional[tuple[Tensor, Tensor]]:
-    """``(y, sums)`` with y = relu?(s + f) (or relu?(f) when not ``add``) and per image (rows of the first
-    dimension) sums (float64, shape (B, 3)): Σy², Σ(y − s)², Σs²; with ``f_sums`` also Σf, Σf² (shape (B, 5);
-    these two equal ``row_sums(f)`` bit for bit). None when the kernel cannot be used."""
-    if s.shape != f.shape or s.dim() == 0 or not _ok(s, f) or _load() is None:
+    """``(y, sums)`` with y = relu?(s + f) (or relu?(f) when not ``add``) and per image sums (float64, shape
+    (B, 3)): Σy², Σ(y − s)², Σs²; with ``f_sums`` also Σf, Σf² (shape (B, 5); these two equal
+    ``row_sums(f)`` bit for bit). None when the kernel cannot be used."""
+    if s.dim() == 0:
         return None
-    y, sums = _module.add_post_sums(s, f, bool(relu), bool(add), bool(f_sums))
-    return y, sums
+    out = torch.empty((s.shape[0], 5), dtype=torch.float64)
+    y = add_post_into(s, f, relu, out, 0, add)
+    if y is None:
+        return None
+    return y, (out if f_sums else out[:, :3])
 
 
 def row_sums(t: Tensor) -> Optional[Tensor]:
     """Per image (rows of the first dimension) Σt and Σt² (float64, shape (B, 2)); None when the kernel cannot
     be used."""
-    if t.dim() == 0 or not _ok(t) or _load() is None:
+    if t.dim() == 0:
         return None
-    return _module.row_sums(t)
+    out = torch.empty((t.shape[0], 2), dtype=torch.float64)
+    return out if row_sums_into(t, out, 0) else None

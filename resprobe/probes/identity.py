@@ -134,56 +134,96 @@ def response_layers(model: nn.Module, view: Optional[ResidualView] = None) -> li
     return out
 
 
-class _ResponseStd:
-    """Forward hooks that write per-image sums Σr and Σr² of chosen layers' outputs into a
-    :class:`~resprobe.engine.PerImageStore` (rows: the images of the current batch, ``self.rows``);
-    removed on exit, always."""
+# columns of a unit in the batch table: Σy², Σ(y − S(x))², ΣS(x)², ΣF, ΣF², cos(x, y) per image (sums over the
+# image's whole tensor); ‖x‖ of a unit is ‖y‖ of the one before it (of the stem's output for the first)
+_UNIT_COLUMNS = ("y2", "d2", "s2", "f1", "f2", "cos_xy")
 
-    def __init__(self, model: nn.Module, view: ResidualView, store: PerImageStore, enabled: bool = True):
-        self.layers = response_layers(model, view) if enabled else []
+
+class _Table:
+    """The per-image sums of one batch in one float64 table (rows: the batch's images), copied into the store
+    once per batch: the one-pass kernels write their columns in place — no tensor per unit, no copy per unit —
+    and torch operations write theirs where the kernels do not apply. Columns: Σx, Σx² of the stem's output,
+    then :data:`_UNIT_COLUMNS` per unit, then Σr, Σr² per measured response layer; NaN where nothing was
+    written."""
+
+    def __init__(self, n_units: int, n_layers: int):
+        self.n_units = n_units
+        self.width = 2 + len(_UNIT_COLUMNS) * n_units + 2 * n_layers
+        self._full: Optional[torch.Tensor] = None
+        self.t: Optional[torch.Tensor] = None  # this batch's rows
+        self.np: Optional[np.ndarray] = None  # the same memory, for numpy
+
+    def unit(self, i: int) -> int:
+        return 2 + len(_UNIT_COLUMNS) * i
+
+    def x2(self, i: int) -> int:
+        """The column of Σx² of unit i's input."""
+        return 1 if i == 0 else self.unit(i - 1)
+
+    def layer(self, j: int) -> int:
+        return 2 + len(_UNIT_COLUMNS) * self.n_units + 2 * j
+
+    def begin(self, b: int) -> torch.Tensor:
+        if self._full is None or len(self._full) < b:
+            self._full = torch.empty((b, self.width), dtype=torch.float64)
+        self.t = self._full[:b]
+        self.t.fill_(float("nan"))
+        self.np = self.t.numpy()
+        return self.t
+
+    def write(self, col: int, values: torch.Tensor) -> None:
+        """Torch operations' per-image values (B,) or (B, k) into columns col…"""
+        v = values.detach().to("cpu", torch.float64)
+        self.t[:, col:col + (v.shape[1] if v.dim() == 2 else 1)] = v if v.dim() == 2 else v[:, None]
+
+
+class _ResponseStd:
+    """Forward hooks that write per-image sums Σr and Σr² of chosen layers' outputs into the batch table
+    (:class:`_Table`, ``self.table``; nothing outside a batch); removed on exit, always."""
+
+    def __init__(self, model: nn.Module, layers: list, table: _Table):
+        self.layers = layers  # (layer, measured module), as response_layers gives them
         self.per_image = {measured: 0 for _, measured in self.layers}  # elements per image
-        self.store = store
-        self.rows: Optional[np.ndarray] = None
-        self.norms: dict = {}
-        # layers whose output is a residual unit's branch output F (seen on the first batch): from the next batch
-        # on, their sums are left to the fused addition that reads F anyway (``claim``), or taken at ``flush``
+        self.table = table
+        # layers whose output is a residual unit's branch output F (seen on the first batch, ``learn``): from the
+        # next batch on their sums are the ΣF, ΣF² that the fused addition writes anyway (``resolve``), or taken
+        # at ``flush`` where no addition read the output
+        self.learning = True
         self.final: set = set()
+        self.seen: dict = {}  # first batch: id(out) -> (weak reference to out, j)
         self.pending: dict = {}  # id(out) -> (j, measured, out, out._version)
+        self.alias: list = []  # this batch: (layer column, unit's ΣF column)
         self._mods = dict(model.named_modules())
         self._handles = []
 
     def _update(self, j: int, measured: str, out: torch.Tensor) -> None:
-        if self.rows is None:
+        if self.table.t is None:
             return
         if j in self.final:
             self.pending[id(out)] = (j, measured, out, out._version)
             return
         self._measure(j, measured, out)
+        if self.learning:  # a weak reference: an intermediate output is freed when the forward is done with it
+            self.seen[id(out)] = (weakref.ref(out), j)
 
-    def _measure(self, j: int, measured: str, out: torch.Tensor, sums: Optional[torch.Tensor] = None) -> None:
+    def _measure(self, j: int, measured: str, out: torch.Tensor) -> None:
         flat = out.detach().reshape(out.shape[0], -1)
         self.per_image[measured] = flat.shape[1]
-        if sums is None:
-            sums = fused.row_sums(flat)  # Σr and Σr² in one pass (None: two torch reductions)
-        # a branch output that is this tensor reuses its norm; a weak reference, so that an intermediate output
-        # is freed when the forward is done with it (holding it costs the next convolution fresh, faulting pages)
-        if sums is not None:
-            self.norms[id(out)] = (weakref.ref(out), sums[:, 1].sqrt(), j)
-            self.store.put(("rs", j), self.rows, sums)
-            return
-        norm = torch.linalg.vector_norm(flat, dim=1).double()
-        self.norms[id(out)] = (weakref.ref(out), norm, j)
-        self.store.put(("rs", j), self.rows, torch.stack([flat.sum(1).double(), norm.pow(2)], 1))
+        col = self.table.layer(j)
+        if not fused.row_sums_into(flat, self.table.t, col):  # Σr and Σr² in one pass, else two reductions
+            self.table.write(col, torch.stack([flat.sum(1).double(),
+                                               torch.linalg.vector_norm(flat, dim=1).double().pow(2)], 1))
 
     def is_pending(self, t: torch.Tensor) -> bool:
         got = self.pending.get(id(t))
         return got is not None and got[2] is t
 
-    def resolve(self, t: torch.Tensor, sums: torch.Tensor) -> None:
-        """The pending layer output ``t``'s Σr, Σr² (B, 2), computed by the caller while it read ``t``."""
+    def resolve(self, t: torch.Tensor, f_col: int) -> None:
+        """The pending layer output ``t`` is a branch output whose ΣF, ΣF² the fused addition wrote into
+        columns ``f_col``, ``f_col + 1`` of the table while it read ``t``."""
         j, measured, out, version = self.pending.pop(id(t))
         self._check(out, version, measured)
-        self._measure(j, measured, out, sums)
+        self.alias.append((self.table.layer(j), f_col))
 
     def flush(self) -> None:
         """Measure every pending output that no fused addition took."""
@@ -191,6 +231,17 @@ class _ResponseStd:
             _, (j, measured, out, version) = self.pending.popitem()
             self._check(out, version, measured)
             self._measure(j, measured, out)
+
+    def end_batch(self) -> None:
+        """Pending outputs measured, the layers' columns that the additions wrote filled in, learning over."""
+        self.flush()
+        if self.alias:
+            dst = [c + k for c, _ in self.alias for k in (0, 1)]
+            src = [c + k for _, c in self.alias for k in (0, 1)]
+            self.table.np[:, dst] = self.table.np[:, src]
+            self.alias.clear()
+        self.learning = False
+        self.seen.clear()
 
     @staticmethod
     def _check(out: torch.Tensor, version: int, measured: str) -> None:
@@ -200,14 +251,9 @@ class _ResponseStd:
     def learn(self, f: torch.Tensor) -> None:
         """``f`` is a residual unit's branch output that the fused addition reads: if a measured layer produced
         it, that layer's sums come from the addition from the next batch on."""
-        got = self.norms.get(id(f))
+        got = self.seen.get(id(f))
         if got is not None and got[0]() is f:
-            self.final.add(got[2])
-
-    def norm_of(self, t: torch.Tensor) -> Optional[torch.Tensor]:
-        """‖t‖ per image if ``t`` is a measured module's output of this step (as per_image_norm), else None."""
-        got = self.norms.get(id(t))
-        return got[1] if got is not None and got[0]() is t else None
+            self.final.add(got[1])
 
     def __enter__(self):
         try:
@@ -291,37 +337,47 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     chosen = set(_cka_groups(len(data), m, options.cka_images, spec.seed).tolist()) if cka_on else set()
     order = cka_order(len(data), spec.seed) if cka_on else None
     store = PerImageStore(len(data))
-    acc = _Acc(store=store, ckas=[[] for _ in range(n)], minibatch=m, chosen=chosen, want=want,
+    layers = response_layers(model, view) if "response_std" in want else []
+    table = _Table(n, len(layers))
+    acc = _Acc(store=store, table=table, ckas=[[] for _ in range(n)], minibatch=m, chosen=chosen, want=want,
                grad=options.grad, spec=spec,
                position=np.argsort(order.numpy()) if order is not None else np.arange(len(data)))
-    with frozen_eval(model), _ResponseStd(model, view, store, "response_std" in want) as rs, spec.autocast():
+    with frozen_eval(model), _ResponseStd(model, layers, table) as rs, spec.autocast():
+        acc.rs = rs if rs.layers else None
         for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}", order=order):
-            rs.rows = store.mark(idx)
-            acc.rs = rs
-            _batch(view, x, y, rs.rows, acc)
+            rows = store.mark(idx)
+            table.begin(len(rows))
+            _batch(view, x, y, rows, acc)
+            if acc.rs is not None:
+                acc.rs.end_batch()
+            store.put(("sums",), rows, table.t)
+            table.t = table.np = None
     gathered = store.gather(lambda k: "|".join(map(str, k)))
     cka_terms = dist.gather_lists({i: acc.ckas[i] for i in range(n)}) if cka_on else None
-    # what each unit is (residual, identity shortcut, same shape), as seen by whichever rank ran a batch
+    # what each unit is (residual, identity shortcut, same shape, has S), as seen by whichever rank ran a batch
     kinds = dist.gather_lists({i: [acc.kinds[i]] if i in acc.kinds else [] for i in range(n)})
     if gathered is None:
         return None, None, view
-    for i in range(n):  # the norm metrics, from the gathered per-image norms of each unit
-        norms = gathered.pop(f"norms|{i}", None)
-        if norms is not None and kinds[i]:
-            gathered.update({f"{metric}|{i}": v for metric, v in _derive_metrics(norms, *kinds[i][0]).items()})
+    sums = gathered.pop("sums", None)
+    if sums is not None and "norms" in want:  # the norm metrics of each unit, from the gathered sums
+        for i in range(n):
+            if kinds[i]:
+                gathered.update({f"{metric}|{i}": v
+                                 for metric, v in _derive_metrics(_unit_norms(sums, table, i, *kinds[i][0]),
+                                                                  *kinds[i][0][:3]).items()})
     with heap_kept():  # the bootstrap's resample matrices (tens of MB per chunk) reuse the heap
         resp = None
-        if rs.layers and gathered.get("rs|0") is not None:  # per layer (n, 2): Σr, Σr² per image
-            s1 = np.stack([gathered[f"rs|{j}"][:, 0] for j in range(len(rs.layers))], 1)
-            s2 = np.stack([gathered[f"rs|{j}"][:, 1] for j in range(len(rs.layers))], 1)
-            per = [rs.per_image[meas] for _, meas in rs.layers]
-            resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in rs.layers])
+        if layers and sums is not None and len(sums):  # per layer (n, 2): Σr, Σr² per image
+            cols = [table.layer(j) for j in range(len(layers))]
+            s1, s2 = sums[:, cols], sums[:, [c + 1 for c in cols]]
+            per = [rs.per_image[meas] for _, meas in layers]
+            resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in layers])
         keys = [f"{metric}|{u.index}" for u in view for metric in PER_IMAGE_METRICS
                 if gathered.get(f"{metric}|{u.index}") is not None and len(gathered[f"{metric}|{u.index}"])]
         cis, resp_ci = _image_cis(gathered, keys, resp, spec, label)
         rows = _rows(view, label, gathered, cis, cka_terms, spec)
         if resp is not None:
-            rows += _response_rows(view, label, rs.layers, resp, resp_ci)
+            rows += _response_rows(view, label, layers, resp, resp_ci)
     return pd.DataFrame(rows, columns=COLUMNS), resp, view
 
 
@@ -329,7 +385,8 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
 class _Acc:
     """What one identity pass accumulates, and how."""
 
-    store: PerImageStore  # per-image metrics, keyed (metric, unit index)
+    store: PerImageStore  # per-image values: the batch tables ("sums",) and grad_cosine per unit
+    table: _Table  # this batch's per-image sums
     ckas: list  # per unit, its CKA groups' HSIC terms (group, kl, kk, ll, images)
     minibatch: int
     chosen: set
@@ -337,10 +394,10 @@ class _Acc:
     grad: bool
     spec: RunSpec
     position: np.ndarray  # each image's position in the reading order (CKA minibatch g: positions [g·m, (g+1)·m))
-    rs: Optional["_ResponseStd"] = None  # the response-std hooks (their norms are reused for ‖F‖)
+    rs: Optional["_ResponseStd"] = None  # the response-std hooks
     buffers: dict = None  # reused scratch tensors, by shape
-    sums: dict = None  # unit index -> per-image (Σy², Σ(y − s)², Σs²) from the fused addition of this step
-    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape)
+    fused_at: int = -1  # the last unit whose addition the fused kernel made (its sums are in the table)
+    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape, has S)
 
 
 def _relu_post(post) -> Optional[bool]:
@@ -353,21 +410,29 @@ def _relu_post(post) -> Optional[bool]:
 
 
 def _combiner(acc: _Acc):
-    """The walk's ``combine``: y = post(s + f) by the fused kernel, which also sums y², (y − s)² and s² per
-    image in the same pass (None: the walk adds as usual, and the norms are computed with torch operations)."""
+    """The walk's ``combine``: y = post(s + f) by the fused kernel, which writes Σy², Σ(y − s)², Σs², ΣF, ΣF² per
+    image into the unit's columns of the batch table in the same pass (None: the walk adds as usual, and the
+    norms are computed with torch operations)."""
+    table = acc.table
+
     def combine(u, s, f):
-        relu = _relu_post(u.parts.post) if s is not None else None
+        if s is None:
+            return None
+        relu = _relu_post(u.parts.post)
         if relu is None:
             return None
-        rs = acc.rs
-        take = rs is not None and rs.is_pending(f)  # F's response sums in the same pass
-        got = fused.add_post_sums(s, f, relu, f_sums=take)
-        if got is None:
+        col = table.unit(u.index)
+        y = fused.add_post_into(s, f, relu, table.t, col)
+        if y is None:
             return None
-        acc.sums[u.index] = got[1][:, :3]
-        if take:
-            rs.resolve(f, got[1][:, 3:])
-        return got[0]
+        acc.fused_at = u.index
+        rs = acc.rs
+        if rs is not None:  # F's response sums are the ΣF, ΣF² just written
+            if rs.learning:
+                rs.learn(f)
+            elif rs.is_pending(f):
+                rs.resolve(f, col + 3)
+        return y
     return combine
 
 
@@ -408,40 +473,39 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
 
         inputs, branches, cka_pairs = [], [], []
         g_in = grams(h.detach()) if groups else None
-        n_in = None
+        table, rs = acc.table, acc.rs
+        if "norms" in want:  # ‖x‖ of the first unit
+            hd = h.detach()
+            if not fused.row_sums_into(hd, table.t, 0):
+                table.write(1, per_image_norm(hd).pow(2))
         combine = None
+        acc.fused_at = -1
         if not grad:  # the fused addition (its sums serve the norms; it is faster than add + ReLU alone)
-            acc.sums = {} if acc.sums is None else acc.sums
             combine = _combiner(acc)
         for st in view.walk(h, combine=combine):
             i = st.index
             if grad:
                 inputs.append(st.x)
                 branches.append(st.f.detach())
-            xd, od = st.x.detach(), st.y.detach()
-            same = tuple(xd.shape) == tuple(od.shape)
-            sd = st.s.detach() if st.s is not None else (xd if same else None)
-            if acc.rs is not None:
-                acc.rs.flush()
-                if combine is not None and i in acc.sums:  # the fused addition ran: it can take F's sums
-                    acc.rs.learn(st.f)
+            if rs is not None:
+                rs.flush()  # outputs that this unit's addition did not take
             if "norms" in want:
-                n_in = _norm_metrics(put, st, sd, n_in, acc)
-            elif acc.sums:
-                acc.sums.clear()
-            if acc.rs is not None:
-                acc.rs.norms.clear()
+                _norm_metrics(st, acc, acc.fused_at == i)
             if groups:
-                g_out = grams(od)
-                cka_pairs.append((i, g_in if (same or sd is None) else grams(sd), g_out))
+                g_out = grams(st.y.detach())
+                same = tuple(st.x.shape) == tuple(st.y.shape)
+                cka_pairs.append((i, g_in if (same or st.s is None) else grams(st.s.detach()), g_out))
                 g_in = g_out
             h = st.y
-        if acc.rs is not None:
-            acc.rs.flush()
+            del st  # x, S(x), F(x) of this unit freed before the next unit runs (the forward's working set)
         if cka_pairs:
             _add_cka_terms(ckas, groups, sizes, cka_pairs)
-        # one check per batch: a non-finite value anywhere reaches the last unit's output
-        check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
+        # one check per batch: a non-finite value anywhere reaches the last unit's output. Its Σy², summed by the
+        # fused addition, is finite only if every element is (an overflow of the float32 squares sends it to
+        # torch's element-wise check)
+        last = len(view) - 1
+        if not (acc.fused_at == last and np.isfinite(table.np[:, table.unit(last)]).all()):
+            check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
         if grad:
             loss = F.cross_entropy(view.head(h), y, reduction="sum")
             gr = torch.autograd.grad(loss, inputs)
@@ -450,46 +514,46 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
                     put("grad_cosine", i, cosine(f, g))
 
 
-# columns of the per-image "norms" a unit puts each batch; the metrics are derived from them after the pass
-_NORM_COLUMNS = ("x", "y", "s", "d", "f", "cos_xy")  # ‖x‖, ‖y‖, ‖S(x)‖, ‖y − S(x)‖, ‖F(x)‖, cos(x, y)
-
-
-def _norm_metrics(put, st, s, n_x=None, acc: Optional[_Acc] = None):
-    """Write (``put("norms", unit index, (B, 6) float64)``) the per-image norms of the unit of step ``st``
-    (``s``: its shortcut, or x for a plain unit that keeps the shape, or None) from which
-    :func:`_derive_metrics` computes its metrics; return ‖y‖ per image (the next unit's ‖x‖). ``n_x``: ‖x‖
-    per image when already known (the previous unit's ‖y‖)."""
+def _norm_metrics(st, acc: _Acc, fused_ran: bool) -> None:
+    """The per-image norms of the unit of step ``st`` into its columns of the batch table (:data:`_UNIT_COLUMNS`),
+    as squared norms, from which :func:`_unit_norms` and :func:`_derive_metrics` compute its metrics after the
+    pass. Where the fused addition ran (``fused_ran``) it wrote them already; torch operations otherwise. S(x)
+    is x for a plain unit that keeps the shape; a unit without S(x) that changes the shape has no metrics."""
     i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
-    x, f, y = st.x.detach(), st.f.detach(), st.y.detach()
-    sums = acc.sums.pop(i, None) if acc is not None and acc.sums else None
-    nx = per_image_norm(x) if n_x is None else n_x
-    ny = per_image_norm(y) if sums is None else sums[:, 0].sqrt()
-    if s is None:
-        return ny
-    if sums is not None and st.s is not None:  # the fused kernel summed y - S(x) and S(x)^2
-        ns = nx if identity_shortcut else sums[:, 2].sqrt()
-        nd = sums[:, 1].sqrt()
-    else:
-        ns = nx if identity_shortcut else per_image_norm(s)
-        nd = per_image_norm(_difference(y, s, acc))
-    nan = None
-    if residual:
-        known = acc.rs.norm_of(st.f) if acc is not None and acc.rs is not None else None
-        nf = known if known is not None else per_image_norm(f)
-    else:
-        nf = nan = torch.full_like(nx, float("nan"))
-    if x.shape == y.shape and not identity_shortcut:
-        cxy = cosine(x, y, norm_a=nx, norm_b=ny)
-    else:  # not needed (cos(x, y) = cos(S(x), y)) or undefined
-        cxy = nan if nan is not None else torch.full_like(nx, float("nan"))
-    put("norms", i, torch.stack([nx, ny, ns, nd, nf, cxy], 1))
-    if acc is not None:
-        acc.kinds[i] = (bool(residual), bool(identity_shortcut), tuple(x.shape) == tuple(y.shape))
-    return ny
+    x, y = st.x.detach(), st.y.detach()
+    same = tuple(x.shape) == tuple(y.shape)
+    s = st.s.detach() if st.s is not None else (x if same else None)
+    table = acc.table
+    col = table.unit(i)
+    if s is not None and i not in acc.kinds:
+        acc.kinds[i] = (bool(residual), bool(identity_shortcut), same, bool(identity_shortcut or st.s is None))
+    ny = None
+    if not fused_ran:
+        ny = per_image_norm(y)
+        table.write(col, ny.pow(2))
+        if s is not None:
+            table.write(col + 1, per_image_norm(_difference(y, s, acc)).pow(2))
+            if st.s is not None and not identity_shortcut:
+                table.write(col + 2, per_image_norm(s).pow(2))
+            if residual:
+                table.write(col + 4, per_image_norm(st.f.detach()).pow(2))
+    if s is not None and same and not identity_shortcut:  # cos(x, y) differs from cos(S(x), y)
+        nx = table.t[:, table.x2(i)].sqrt()
+        table.write(col + 5, cosine(x, y, norm_a=nx, norm_b=ny if ny is not None else table.t[:, col].sqrt()))
+
+
+def _unit_norms(sums: np.ndarray, table: _Table, i: int, residual: bool, identity_shortcut: bool, same: bool,
+                s_is_x: bool) -> np.ndarray:
+    """Per-image ‖x‖, ‖y‖, ‖S(x)‖, ‖y − S(x)‖, ‖F(x)‖, cos(x, y) of unit i (n, 6) from the gathered batch tables."""
+    c = table.unit(i)
+    nx = np.sqrt(sums[:, table.x2(i)])
+    ns = nx if s_is_x else np.sqrt(sums[:, c + 2])
+    nf = np.sqrt(sums[:, c + 4]) if residual else np.full(len(sums), np.nan)
+    return np.stack([nx, np.sqrt(sums[:, c]), ns, np.sqrt(sums[:, c + 1]), nf, sums[:, c + 5]], 1)
 
 
 def _derive_metrics(norms: np.ndarray, residual: bool, identity_shortcut: bool, same_shape: bool) -> dict:
-    """The per-image metrics of one unit from its gathered norms (n, 6) (:data:`_NORM_COLUMNS`)."""
+    """The per-image metrics of one unit from its norms (n, 6) (:func:`_unit_norms`)."""
     nx, ny, ns, nd, nf, cxy = norms.T
     nsc = np.maximum(ns, 1e-12)
     out = {}
