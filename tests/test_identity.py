@@ -247,6 +247,50 @@ def test_plain_blocks_have_no_residual_ratio(data):
     assert (df[df["metric"] == "cka"]["value"].notna()).all()
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_a_nonfinite_activation_stops_the_study_and_huge_finite_ones_do_not(data, monkeypatch, kernels):
+    from resprobe.engine import NonFiniteError
+    from resprobe.metrics import fused
+    if not kernels:
+        monkeypatch.setattr(fused, "add_post_into", lambda *a, **k: None)
+        monkeypatch.setattr(fused, "row_sums_into", lambda *a, **k: False)
+    m = _model("cifar_resnet20")
+    with torch.no_grad():
+        m.layer2[1].bn1.running_var[0] = -1.0  # sqrt of a negative variance: NaN from layer2.1 on
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        _profile(m, data, batch_size=32)
+    # the last unit's output finite but beyond 1.8e19: its float32 squares overflow, so its Σy² is infinite;
+    # the element-wise check then finds every element finite and the study goes on
+    m = _model("cifar_resnet20")
+    with torch.no_grad():
+        m.layer3[2].bn2.weight.mul_(1e21)
+        m.layer3[2].bn2.bias.mul_(1e21)
+    df = _profile(m, data, batch_size=32, metrics=("cka",))
+    assert len(df) and np.isfinite(df[df["unit"] == "layer3.1"]["value"]).all()
+
+
+def test_walk_keeps_nothing_of_a_unit_while_the_next_one_runs():
+    import weakref
+    from resprobe.anatomy import anatomy
+    m = _model("cifar_resnet20")
+    view = anatomy(m, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    alive = []
+    # while the second unit's branch runs, is anything of the first unit but its output still referenced?
+    hook = m.layer1[1].conv1.register_forward_pre_hook(lambda mod, args: alive.append([r() is not None for r in refs]))
+    try:
+        with torch.no_grad():
+            walk = view.walk(view.stem(x))
+            st = next(walk)
+            refs = [weakref.ref(t) for t in (st.x, st.f)]
+            y = st.y
+            del st
+            nxt = next(walk)
+    finally:
+        hook.remove()
+    assert alive == [[False, False]] and nxt.x is y
+
+
 def test_hygiene_on_exception_mid_probe(data, monkeypatch):
     m = _model("cifar_resnet20")
     m.train()
