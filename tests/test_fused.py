@@ -198,3 +198,12 @@ def test_heap_does_not_trim_a_steady_working_set_after_every_batch():
             h.after_batch()
             trims.append(h.trims)
     assert trims == [0] * 4 + [1] * 8 + [2]
+
+
+def test_tensors_off_the_cpu_never_build_the_kernels(monkeypatch):
+    # a GPU run (here: the meta device, which CI has) takes the torch path without compiling the CPU kernels
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_load", lambda: pytest.fail("the kernels were loaded for a tensor off the CPU"))
+    x = torch.empty(2, 3, device="meta")
+    assert fused.add_post_into(x, x, True, torch.zeros(2, 5, dtype=torch.float64), 0) is None
+    assert fused.row_sums_into(x, torch.zeros(2, 2, dtype=torch.float64), 0) is False

@@ -234,6 +234,8 @@ def add_post_into(s: Tensor, f: Tensor, relu: bool, out: Tensor, col: int, add: 
     columns ``col`` … ``col + 4`` of ``out`` (a float64 CPU table, one row per image of the batch, unit column
     stride): Σy², Σ(y − s)², Σs², Σf, Σf². None (nothing written) when the kernel does not apply: tensors that
     are not float32, contiguous, on the CPU and outside autograd, shapes that differ, a table without room."""
+    if s.device.type != "cpu":  # decided before anything is compiled: a GPU run never builds the CPU kernels
+        return None
     m = _module if _module is not None else _load()
     if m is None:
         return None
@@ -243,6 +245,8 @@ def add_post_into(s: Tensor, f: Tensor, relu: bool, out: Tensor, col: int, add: 
 def row_sums_into(t: Tensor, out: Tensor, col: int) -> bool:
     """Per image (rows of the first dimension) Σt and Σt² into columns ``col``, ``col + 1`` of ``out`` (as
     :func:`add_post_into`); False (nothing written) when the kernel does not apply."""
+    if t.device.type != "cpu":
+        return False
     m = _module if _module is not None else _load()
     return m is not None and m.row_sums_into(t, out, int(col))
 

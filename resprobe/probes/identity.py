@@ -527,19 +527,26 @@ def _norm_metrics(st, acc: _Acc, fused_ran: bool) -> None:
     col = table.unit(i)
     if s is not None and i not in acc.kinds:
         acc.kinds[i] = (bool(residual), bool(identity_shortcut), same, bool(identity_shortcut or st.s is None))
-    ny = None
-    if not fused_ran:
-        ny = per_image_norm(y)
-        table.write(col, ny.pow(2))
-        if s is not None:
-            table.write(col + 1, per_image_norm(_difference(y, s, acc)).pow(2))
-            if st.s is not None and not identity_shortcut:
-                table.write(col + 2, per_image_norm(s).pow(2))
-            if residual:
-                table.write(col + 4, per_image_norm(st.f.detach()).pow(2))
-    if s is not None and same and not identity_shortcut:  # cos(x, y) differs from cos(S(x), y)
-        nx = table.t[:, table.x2(i)].sqrt()
-        table.write(col + 5, cosine(x, y, norm_a=nx, norm_b=ny if ny is not None else table.t[:, col].sqrt()))
+    cos = s is not None and same and not identity_shortcut  # cos(x, y) differs from cos(S(x), y)
+    if fused_ran:
+        if cos:
+            dev = x.device
+            table.write(col + 5, cosine(x, y, norm_a=table.t[:, table.x2(i)].sqrt().to(dev),
+                                        norm_b=table.t[:, col].sqrt().to(dev)))
+        return
+    # torch operations: the unit's columns as one (B, 6) block, one copy to the table (one sync on a GPU)
+    ny = per_image_norm(y)
+    block = torch.full((ny.shape[0], len(_UNIT_COLUMNS)), float("nan"), dtype=torch.float64, device=ny.device)
+    block[:, 0] = ny.pow(2)
+    if s is not None:
+        block[:, 1] = per_image_norm(_difference(y, s, acc)).pow(2)
+        if st.s is not None and not identity_shortcut:
+            block[:, 2] = per_image_norm(s).pow(2)
+        if residual:
+            block[:, 4] = per_image_norm(st.f.detach()).pow(2)
+        if cos:
+            block[:, 5] = cosine(x, y, norm_a=table.t[:, table.x2(i)].sqrt().to(ny.device), norm_b=ny)
+    table.write(col, block)
 
 
 def _unit_norms(sums: np.ndarray, table: _Table, i: int, residual: bool, identity_shortcut: bool, same: bool,
