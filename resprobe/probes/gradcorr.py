@@ -360,8 +360,15 @@ def line_gradients(view, xs: torch.Tensor, y: torch.Tensor, target: str = "loss"
     eval mode, so the points are independent and the chunking changes nothing): with respect to the
     image, then to each unit's input. ``target``: cross-entropy ``loss`` or the true-class ``logit``."""
     if chunk is not None and chunk < len(xs):
-        parts = [line_gradients(view, xs[s:s + chunk], y[s:s + chunk], target) for s in range(0, len(xs), chunk)]
-        return [torch.cat(gs) for gs in zip(*parts)]
+        out = None  # each chunk's gradients copied into place: no list of parts beside their concatenation
+        for s in range(0, len(xs), chunk):
+            gs = line_gradients(view, xs[s:s + chunk], y[s:s + chunk], target)
+            if out is None:
+                out = [g.new_empty((len(xs),) + tuple(g.shape[1:])) for g in gs]
+            for o, g in zip(out, gs):
+                o[s:s + len(g)] = g
+            del gs
+        return out
     with torch.enable_grad():
         x = xs.clone().requires_grad_(True)
         h = view.stem(x)
