@@ -354,7 +354,7 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
             table.t = table.np = None
     gathered = store.gather(lambda k: "|".join(map(str, k)))
     cka_terms = dist.gather_lists({i: acc.ckas[i] for i in range(n)}) if cka_on else None
-    # what each unit is (residual, identity shortcut, same shape, has S), as seen by whichever rank ran a batch
+    # what each unit is (residual, identity shortcut, same shape, S(x) is x), as seen by whichever rank ran a batch
     kinds = dist.gather_lists({i: [acc.kinds[i]] if i in acc.kinds else [] for i in range(n)})
     if gathered is None:
         return None, None, view
@@ -397,7 +397,7 @@ class _Acc:
     rs: Optional["_ResponseStd"] = None  # the response-std hooks
     buffers: dict = None  # reused scratch tensors, by shape
     fused_at: int = -1  # the last unit whose addition the fused kernel made (its sums are in the table)
-    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape, has S)
+    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape, S(x) is x: identity shortcut or plain unit)
 
 
 def _relu_post(post) -> Optional[bool]:
