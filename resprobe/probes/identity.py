@@ -397,7 +397,8 @@ class _Acc:
     rs: Optional["_ResponseStd"] = None  # the response-std hooks
     buffers: dict = None  # reused scratch tensors, by shape
     fused_at: int = -1  # the last unit whose addition the fused kernel made (its sums are in the table)
-    kinds: dict = field(default_factory=dict)  # unit index -> (residual, identity shortcut, same shape, S(x) is x: identity shortcut or plain unit)
+    # unit index -> (residual, identity shortcut, same shape, S(x) is x: an identity shortcut or a plain unit)
+    kinds: dict = field(default_factory=dict)
 
 
 def _relu_post(post) -> Optional[bool]:
