@@ -66,6 +66,36 @@ def test_kernels_refuse_what_they_do_not_handle(kernels):
     assert kernels.row_sums(torch.randn(4, 6).bfloat16()) is None
 
 
+@pytest.mark.parametrize("shape,m", [((64, 16, 8, 8), 32), ((70, 3, 5, 7), 5), ((64, 17), 4), ((33, 1000), 7),
+                                     ((8, 15), 1), ((12, 2, 3), 3), ((40, 4096), 6), ((3, 10), 4)])
+def test_grams_equal_float64_products(kernels, shape, m):
+    """Every group's Gram matrix against float64 products: group sizes not a multiple of the 4-row blocks, row
+    lengths not a multiple of the 16 lanes or spanning several 1,024-element slices, a remainder dropped."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(m)) + 0.3
+    got = kernels.grams(x, m)
+    nb = shape[0] // m
+    flat = x[:nb * m].reshape(nb, m, x[0].numel()).double()
+    want = flat @ flat.transpose(1, 2)
+    assert got.dtype == torch.float32 and got.shape == (nb, m, m)
+    assert torch.equal(got, got.transpose(1, 2))  # symmetric exactly: one sum per pair
+    if nb:
+        torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-6 * float(want.abs().max()))
+
+
+def test_grams_write_into_the_tensor_given(kernels):
+    x = torch.randn(96, 50, generator=torch.Generator().manual_seed(0))
+    buf = torch.full((5, 32, 32), -1.0)
+    got = kernels.grams(x, 32, buf[1:4])
+    assert got.data_ptr() == buf[1].data_ptr() and torch.equal(got, kernels.grams(x, 32))
+    assert (buf[0] == -1).all() and (buf[4] == -1).all()  # nothing outside the slice
+    for bad in (torch.full((2, 32, 32), 7.0), torch.full((3, 32, 32), 7.0, dtype=torch.float64),
+                torch.full((3, 32, 64), 7.0)[..., :32]):  # too few groups, float64, not contiguous
+        assert kernels.grams(x, 32, bad) is None and (bad == 7).all()  # refused, nothing written
+    a = torch.randn(8, 6)
+    assert kernels.grams(a.t(), 2) is None and kernels.grams(a.double(), 2) is None and kernels.grams(a, 0) is None
+    assert kernels.grams(a.requires_grad_(True), 2) is None
+
+
 def test_post_operations_recognized():
     from resprobe.anatomy.parts import identity
     assert I._relu_post(torch.relu) is True and I._relu_post(torch.nn.functional.relu) is True
@@ -92,7 +122,9 @@ def test_identity_study_same_with_and_without_kernels(kernels, data, name, monke
     torch.manual_seed(0)
     m = randomize_bn(build_model(name, num_classes=4), seed=0).eval()
     calls, cols = [], []
-    real_add, real_rows = fused.add_post_into, fused.row_sums_into
+    real_add, real_rows, real_grams = fused.add_post_into, fused.row_sums_into, fused.grams
+    gram_calls = []
+    monkeypatch.setattr(fused, "grams", lambda t, m, out=None: gram_calls.append((m, out is not None)) or real_grams(t, m, out))
     monkeypatch.setattr(fused, "add_post_into", lambda *a, **k: calls.append(1) or real_add(*a, **k))
     monkeypatch.setattr(fused, "row_sums_into", lambda t, out, col: cols.append(col) or real_rows(t, out, col))
     on = _profile(m, data)
@@ -102,8 +134,12 @@ def test_identity_study_same_with_and_without_kernels(kernels, data, name, monke
     per_batch = np.diff(np.flatnonzero(np.r_[np.asarray(cols) == cols[0], True]))
     assert len(per_batch) == 3
     assert (per_batch[1] < per_batch[0]) == (name != "cifar_plain20") and per_batch[1] == per_batch[2]
+    # CKA's Gram matrices by the kernel, into the slots made before the pass; a last, smaller group (80 images in
+    # minibatches of 32) into a new tensor
+    assert {c for c in gram_calls} == {(32, True), (16, False)}
     monkeypatch.setattr(fused, "add_post_into", lambda *a, **k: None)
     monkeypatch.setattr(fused, "row_sums_into", lambda *a, **k: False)
+    monkeypatch.setattr(fused, "grams", lambda *a, **k: None)
     off = _profile(m, data)
     pd.testing.assert_frame_equal(on.drop(columns=["value", "ci_low", "ci_high"]),
                                   off.drop(columns=["value", "ci_low", "ci_high"]))
@@ -207,3 +243,4 @@ def test_tensors_off_the_cpu_never_build_the_kernels(monkeypatch):
     x = torch.empty(2, 3, device="meta")
     assert fused.add_post_into(x, x, True, torch.zeros(2, 5, dtype=torch.float64), 0) is None
     assert fused.row_sums_into(x, torch.zeros(2, 2, dtype=torch.float64), 0) is False
+    assert fused.grams(x, 2) is None

@@ -4,7 +4,9 @@ The identity study needs, per unit and image, ‖y‖, ‖y − S(x)‖ and ‖S
 measured layer Σr and Σr². With torch operations that is five passes over each activation and one temporary;
 here the addition, the post-ReLU and the three sums are one pass (the pass the forward makes anyway), and Σr,
 Σr² one more. The output y is bit-identical to ``post(s + f)``: the same float32 addition, and a ReLU that keeps
-NaN (as ``torch.relu``). Sums: float32 lanes over runs of at most 1,024 elements, added into float64.
+NaN (as ``torch.relu``). Sums: float32 lanes over runs of at most 1,024 elements, added into float64. CKA's Gram
+matrices X Xᵀ of minibatches of images: each pair once (the blocks on and above the diagonal), float32 lanes added
+into float64 at the end.
 
 The kernels are compiled once, on first use, with :mod:`torch.utils.cpp_extension` (a C++ compiler and ninja);
 where that is not possible — no compiler, a GPU tensor, another dtype, a non-contiguous tensor — every function
@@ -20,7 +22,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "failure", "add_post_into", "row_sums_into", "add_post_sums", "row_sums"]
+__all__ = ["available", "failure", "add_post_into", "row_sums_into", "grams", "add_post_sums", "row_sums"]
 
 Tensor = torch.Tensor
 
@@ -29,6 +31,7 @@ _SRC = r"""
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace {
 // GCC/Clang vector extensions: four independent accumulators of 16 floats (one AVX-512 register each, or four
@@ -138,6 +141,91 @@ torch::Tensor add_post_into(torch::Tensor s, torch::Tensor f, torch::Tensor out,
   return y;
 }
 
+namespace {
+constexpr int64_t KC = 1024;  // Gram kernel: elements of each row per pass (4 KB: eight rows stay in L1)
+
+// acc[4 r + k] += a_r * b_k lane by lane over elements [lo, hi) (a multiple of W): a 4 x 4 block of a Gram
+// matrix, sixteen accumulators and eight loads per sixteen fused multiply-adds
+inline void gram_block(const float* const* a, const float* const* b, v16* acc, int64_t lo, int64_t hi) {
+  v16 c00 = acc[0], c01 = acc[1], c02 = acc[2], c03 = acc[3], c10 = acc[4], c11 = acc[5], c12 = acc[6],
+      c13 = acc[7], c20 = acc[8], c21 = acc[9], c22 = acc[10], c23 = acc[11], c30 = acc[12], c31 = acc[13],
+      c32 = acc[14], c33 = acc[15];
+  const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
+  for (int64_t j = lo; j < hi; j += W) {
+    const v16 x0 = load(a0 + j), x1 = load(a1 + j), x2 = load(a2 + j), x3 = load(a3 + j);
+    const v16 y0 = load(b0 + j), y1 = load(b1 + j), y2 = load(b2 + j), y3 = load(b3 + j);
+    c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
+    c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
+    c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
+    c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
+  }
+  acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c03; acc[4] = c10; acc[5] = c11; acc[6] = c12;
+  acc[7] = c13; acc[8] = c20; acc[9] = c21; acc[10] = c22; acc[11] = c23; acc[12] = c30; acc[13] = c31;
+  acc[14] = c32; acc[15] = c33;
+}
+}  // namespace
+
+// Linear Gram matrices of consecutive groups of m rows (images) of t: (floor(B / m), m, m), float32 (into the
+// tensor given, or a new one), each the
+// symmetric X X^T of its group's flattened rows. Only the blocks on and above the diagonal are computed (a
+// 4 x 4 register block at a time, rows of a group past m read as zeros): about half the products of a general
+// matrix product. Float32 lanes over the rows, added in float64; rows' last n % 16 elements in float64.
+// Undefined (None) where the kernel does not apply.
+torch::Tensor grams(torch::Tensor t, int64_t m, c10::optional<torch::Tensor> into) {
+  if (!ok_input(t) || m < 1) return torch::Tensor();
+  const int64_t b = t.size(0), nb = b / m, n = t.numel() / std::max<int64_t>(b, 1), nv = n - n % W;
+  torch::Tensor out;
+  if (into.has_value() && into->defined()) {  // written in place: a float32 CPU tensor (nb, m, m), contiguous
+    out = *into;
+    if (!out.device().is_cpu() || out.scalar_type() != torch::kFloat || !out.is_contiguous() ||
+        out.requires_grad() || !out.sizes().equals({nb, m, m}))
+      return torch::Tensor();
+  } else {
+    out = torch::empty({nb, m, m}, t.options());
+  }
+  if (nb == 0) return out;
+  const int64_t blocks = (m + 3) / 4, pairs = blocks * (blocks + 1) / 2;
+  std::vector<int64_t> bi(pairs), bj(pairs);
+  for (int64_t i = 0, p = 0; i < blocks; ++i)
+    for (int64_t j = i; j < blocks; ++j, ++p) { bi[p] = i; bj[p] = j; }
+  std::vector<float> zero(m % 4 ? n : 0, 0.f);  // the rows that pad a group's last block to four
+  const float* tp = t.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  // work items: (group, block pair), in order; each thread takes a run of them
+  at::parallel_for(0, nb * pairs, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<v16> acc(16 * (hi - lo));
+    std::memset(static_cast<void*>(acc.data()), 0, acc.size() * sizeof(v16));
+    for (int64_t q0 = lo; q0 < hi;) {
+      const int64_t g = q0 / pairs, q1 = std::min(hi, (g + 1) * pairs);  // this group's items in the run
+      const float* base = tp + g * m * n;
+      auto row = [&](int64_t r) { return r < m ? base + r * n : zero.data(); };
+      for (int64_t c = 0; c < nv; c += KC) {  // the group's rows a slice at a time, every block on the slice
+        const int64_t stop = std::min(nv, c + KC);
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t p = q - g * pairs, i = 4 * bi[p], j = 4 * bj[p];
+          const float* a[4] = {row(i), row(i + 1), row(i + 2), row(i + 3)};
+          const float* e[4] = {row(j), row(j + 1), row(j + 2), row(j + 3)};
+          gram_block(a, e, acc.data() + 16 * (q - lo), c, stop);
+        }
+      }
+      float* G = op + g * m * m;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t p = q - g * pairs;
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t k = 0; k < 4; ++k) {
+            const int64_t i = 4 * bi[p] + r, j = 4 * bj[p] + k;
+            if (i >= m || j >= m || (bi[p] == bj[p] && j < i)) continue;
+            double s = hsum(acc[16 * (q - lo) + 4 * r + k]);
+            for (int64_t e = nv; e < n; ++e) s += double(base[i * n + e]) * base[j * n + e];
+            G[i * m + j] = G[j * m + i] = float(s);
+          }
+      }
+      q0 = q1;
+    }
+  });
+  return out;
+}
+
 // sum t and sum t^2 per image into columns col, col+1 of the table out; false where the kernel does not apply
 bool row_sums_into(torch::Tensor t, torch::Tensor out, int64_t col) {
   if (!ok_input(t)) return false;
@@ -156,7 +244,7 @@ bool row_sums_into(torch::Tensor t, torch::Tensor out, int64_t col) {
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-VERSION = 6  # bump with any change of _SRC
+VERSION = 8  # bump with any change of _SRC
 
 
 def _cpu_tag() -> str:
@@ -190,7 +278,7 @@ def _build(name: str, flags: list, announce: bool):
             note("compiling resprobe's one-pass identity kernels for this machine (once; about 40 s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cpp_extension.load_inline(name=name, cpp_sources=[_SRC], functions=["add_post_into", "row_sums_into"],
+            return cpp_extension.load_inline(name=name, cpp_sources=[_SRC], functions=["add_post_into", "row_sums_into", "grams"],
                                              extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"],
                                              verbose=False)
     finally:
@@ -249,6 +337,20 @@ def row_sums_into(t: Tensor, out: Tensor, col: int) -> bool:
         return False
     m = _module if _module is not None else _load()
     return m is not None and m.row_sums_into(t, out, int(col))
+
+
+def grams(t: Tensor, m: int, out: Optional[Tensor] = None) -> Optional[Tensor]:
+    """Linear Gram matrices of consecutive groups of ``m`` images (rows of the first dimension, flattened):
+    shape (⌊B/m⌋, m, m), float32, as :func:`resprobe.metrics.similarity.minibatch_grams` (a remainder < m is
+    dropped) with about half its products (symmetry) and float64 sums of float32 lanes; written into ``out``
+    when given (a contiguous float32 CPU tensor of that shape). None (nothing written) when the kernel does not
+    apply (as :func:`add_post_into`, or an ``out`` that does not fit)."""
+    if t.device.type != "cpu":
+        return None
+    m_ = _module if _module is not None else _load()
+    if m_ is None:
+        return None
+    return m_.grams(t, int(m), out)  # an undefined tensor comes back as None
 
 
 def add_post_sums(s: Tensor, f: Tensor, relu: bool, add: bool = True,

@@ -342,6 +342,9 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     acc = _Acc(store=store, table=table, ckas=[[] for _ in range(n)], minibatch=m, chosen=chosen, want=want,
                grad=options.grad, spec=spec,
                position=np.argsort(order.numpy()) if order is not None else np.arange(len(data)))
+    if chosen:  # Gram slots: the stem's output, each unit's output, and S(x) where a unit changes the shape
+        slots = 1 + n + sum(1 for u in view if u.parts.shortcut is not None and u.downsample)
+        acc.gram_buf = torch.empty((slots, spec.batch_size // m, m, m), device=spec.torch_device)
     with frozen_eval(model), _ResponseStd(model, layers, table) as rs, spec.autocast():
         acc.rs = rs if rs.layers else None
         for x, y, idx in batches(data, spec, subject.normalize, f"identity {label}", order=order):
@@ -399,6 +402,18 @@ class _Acc:
     fused_at: int = -1  # the last unit whose addition the fused kernel made (its sums are in the table)
     # unit index -> (residual, identity shortcut, same shape, S(x) is x: an identity shortcut or a plain unit)
     kinds: dict = field(default_factory=dict)
+    # a batch's Gram matrices (slots, groups per batch, m, m), allocated before the pass and reused by every batch:
+    # small tensors that live through a batch, allocated among the activations, fragment the heap (it grew by
+    # 100-250 MB, and the trims that followed faulted it in again)
+    gram_buf: Optional[torch.Tensor] = None
+    gram_next: int = 0
+
+    def gram_slot(self) -> Optional[torch.Tensor]:
+        """The next free slot of :attr:`gram_buf` (None when there is none)."""
+        if self.gram_buf is None or self.gram_next >= len(self.gram_buf):
+            return None
+        self.gram_next += 1
+        return self.gram_buf[self.gram_next - 1]
 
 
 def _relu_post(post) -> Optional[bool]:
@@ -452,10 +467,12 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
         sizes = [min(m, len(idx) - s) for s in starts]
         keep = [k for k, s in enumerate(sizes) if s >= 4]
         groups, starts, sizes = [groups[k] for k in keep], [starts[k] for k in keep], [sizes[k] for k in keep]
+        acc.gram_next = 0  # the previous batch's Gram matrices are spent (its HSIC terms are computed)
 
         def grams(t):
             """Linear Gram matrices of the chosen groups (a list aligned with ``groups``)."""
             out = [None] * len(starts)
+            slot = acc.gram_slot()
             full = [j for j, z in enumerate(sizes) if z == m]
             runs = []  # full groups in runs of consecutive positions: each run is a view, no copy
             for j in full:
@@ -465,11 +482,12 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
                     runs.append([j])
             for run in runs:
                 a = starts[run[0]]
-                for j, g in zip(run, minibatch_grams(t[a:a + len(run) * m], m)):
+                into = slot[run[0]:run[0] + len(run)] if slot is not None else None  # a run's j are consecutive
+                for j, g in zip(run, _grams(t[a:a + len(run) * m], m, into)):
                     out[j] = g
             for j, z in enumerate(sizes):
                 if z != m:
-                    out[j] = minibatch_grams(t[starts[j]:starts[j] + z], z)[0]
+                    out[j] = _grams(t[starts[j]:starts[j] + z], z)[0]
             return out
 
         inputs, branches, cka_pairs = [], [], []
@@ -513,6 +531,17 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
             for i, (f, g) in enumerate(zip(branches, gr)):
                 if view[i].residual and f.shape == g.shape:  # undefined where the unit changes shape
                     put("grad_cosine", i, cosine(f, g))
+
+
+def _grams(t: torch.Tensor, m: int, into: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gram matrices of consecutive minibatches of ``m`` images of ``t``, written into ``into`` when given: the
+    symmetric kernel (about half the products) where it applies, else :func:`minibatch_grams`."""
+    g = fused.grams(t, m, into)
+    if g is None:
+        g = minibatch_grams(t, m)
+        if into is not None:
+            g = into.copy_(g)
+    return g
 
 
 def _norm_metrics(st, acc: _Acc, fused_ran: bool) -> None:
