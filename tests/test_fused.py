@@ -94,6 +94,7 @@ def test_grams_write_into_the_tensor_given(kernels):
     a = torch.randn(8, 6)
     assert kernels.grams(a.t(), 2) is None and kernels.grams(a.double(), 2) is None and kernels.grams(a, 0) is None
     assert kernels.grams(a.requires_grad_(True), 2) is None
+    assert kernels.grams(torch.randn(513, 3), 513) is None and kernels.grams(torch.randn(512, 3), 512) is not None
 
 
 def test_post_operations_recognized():
