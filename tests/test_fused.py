@@ -97,6 +97,15 @@ def test_grams_write_into_the_tensor_given(kernels):
     assert kernels.grams(torch.randn(513, 3), 513) is None and kernels.grams(torch.randn(512, 3), 512) is not None
 
 
+def test_identity_gram_slots_keep_the_activations_precision():
+    x = torch.randn(64, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e3 + 1
+    slot = torch.zeros(2, 32, 32)
+    got = I._grams(x, 32, slot)
+    assert got.dtype == torch.float64 and torch.equal(got, x.reshape(2, 32, 40) @ x.reshape(2, 32, 40).transpose(1, 2))
+    x32 = x.float()
+    assert I._grams(x32, 32, slot).data_ptr() == slot.data_ptr()  # float32 activations: into the slot
+
+
 def test_post_operations_recognized():
     from resprobe.anatomy.parts import identity
     assert I._relu_post(torch.relu) is True and I._relu_post(torch.nn.functional.relu) is True

@@ -534,12 +534,13 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
 
 
 def _grams(t: torch.Tensor, m: int, into: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Gram matrices of consecutive minibatches of ``m`` images of ``t``, written into ``into`` when given: the
-    symmetric kernel (about half the products) where it applies, else :func:`minibatch_grams`."""
+    """Gram matrices of consecutive minibatches of ``m`` images of ``t``, written into ``into`` when given and of
+    their dtype: the symmetric kernel (about half the products) where it applies, else :func:`minibatch_grams`
+    (in the activations' precision: a float64 network's Gram matrices are not rounded to a float32 slot)."""
     g = fused.grams(t, m, into)
     if g is None:
         g = minibatch_grams(t, m)
-        if into is not None:
+        if into is not None and into.dtype == g.dtype:
             g = into.copy_(g)
     return g
 
