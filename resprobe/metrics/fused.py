@@ -166,10 +166,10 @@ inline void gram_block(const float* const* a, const float* const* b, v16* acc, i
 }  // namespace
 
 // Linear Gram matrices of consecutive groups of m rows (images) of t: (floor(B / m), m, m), float32 (into the
-// tensor given, or a new one), each the
-// symmetric X X^T of its group's flattened rows. Only the blocks on and above the diagonal are computed (a
-// 4 x 4 register block at a time, rows of a group past m read as zeros): about half the products of a general
-// matrix product. Float32 lanes over the rows, added in float64; rows' last n % 16 elements in float64.
+// tensor given, or a new one), each the symmetric X X^T of its group's flattened rows. Only the blocks on and
+// above the diagonal are computed (a 4 x 4 register block at a time, rows of a group past m read as zeros):
+// about half the products of a general matrix product. Float32 lanes over the rows, added in float64; rows'
+// last n % 16 elements in float64.
 // Undefined (None) where the kernel does not apply.
 torch::Tensor grams(torch::Tensor t, int64_t m, c10::optional<torch::Tensor> into) {
   // groups of at most 512 images: the accumulators (1 KB per block pair) stay within 8.4 MB a thread, and past
@@ -246,7 +246,7 @@ bool row_sums_into(torch::Tensor t, torch::Tensor out, int64_t col) {
 _lock = threading.Lock()
 _module = None
 _failed: Optional[str] = None
-VERSION = 9  # bump with any change of _SRC
+VERSION = 10  # bump with any change of _SRC
 
 
 def _cpu_tag() -> str:
