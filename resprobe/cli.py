@@ -623,9 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
+    finished = False
     try:
         dist.init(getattr(args, "device", "cpu"))
-        return args.func(args)
+        rc = args.func(args)
+        finished = True
+        return rc
     except UserError as e:
         if args.debug:
             raise
@@ -635,7 +638,7 @@ def main(argv: Optional[list] = None) -> int:
         print("resprobe: interrupted", file=sys.stderr)
         return 130
     finally:
-        dist.shutdown()
+        dist.shutdown(finished)
 
 
 if __name__ == "__main__":
