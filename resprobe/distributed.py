@@ -59,9 +59,9 @@ def init(device: str = "cpu") -> bool:
 def shutdown(finished: bool = False) -> None:
     """Leave the process group. ``finished``: this rank's work ended without an error; it then waits for the
     others (rank 0 writes the result after the rest are done) so that every rank tears down gloo together — a
-    rank that destroyed its group and exited while rank 0 was still connected aborted at exit about one run in
-    five ("terminate called without an active exception", exit status -6, and torchrun stopped rank 0 before
-    it wrote anything). After an error no rank waits: the others are stopped by torchrun. The wait has no
+    rank that destroyed its group and exited while rank 0 was still connected aborted at exit in 4 of 24 runs
+    ("terminate called without an active exception", exit status -6, and torchrun stopped rank 0 before it
+    wrote anything). After an error no rank waits: the others are stopped by torchrun. The wait has no
     short timeout (rank 0 may write for longer than a collective's): a rank that dies ends it through torchrun."""
     global _ACTIVE
     if active():
