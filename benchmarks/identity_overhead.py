@@ -1,12 +1,14 @@
 """Cost of the identity study relative to a plain inference pass over the same images, timed in one run.
 
     python benchmarks/identity_overhead.py                  # resnet56, the 10k JPEG test set, 2 pairs per row
-    python benchmarks/identity_overhead.py --only default --repeats 6   # the target's row, 6 pairs
+    python benchmarks/identity_overhead.py --only default --repeats 10  # the target's row, 10 pairs
     python benchmarks/identity_overhead.py --limit 2000     # quicker
 
-Each identity run is timed beside its own plain inference pass (before or after it, alternately); the figure
-is the median of these pairs' ratios (this machine's speed drifts by several per cent between minutes, which
-best-of-N timings of the two sides taken minutes apart do not cancel).
+Each identity run is timed beside its own plain inference pass (before or after it, alternately), and each pair
+gives a ratio (this machine's speed drifts by several per cent between minutes, which best-of-N timings of the two
+sides taken minutes apart do not cancel). Printed per row: the median and range of the pairs' ratios; for the
+default row, the target's verdict from the 95% t interval of their mean (met when it lies at or below 1.10, not
+met above it, inconclusive across).
 
 Target (issue 16): the default identity study (ratios, cosines, block influence, response std, and CKA on its
 seeded subset of 2,048 images) costs <= 1.10x a plain inference pass; CKA on every image
