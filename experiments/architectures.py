@@ -54,13 +54,9 @@ def main():
     result.table = lesion.order_rows(store.rows())
     result.summary = lesion.summarize(result.table, result.extras["units"])
     result.findings = lesion.findings(result.table, result.extras["units"], roles)
-    result.verdicts = []
-    for lab in roles:  # each network alone: trained here, but with different recipes (no contrast)
-        alone = {lab: roles[lab]}
-        result.verdicts.append(lesion.single_deletion_verdict(result.table, alone, result.extras["units"],
-                                                              run_spec.n_boot, args.seed, result.extras["bits"]))
-        result.verdicts.append(lesion.no_cliff_verdict(result.table, alone, result.extras["chance"],
-                                                       run_spec.n_boot, args.seed))
+    # one verdict per network (different recipes: the contrast is not applicable, and says so)
+    result.verdicts = lesion.verdicts(result.table, roles, result.extras["units"], result.extras["chance"],
+                                      run_spec.replace(seed=args.seed), result.extras["bits"])
     finish(out / "lesion", NAME, args, t0, result)
     ident = identity.run(subjects, ds, run_spec)
     finish(out / "identity", NAME, args, t0, ident)

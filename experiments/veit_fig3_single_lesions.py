@@ -22,13 +22,9 @@ def main():
     ds = data(args, 500)
     subjects = networks(args, ds, ["resnet20", "plain20", "resnet56-shared", "resnet20-shared"], ["resnet20", "plain20"])
     out = out_dir(args, NAME)
+    # the verdicts: each residual network (group of seeds) against the absolute criterion, and the contrast
+    # with its equal-recipe plain twin
     result = lesion.run(subjects, ds, spec(args), lesion.LesionPlan("single"), LesionStore(out))
-    # beside the contrast, each residual network (group of seeds) against the absolute criterion, alone
-    roles = result.extras["roles"]
-    for group in dict.fromkeys(r.group for r in roles.values() if r.residual):
-        alone = {lab: r for lab, r in roles.items() if r.group == group}
-        result.verdicts.append(lesion.single_deletion_verdict(result.table, alone, result.extras["units"],
-                                                              spec(args).n_boot, args.seed, result.extras["bits"]))
     finish(out, NAME, args, t0, result)
 
 

@@ -68,7 +68,7 @@ print(f"{view[1].name} deleted: {(full.argmax(1) == without.argmax(1)).float().m
     new_markdown_cell("## 3. Ensembles of shallow paths (Veit et al. 2016): lesions"),
     new_code_cell("""les = api.lesion.run(subjects, data, SPEC, api.lesion.LesionPlan(mode="single"))
 for v in les.verdicts:
-    print(v.verdict, "—", v.statistic_name, round(v.statistic, 3), (v.ci_low, v.ci_high), v.scope)
+    print(v.verdict, "—", v.conjecture, "|", v.statistic_name, v.statistic, (v.ci_low, v.ci_high), v.scope, v.reason)
 les.table.head()"""),
     new_markdown_cell("## 4. Path lengths: which paths carry the gradient?"),
     new_code_cell("""paths = api.paths.run(subjects[:1], data.subset(16), SPEC.replace(batch_size=64), api.paths.PathsOptions(samples=3))

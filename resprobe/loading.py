@@ -50,11 +50,15 @@ RECIPE_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "schedule", "opti
                "normalize", "augment")
 
 
-def recipe_key(weights: Optional[str]) -> Optional[str]:
+def recipe_key(weights: Optional[str], spec: Optional[str] = None) -> Optional[str]:
     """A short key of the training recipe recorded beside ``weights`` (None when none is recorded). The model
-    and the seed are not part of it: a ResNet and its plain twin trained alike share the key."""
+    and the seed are not part of it: a ResNet and its plain twin trained alike share the key. When ``spec`` is
+    given and the record says the weights were trained as another model (a plain twin's weights loaded into a
+    ResNet), the recipe of this network is unknown: None."""
     cfg = recorded(weights)
     if not cfg or "lr" not in cfg:
+        return None
+    if spec is not None and cfg.get("model") not in (None, spec):
         return None
     import hashlib
     data = (cfg.get("train_data") or {}).get("content_sha256") or (cfg.get("train_data") or {}).get("spec")
@@ -169,7 +173,7 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
                 prov = dict(prov, init_seed=init_seed)
             _check_outputs(model, data, lab)
             out.append(Subject(lab, model, normalization_for(x, normalize), prov, group=group or lab,
-                               seed=int(seed) if seed is not None else None, recipe=recipe_key(x)))
+                               seed=int(seed) if seed is not None else None, recipe=recipe_key(x, spec)))
     labs = [s.label for s in out]
     dup = sorted({x for x in labs if labs.count(x) > 1})
     if dup:

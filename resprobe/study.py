@@ -9,7 +9,7 @@ from typing import Optional
 import pandas as pd
 import torch.nn as nn
 
-from .verdict import Role, Verdict
+from .verdict import Competence, Role, Verdict
 
 __all__ = ["Subject", "StudyResult", "roles_of"]
 
@@ -27,6 +27,7 @@ class Subject:
     group: str = ""
     seed: Optional[int] = None
     recipe: Optional[str] = None
+    competence: Optional[Competence] = None   # measured once by the first study that needs it (see probes.common)
 
     def __post_init__(self):
         if not self.group:
@@ -37,9 +38,11 @@ class Subject:
                     recipe=self.recipe)
 
 
-def roles_of(subjects: list[Subject], residual: dict[str, bool]) -> dict[str, Role]:
-    """``{label: Role}`` from the subjects and whether each one has residual units."""
-    return {s.label: Role(s.group, s.seed, residual[s.label], s.recipe) for s in subjects}
+def roles_of(subjects: list[Subject], residual: dict[str, bool], arch: Optional[dict] = None) -> dict[str, Role]:
+    """``{label: Role}`` from the subjects, whether each one has residual units and its architecture signature
+    (see :class:`~resprobe.verdict.Role`; None: unknown, never a twin)."""
+    return {s.label: Role(s.group, s.seed, residual[s.label], s.recipe, s.competence, (arch or {}).get(s.label))
+            for s in subjects}
 
 
 @dataclass

@@ -1,16 +1,23 @@
 """Verdicts: pure functions of measured results.
 
-A :class:`Verdict` records what was decided and why: the conjecture, the outcome (``supported`` |
-``not supported`` | ``inconclusive``), the criterion in words with its thresholds (fixed before
-measuring), the statistic with its 95% CI, the scope (``this network`` when the CI comes from
-images, ``across N seeds`` when it comes from independently trained networks), the counts, and the
-evidence numbers. :func:`decide` is the one three-way rule: a CI wholly on the conjecture's side of
-the threshold supports it, wholly on the other side refutes it, and a CI that straddles (or touches)
-the threshold is inconclusive.
+A :class:`Verdict` records what was decided and why: its headline (the claim its criterion tests), the
+outcome, the criterion in words, the statistic with its 95% CI, the margin (the smallest effect of interest,
+with its source), how the interval was made, the scope (``this network`` when the CI comes from images,
+``across N seeds`` when it comes from independently trained networks), the per-seed statistics beside the
+pooled one, and the gates it passed or failed.
 
-The per-conjecture verdict functions live beside their probes (``resprobe.probes.*``); they take
-the probes' result tables and a :class:`Roles` mapping (which network is residual, which is its
-plain twin, which seeds belong together).
+Outcomes. :func:`decide` is the one rule once the gates are passed: a CI wholly beyond the margin supports
+the claim, a CI wholly on the other side refutes it (an equivalence test: the effect is smaller than the
+smallest one of interest, or has the other sign), and a CI that straddles or touches the margin is
+*inconclusive*. Before any statistic, the **gates**: every network a verdict speaks about must be a
+competent predictor (:class:`Competence`), and a residual-vs-plain contrast needs twins trained with one
+known recipe and of one architecture (:func:`pairs_by_seed`); a verdict whose gate fails is *not
+applicable*, saying why. :func:`seed_interval` pools per-seed statistics on a scale where the statistic's
+range is respected (logs for ratios, Fisher z for correlations).
+
+The per-conjecture verdict functions live beside their probes (``resprobe.probes.*``); they take the probes'
+result tables and a :class:`Roles` mapping (which network is residual, which is its plain twin, which seeds
+belong together, how competent each is).
 """
 from __future__ import annotations
 
@@ -20,29 +27,78 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Verdict", "Role", "decide", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "OUTCOMES", "seed_ci",
-           "bootstrap_ci", "scope_of", "pairs_by_seed", "inconclusive", "unpaired_reason", "primary_residual", "pair_names"]
+__all__ = ["Verdict", "Role", "Margin", "Competence", "Interval", "decide", "decide_within", "judge", "not_applicable",
+           "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "NOT_APPLICABLE", "OUTCOMES", "COMPETENCE_GAP",
+           "seed_ci", "seed_interval", "bootstrap_ci", "scope_of", "pairs_by_seed", "inconclusive", "unpaired_reason",
+           "primary_residual", "residual_groups", "contrasts", "pair_names", "competence_gate"]
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-OUTCOMES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_APPLICABLE = "supported", "not supported", "inconclusive", "not applicable"
+OUTCOMES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_APPLICABLE)
+
+# A competent predictor closes at least half of the gap between chance and zero error: the upper end of the
+# 95% CI of its error lies below half the chance error (CIFAR-10: 0.45). The papers' networks close 90-93% of
+# the gap (ResNet-110 6.0% against 90%); the zoo's trained twins 78-80%, its least trained network (ConvNeXt)
+# 60%; random init and the adversarial subjects of the falsification suite (branches scaled to chance, a
+# plain twin's weights in a ResNet, zeroed shortcuts) 0-3%. Half separates the two with room on both sides.
+COMPETENCE_GAP = 0.5
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The smallest effect of interest of a criterion, with where it comes from."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Competence:
+    """A network's test error with its exact (Clopper-Pearson) 95% CI, and the chance error of the data it
+    was measured on (1 − the largest class's share)."""
+
+    error: float
+    ci_low: float
+    ci_high: float
+    chance: float
+    n_images: int
+    data: str = ""
+
+    @property
+    def bar(self) -> float:
+        """The error the CI must stay below."""
+        return self.chance * (1 - COMPETENCE_GAP)
+
+    @property
+    def competent(self) -> bool:
+        return math.isfinite(self.ci_high) and self.ci_high < self.bar
+
+    def describe(self) -> str:
+        return (f"error {self.error:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}] on {self.n_images} images"
+                f"{' of ' + self.data if self.data else ''}, chance "
+                f"{self.chance:.4f}; competent needs the CI below {self.bar:.4f}")
 
 
 @dataclass(frozen=True)
 class Verdict:
-    conjecture: str
+    conjecture: str                # the headline: the claim the criterion tests
     verdict: str
     criterion: str
     statistic_name: str
     statistic: Optional[float]
     ci_low: Optional[float]
     ci_high: Optional[float]
-    threshold: Optional[float]
+    threshold: Optional[float]     # the margin
     scope: str
     n_images: int = 0
     n_seeds: int = 0
     evidence: dict = field(default_factory=dict)
     reason: str = ""
     reference: str = ""
+    key: str = ""                  # the report section it belongs to
+    margin_source: str = ""
+    interval: str = ""             # how the CI was made
+    per_seed: dict = field(default_factory=dict)
+    gates: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.verdict not in OUTCOMES:
@@ -55,19 +111,33 @@ class Verdict:
 @dataclass(frozen=True)
 class Role:
     """What a network is for the verdicts: its group (architecture), training seed, whether it is residual
-    (has residual units) or a plain twin, and its training recipe (a key of the recorded recipe; None when
-    unknown, e.g. a network trained by others)."""
+    (has residual units) or a plain twin, its training recipe (a key of the recorded recipe; None when
+    unknown, e.g. a network trained by others), its competence on the data, and its architecture signature
+    ``(units per stage, parameters)``: twins have the same units per stage and parameter counts within 10%
+    (a projection shortcut adds a few)."""
 
     group: str
     seed: Optional[int]
     residual: bool
     recipe: Optional[str] = None
+    competence: Optional[Competence] = None
+    arch: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A pooled statistic with its CI and how it was made."""
+
+    stat: float
+    lo: float
+    hi: float
+    method: str
 
 
 def decide(ci_low: Optional[float], ci_high: Optional[float], threshold: float, supported_when: str) -> str:
-    """``supported_when='below'``: supported if the whole CI is below ``threshold``, not supported if
-    the whole CI is above it, inconclusive otherwise (and when the CI is undefined). ``'above'``: the
-    mirror image. A CI that touches the threshold is inconclusive."""
+    """``supported_when='below'``: supported if the whole CI is below ``threshold`` (the margin), not
+    supported if the whole CI is above it, inconclusive otherwise (and when the CI is undefined).
+    ``'above'``: the mirror image. A CI that touches the margin is inconclusive."""
     if supported_when not in ("below", "above"):
         raise ValueError("supported_when must be 'below' or 'above'")
     if ci_low is None or ci_high is None or not (math.isfinite(ci_low) and math.isfinite(ci_high)):
@@ -79,6 +149,40 @@ def decide(ci_low: Optional[float], ci_high: Optional[float], threshold: float, 
     return INCONCLUSIVE
 
 
+def decide_within(ci_low: Optional[float], ci_high: Optional[float], low: float, high: float) -> str:
+    """An equivalence test for a claimed value: supported when the whole CI lies inside ``(low, high)``, not
+    supported when it lies wholly outside, inconclusive otherwise (and when the CI is undefined)."""
+    if ci_low is None or ci_high is None or not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return INCONCLUSIVE
+    if low < ci_low and ci_high < high:
+        return SUPPORTED
+    if ci_high < low or ci_low > high:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def _num(x) -> Optional[float]:
+    return None if x is None else float(x)
+
+
+def judge(key: str, claim: str, criterion: str, statistic_name: str, margin: Margin, supported_when: str,
+          iv: Interval, scope: str, **kw) -> Verdict:
+    """The verdict of a claim whose gates passed: :func:`decide` on the interval against the margin."""
+    outcome = decide(iv.lo, iv.hi, margin.value, supported_when)
+    reason = kw.pop("reason", "")
+    if outcome == INCONCLUSIVE and not (math.isfinite(iv.lo) and math.isfinite(iv.hi)):
+        reason = (f"no CI ({iv.method}). " + reason).strip()
+    return Verdict(claim, outcome, criterion, statistic_name, _num(iv.stat), _num(iv.lo), _num(iv.hi), margin.value,
+                   scope, key=key, margin_source=margin.source, interval=iv.method, reason=reason, **kw)
+
+
+def not_applicable(key: str, claim: str, criterion: str, statistic_name: str, margin: Margin, reason: str,
+                   scope: str = "no network judged", **kw) -> Verdict:
+    """A verdict whose gate failed: no statistic is judged; the numbers stay in the evidence."""
+    return Verdict(claim, NOT_APPLICABLE, criterion, statistic_name, None, None, None, margin.value, scope,
+                   key=key, margin_source=margin.source, reason=reason, **kw)
+
+
 def inconclusive(conjecture: str, criterion: str, statistic_name: str, reason: str, scope: str = "this network",
                  **kw) -> Verdict:
     """A verdict that could not be reached (missing input), saying why."""
@@ -87,19 +191,74 @@ def inconclusive(conjecture: str, criterion: str, statistic_name: str, reason: s
                    reason=reason, **kw)
 
 
+def competence_gate(roles: Mapping[str, Role], labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(failures, gates)``: the networks among ``labels`` that are not competent predictors (or whose
+    competence was not measured), and one line per network saying how it fared."""
+    failures, gates = [], []
+    for lab in dict.fromkeys(labels):
+        c = roles[lab].competence if lab in roles else None
+        if c is None:
+            failures.append(f"{lab}: competence not measured (the verdict needs the network's error on the data)")
+            gates.append(f"competence {lab}: not measured")
+        else:
+            ok = c.competent
+            gates.append(f"competence {lab}: {'passed' if ok else 'FAILED'} ({c.describe()})")
+            if not ok:
+                failures.append(f"{lab} is not a competent predictor ({c.describe()})")
+    return failures, gates
+
+
 def seed_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean over seeds with a Student-t CI: ``(mean, low, high)``. Needs at least 2 values (else
     the CI is undefined: NaN)."""
+    iv = seed_interval(list(values), level=level)
+    return iv.stat, iv.lo, iv.hi
+
+
+_SCALES = {
+    "linear": (lambda v: v, lambda v: v),
+    "log": (np.log, np.exp),
+    "fisher": (lambda v: np.arctanh(np.clip(v, -0.999999, 0.999999)), np.tanh),
+}
+
+
+def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = None, scale: str = "linear",
+                  level: float = 0.95) -> Interval:
+    """Pool per-seed statistics (one per independently trained network): the mean on ``scale`` (``log`` for
+    ratios, ``fisher`` for correlations, so that the CI stays inside the statistic's range), with a Student-t
+    CI on n − 1 degrees of freedom. ``within``: each seed's own CI over images; the standard error is then
+    never below the image-level one (seeds that agree closely cannot shrink the interval below what the images
+    allow). One value: its own CI is the interval. Without ``within``, seeds that agree exactly give no CI."""
     from scipy import stats
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    se = float(v.std(ddof=1)) / math.sqrt(len(v))
-    t = float(stats.t.ppf(0.5 + level / 2, len(v) - 1))
-    return m, m - t * se, m + t * se
+    if scale not in _SCALES:
+        raise ValueError(f"scale must be one of {sorted(_SCALES)}")
+    f, inv = _SCALES[scale]
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+    w = np.asarray(within if within is not None else [(np.nan, np.nan)] * len(v), dtype=float).reshape(-1, 2)
+    keep = np.isfinite(v) & ((v > 0) if scale == "log" else True)
+    v, w = v[keep], w[keep]
+    n = len(v)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), "no finite value")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tv, tw = f(v), f(w)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    se_in = (tw[:, 1] - tw[:, 0]) / (2 * z)
+    if n == 1:
+        lo, hi = (float(x) for x in w[0])
+        return Interval(float(v[0]), lo, hi, "one network: its CI over images")
+    m = float(tv.mean())
+    se = float(tv.std(ddof=1)) / math.sqrt(n)
+    how = f"t over {n} seeds (df {n - 1}) on the {scale} scale"
+    if np.isfinite(se_in).all() and len(se_in):
+        floor = float(np.sqrt(np.mean(se_in ** 2)) / math.sqrt(n))
+        if floor > se:
+            se, how = floor, how + ", standard error floored at the seeds' image-level one"
+    if not se > 0:
+        return Interval(float(inv(m)), float("nan"), float("nan"),
+                        f"undefined: the {n} seeds agree exactly and no image-level CI was given")
+    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+    return Interval(float(inv(m)), float(inv(m - t * se)), float(inv(m + t * se)), how)
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
@@ -130,22 +289,37 @@ def pair_names(pairs: Sequence[tuple]) -> list[str]:
     return [x for r, p, *_ in pairs for x in (r, p)]
 
 
-def pairs_by_seed(roles: Mapping[str, Role]) -> list[tuple[str, str, Optional[int]]]:
-    """``(residual label, plain label, seed)``: a residual group and a plain group trained with the same
-    recipe, paired by seed (the combination with most seeds; without seeds, one network of each).
-    Networks with different recipes are never paired: a contrast between them would measure the recipe."""
+def _groups(roles: Mapping[str, Role]) -> dict[tuple, dict]:
     groups: dict[tuple, dict] = {}
     for lab, r in roles.items():
         groups.setdefault((r.residual, r.group), {})[r.seed] = lab
-    best: list = []
+    return groups
+
+
+def _twins(roles: Mapping[str, Role], rmap: dict, pmap: dict) -> bool:
+    """One known recipe (unknown never equals unknown) and one architecture for every network."""
+    members = [roles[x] for x in list(rmap.values()) + list(pmap.values())]
+    recipes = {m.recipe for m in members}
+    if len(recipes) != 1 or None in recipes or any(m.arch is None for m in members):
+        return False
+    layouts = {m.arch[0] for m in members}
+    params = [m.arch[1] for m in members]
+    return len(layouts) == 1 and max(params) <= 1.1 * min(params)
+
+
+def contrasts(roles: Mapping[str, Role]) -> list[list[tuple[str, str, Optional[int]]]]:
+    """Every residual group matched with an equal-recipe plain twin group, as ``(residual, plain, seed)``
+    pairs by seed (without seeds, one network of each). A residual group is matched with the plain group
+    that gives most pairs; networks whose recipes differ or are unknown, or whose architectures differ, are
+    never paired: a contrast between them would measure the recipe or the depth."""
+    groups = _groups(roles)
+    out = []
     for (res, rg), rmap in groups.items():
         if not res:
             continue
+        best: list = []
         for (pres, pg), pmap in groups.items():
-            if pres:
-                continue
-            recipes = {roles[x].recipe for x in list(rmap.values()) + list(pmap.values())}
-            if len(recipes) != 1:
+            if pres or not _twins(roles, rmap, pmap):
                 continue
             common = sorted(set(rmap) & set(pmap), key=lambda s: (s is None, s))
             pairs = [(rmap[s], pmap[s], s) for s in common]
@@ -153,7 +327,14 @@ def pairs_by_seed(roles: Mapping[str, Role]) -> list[tuple[str, str, Optional[in
                 pairs = [(next(iter(rmap.values())), next(iter(pmap.values())), None)]
             if len(pairs) > len(best):
                 best = pairs
-    return best
+        if best:
+            out.append(best)
+    return out
+
+
+def pairs_by_seed(roles: Mapping[str, Role]) -> list[tuple[str, str, Optional[int]]]:
+    """The largest contrast of :func:`contrasts` (``[]`` when there is none)."""
+    return max(contrasts(roles), key=len, default=[])
 
 
 def unpaired_reason(roles: Mapping[str, Role]) -> str:
@@ -164,14 +345,26 @@ def unpaired_reason(roles: Mapping[str, Role]) -> str:
         return "no residual network was given"
     if not plain:
         return "no plain twin was given (pass a plain network trained with the same recipe)"
-    return ("the plain twin was not trained with the residual network's recipe (or its recipe is unknown, as for "
-            "networks trained by others): a contrast would measure the recipe, so none is made")
+    if any(r.recipe is None for r in res + plain):
+        return ("a network has no recorded training recipe (as for networks trained by others): an unknown "
+                "recipe never equals another, so no contrast is made")
+    if len({r.recipe for r in res + plain}) > 1:
+        return ("the plain twin was not trained with the residual network's recipe: a contrast would measure "
+                "the recipe, so none is made")
+    return ("the plain network is not a twin of the residual one (another depth or layout of units): a contrast "
+            "would measure the architecture, so none is made")
+
+
+def residual_groups(roles: Mapping[str, Role]) -> list[list[str]]:
+    """The labels of every residual group (its seeds), in the order the networks were given."""
+    out: dict[str, list[str]] = {}
+    for lab, r in roles.items():
+        if r.residual:
+            out.setdefault(r.group, []).append(lab)
+    return list(out.values())
 
 
 def primary_residual(roles: Mapping[str, Role]) -> list[str]:
     """The labels of the first residual group (its seeds)."""
-    res = [(lab, r) for lab, r in roles.items() if r.residual]
-    if not res:
-        return []
-    g = res[0][1].group
-    return [lab for lab, r in res if r.group == g]
+    g = residual_groups(roles)
+    return g[0] if g else []

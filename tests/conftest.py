@@ -62,3 +62,12 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
     return model
+
+
+def role(group: str, seed=None, residual: bool = True, recipe="A", error=0.1, arch=((3,), 1000)):
+    """A verdict role for unit tests of verdict functions: by default a competent network (error 0.1 ± 0.01 on
+    1,000 images of 10 balanced classes) with recipe "A" and one architecture; ``error=None``: competence not
+    measured."""
+    from resprobe.verdict import Competence, Role
+    c = None if error is None else Competence(error, max(error - 0.01, 0.0), min(error + 0.01, 1.0), 0.9, 1000)
+    return Role(group, seed, residual, recipe, c, arch)

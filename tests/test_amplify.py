@@ -17,9 +17,8 @@ from resprobe.probes import amplify as A
 from resprobe.probes.amplify import power_iteration, spectral_norms, unit_spectral_norms
 from resprobe.report import save
 from resprobe.study import Subject
-from resprobe.verdict import Role
 
-from conftest import randomize_bn
+from conftest import role, randomize_bn
 
 
 def _small(spec="cifar_resnet8(width=4)"):
@@ -104,23 +103,43 @@ def test_probe_leaves_model_untouched():
     assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
 
 
-def _kappas(model, scale, n=200, units=("u0", "u1", "u2"), seed=0):
+def _gains(scale, n=200, units=("u0", "u1", "u2"), seed=0, kappa=None):
+    """Per-image branch gains (and κ) of three units; κ defaults to the gain times 10 (‖x‖/‖F‖ = 10)."""
     rng = np.random.default_rng(seed)
-    return {(u, "kappa", 1e-3): np.abs(rng.normal(scale, 0.1 * scale, n)) for u in units}
+    out = {}
+    for u in units:
+        g = np.abs(rng.normal(scale, 0.1 * scale, n))
+        out[(u, "random_gain_branch", 1e-3)] = g
+        out[(u, "kappa", 1e-3)] = g * (10 if kappa is None else kappa)
+    return out
 
 
-def test_amplifier_verdict_boundaries_and_without_twin():
-    roles = {"res": Role("res", None, True), "plain": Role("plain", None, False)}
+def test_amplifier_verdict_on_the_gain_not_the_arithmetic():
+    roles = {"res": role("res", None, True), "plain": role("plain", None, False)}
     t = pd.DataFrame(columns=A.COLUMNS)
-    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 2.0), "plain": _kappas("plain", 1.0)}, 1e-3, 200)
+
+    def one(res, plain, r=roles, n_boot=200):
+        vs = A.amplifier_verdicts(t, r, {"res": res, "plain": plain}, 1e-3, n_boot)
+        assert len(vs) == 1
+        return vs[0]
+    v = one(_gains(2.0), _gains(1.0))
     assert v.verdict == "supported" and v.statistic == pytest.approx(np.log(2), abs=0.03)
-    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 0.5), "plain": _kappas("plain", 1.0)}, 1e-3, 200)
-    assert v.verdict == "not supported"
-    v = A.amplifier_verdict(t, roles, {"res": _kappas("res", 1.0, seed=1), "plain": _kappas("plain", 1.0, seed=2)},
-                            1e-3, 200)
-    assert v.verdict == "inconclusive" and v.ci_low < 0 < v.ci_high
-    v = A.amplifier_verdict(t, {"res": roles["res"]}, {"res": _kappas("res", 2.0)}, 1e-3)
-    assert v.verdict == "inconclusive" and "--plain" in v.reason
+    assert one(_gains(0.5), _gains(1.0)).verdict == "not supported"
+    # 10% more gain: above 0 but not by the margin log(1.25): not supported
+    v = one(_gains(1.1), _gains(1.0))
+    assert v.verdict == "not supported" and 0 < v.ci_low and v.ci_high < np.log(1.25)
+    v = one(_gains(1.25, seed=1), _gains(1.0, seed=2))
+    assert v.verdict == "inconclusive" and v.ci_low < np.log(1.25) < v.ci_high
+    # the audit's case: κ higher for the ResNet only through ‖x‖/‖F‖ (gain part −0.33): not supported, and the
+    # arithmetic part is reported beside it
+    v = one(_gains(0.72, kappa=40), _gains(1.0, kappa=10))
+    ev = v.evidence["res vs plain"]
+    assert v.verdict == "not supported" and ev["log_kappa_ratio"] > 0 and ev["log_gain_ratio"] < -0.3
+    assert ev["arithmetic_part"] == pytest.approx(np.log(4), abs=1e-6)
+    v = A.amplifier_verdicts(t, {"res": roles["res"]}, {"res": _gains(2.0)}, 1e-3)[0]
+    assert v.verdict == "not applicable" and "--plain" in v.reason
+    v = one(_gains(2.0), _gains(1.0), r={"res": role("res", None, True, error=0.896), "plain": roles["plain"]}, n_boot=20)
+    assert v.verdict == "not applicable"
 
 
 def test_study_outputs_and_cli_errors(tmp_path, capsys):
@@ -132,7 +151,8 @@ def test_study_outputs_and_cli_errors(tmp_path, capsys):
     save(r, tmp_path)
     assert list(r.table.columns) == A.COLUMNS
     meta = json.loads((tmp_path / "amplify.json").read_text())
-    assert meta["verdicts"][0]["verdict"] in ("supported", "not supported", "inconclusive")
+    # two random-init networks with no recorded recipe: the contrast is not applicable, saying why
+    assert meta["verdicts"][0]["verdict"] == "not applicable" and "recipe" in meta["verdicts"][0]["reason"]
     assert meta["timing"]["res"]["power_iteration_per_forward"] > 0
     for f in meta["files"]:
         assert (tmp_path / f).stat().st_size > 0

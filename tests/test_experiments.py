@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from resprobe.verdict import OUTCOMES
+
 from conftest import ROOT, TEST_ARCHIVE, need_shared
 
 pytestmark = pytest.mark.slow
@@ -41,9 +43,13 @@ def test_veit_fig3_baseline_is_an_independent_evaluation(tmp_path):
     deletable = single[single.error.notna() & ~single.deleted.isin(["layer2.0", "layer3.0"])]
     assert len(single) == 9 and s["numbers"]["plain20"]["median_single_deletion_error"] == deletable.error.median()
     assert (tmp_path / "lesion_single.png").is_file()
-    # an equal-recipe pair (seed 0 of the zoo twins): the contrast verdict, for this network pair only
-    v = s["verdicts"][0]
+    # an equal-recipe pair (seed 0 of the zoo twins): the contrast verdict, for this network pair only; the
+    # shared checkpoints (no recorded recipe) are judged alone, each against the absolute criterion
+    v = next(v for v in s["verdicts"] if v["key"] == "lesion-contrast")
     assert v["scope"].startswith("this network") and "plain − residual" in v["statistic_name"]
+    assert v["verdict"] != "not applicable", v["reason"]
+    alone = [v for v in s["verdicts"] if v["key"] == "lesion-single"]
+    assert len(alone) == 3 and all(v["n_seeds"] == 1 for v in alone)
 
 
 def test_veit_fig5_and_fig6(tmp_path):
@@ -88,7 +94,7 @@ def test_amplifier(tmp_path):
     df = pd.read_csv(tmp_path / "amplify.csv")
     k = df[(df.model == "resnet20") & (df.metric == "kappa")].value
     assert s["numbers"]["models"]["resnet20"]["kappa"] == pytest.approx(k.median())
-    assert s["verdicts"][0]["verdict"] in ("supported", "not supported", "inconclusive")
+    assert s["verdicts"][0]["verdict"] in OUTCOMES and s["verdicts"][0]["key"] == "amplify"
 
 
 def test_degradation_fast(tmp_path):

@@ -15,7 +15,6 @@ from resprobe.metrics.signal import (autocorrelation, brown_noise, correlation_m
 from resprobe.engine import RunSpec
 from resprobe.probes import gradcorr as G
 from resprobe.study import Subject
-from resprobe.verdict import Role
 
 
 def test_white_and_brown_noise_calibration():
@@ -89,8 +88,29 @@ def test_sweep_findings_and_determinism(tmp_path):
     assert far[24] < 0.2 and far[1] < near[1]
     co = df[(df["metric"] == "coactive_far") & (df["kind"] == "ff-bn")].set_index("depth")["value"]
     assert abs(co[24] - 0.5) < 0.1
-    v = G.synthetic_verdict(df)
-    assert v.verdict == "supported" and v.n_seeds == 8 and v.ci_low > 0
+    fitted = G.fits(df, "lag1")
+    vs = G.synthetic_verdicts(fitted)
+    assert [v.key for v in vs] == ["gradcorr-synthetic"] * 2
+    for v, (kind, fit) in zip(vs, (("ff-bn", "exponential"), ("res-bn", "power_law"))):
+        f = fitted[kind][fit]
+        if np.isfinite(f["slope"]):
+            assert v.statistic == pytest.approx(f["slope"]) and (v.ci_low, v.ci_high) == (f["ci_low"], f["ci_high"])
+        else:  # too few depths above the noise floor to fit a rate
+            assert v.verdict == "not applicable" and v.statistic is None
+
+
+def test_synthetic_verdicts_test_the_papers_rates():
+    def fitted(ff, res):
+        return {"ff-bn": {"exponential": dict(slope=sum(ff) / 2, ci_low=ff[0], ci_high=ff[1]), "depths": [1, 4]},
+                "res-bn": {"power_law": dict(slope=sum(res) / 2, ci_low=res[0], ci_high=res[1]), "depths": [1, 4]}}
+    ff, res = G.synthetic_verdicts(fitted((-1.2, -0.9), (-0.6, -0.4)))
+    assert ff.verdict == res.verdict == "supported"
+    # the audit's case: BN feedforward nets losing correlation at -0.06 per layer, not at 2^-L
+    ff, res = G.synthetic_verdicts(fitted((-0.1, -0.02), (-0.1, -0.05)))
+    assert ff.verdict == res.verdict == "not supported"
+    ff, res = G.synthetic_verdicts(fitted((-0.7, -0.3), (-0.8, -0.6)))
+    assert ff.verdict == res.verdict == "inconclusive"
+    assert {v.verdict for v in G.synthetic_verdicts({})} == {"not applicable"}
 
 
 def test_bad_kind_seeds_and_points():
@@ -138,7 +158,7 @@ from resprobe.io.data import load_dataset  # noqa: E402
 from resprobe.metrics.signal import lag1_vectors  # noqa: E402
 from resprobe.models import build_model  # noqa: E402
 
-from conftest import randomize_bn  # noqa: E402
+from conftest import role, randomize_bn  # noqa: E402
 
 
 def test_lag1_vectors_reduces_to_scalar_lag1():
@@ -208,25 +228,40 @@ def test_trained_profile_rows_hygiene_and_verdict():
     assert r.extras["traces"]["m"].shape == (32,)
     assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
     pd.testing.assert_frame_equal(df, G.run([Subject("m", m, "none")], data, spec, opts).table)
-    # the verdict is computed from this network: another network gives another statistic
+    # a random-init network is measured but never judged: the verdict is not applicable (competence gate)
+    assert r.verdicts[0].verdict == "not applicable" and "competent" in r.verdicts[0].reason
     torch.manual_seed(5)
     other = randomize_bn(build_model("cifar_resnet8(width=4)", num_classes=4), 5).eval()
     r2 = G.run([Subject("m", other, "none")], data, spec, opts)
-    assert r.verdicts[0].statistic != r2.verdicts[0].statistic
+    assert not r.table["value"].equals(r2.table["value"])
 
 
 def test_shattering_verdict_boundaries():
-    roles = {"r": Role("r", None, True)}
-    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.95, 0.96, 0.97, 0.96])}}, roles).verdict == \
-        "supported"
-    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.0, 0.05, -0.02, 0.01])}}, roles).verdict == \
-        "not supported"
-    assert G.shattering_verdict({"r": {("input", "lag1"): np.array([0.1, 0.9, 0.3, 0.8])}}, roles).verdict == \
-        "inconclusive"
-    roles2 = {"r": Role("r", None, True), "p": Role("p", None, False)}
-    v = G.shattering_verdict({"r": {("input", "lag1"): np.array([0.9, 0.91, 0.92])},
-                              "p": {("input", "lag1"): np.array([0.95, 0.96, 0.97])}}, roles2)
+    roles = {"r": role("r", None, True)}
+
+    def alone(v, r=roles):
+        return G.shattering_verdicts({"r": {("input", "lag1"): np.array(v)}}, r)[0]
+    assert alone([0.95, 0.96, 0.97, 0.96]).verdict == "supported"
+    assert alone([0.0, 0.05, -0.02, 0.01]).verdict == "not supported"
+    assert alone([0.1, 0.9, 0.3, 0.8]).verdict == "inconclusive"
+    assert alone([0.95, 0.96, 0.97, 0.96], {"r": role("r", None, True, error=0.88)}).verdict == "not applicable"
+    roles2 = {"r": role("r", None, True), "p": role("p", None, False)}
+
+    def pair(a, b, r=roles2):
+        vs = G.shattering_verdicts({"r": {("input", "lag1"): np.array(a)}, "p": {("input", "lag1"): np.array(b)}}, r)
+        assert [v.key for v in vs] == ["gradcorr", "gradcorr"]
+        return vs[1]
+    v = pair([0.9, 0.92, 0.91, 0.9], [0.95, 0.96, 0.97, 0.95])
     assert v.verdict == "not supported" and v.statistic == pytest.approx(-0.05)  # the plain twin is smoother
+    # identical differences on every line: no spread, no interval, no decision
+    assert pair([0.9, 0.91, 0.92], [0.95, 0.96, 0.97]).verdict == "inconclusive"
+    assert pair([0.9, 0.91, 0.92, 0.9], [0.5, 0.52, 0.49, 0.5]).verdict == "supported"
+    # a residual-minus-plain difference of 0.02 (the audit's random-init pair) is below the margin 0.1
+    assert pair([0.52, 0.53, 0.50, 0.52], [0.5, 0.51, 0.49, 0.5]).verdict == "not supported"
+    unknown = {"r": role("r", None, True, recipe=None), "p": role("p", None, False, recipe=None)}
+    vs = G.shattering_verdicts({"r": {("input", "lag1"): np.array([0.9, 0.9])},
+                                "p": {("input", "lag1"): np.array([0.1, 0.1])}}, unknown)
+    assert vs[-1].verdict == "not applicable" and "recipe" in vs[-1].reason
 
 
 def test_cli_gradcorr_needs_a_target(capsys, tmp_path):

@@ -22,7 +22,7 @@ from resprobe.probes import identity as I
 from resprobe.report import save
 from resprobe.study import Subject
 
-from conftest import RESNET20, RESNET56, TEST_ARCHIVE, need_shared, randomize_bn
+from conftest import role, RESNET20, RESNET56, TEST_ARCHIVE, need_shared, randomize_bn
 
 
 def _pair(n=1024, d=40, noise=1.0, seed=0):
@@ -333,28 +333,82 @@ def test_effective_depth_counts_only_decided_units_and_findings_state_ci_ranking
 
 
 def test_response_std_verdict_boundaries_and_without_twin():
-    from resprobe.verdict import Role
     n, L = 200, 5
     rng = np.random.default_rng(0)
 
     def resp(scale):
         r = rng.normal(0, scale, (n, L, 50))
         return dict(s1=r.sum(2), s2=(r ** 2).sum(2), per_image=[50] * L)
-    roles = {"res": Role("res", None, True), "plain": Role("plain", None, False)}
-    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(0.5), "plain": resp(1.0)}, n_boot=200)
-    assert v.verdict == "supported" and v.statistic == pytest.approx(0.5, rel=0.05) and v.ci_high < 1
-    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(1.0), "plain": resp(1.0)}, n_boot=200)
-    assert v.verdict == "inconclusive" and v.ci_low < 1 < v.ci_high
-    v = I.response_std_verdict(pd.DataFrame(), roles, {"res": resp(2.0), "plain": resp(1.0)}, n_boot=200)
+
+    def one(roles, resps, **kw):
+        vs = I.response_std_verdicts(pd.DataFrame(), roles, resps, **kw)
+        assert len(vs) == 1
+        return vs[0]
+    roles = {"res": role("res", None, True), "plain": role("plain", None, False)}
+    v = one(roles, {"res": resp(0.5), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "supported" and v.statistic == pytest.approx(0.5, rel=0.05) and v.ci_high < 0.8
+    # 10% smaller is below 1 but not by the margin (0.8): not supported (an equivalence test)
+    v = one(roles, {"res": resp(0.9), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "not supported" and 0.8 < v.ci_low and v.ci_high < 1
+    v = one(roles, {"res": resp(0.8), "plain": resp(1.0)}, n_boot=200)
+    assert v.verdict == "inconclusive" and v.ci_low < 0.8 < v.ci_high
+    v = one(roles, {"res": resp(2.0), "plain": resp(1.0)}, n_boot=200)
     assert v.verdict == "not supported"
-    v = I.response_std_verdict(pd.DataFrame(), {"res": roles["res"]}, {"res": resp(0.5)})
-    assert v.verdict == "inconclusive" and "plain twin" in v.reason
-    # across seeds: ratios 0.50, 0.52, 0.48 -> t-interval below 1
-    roles3 = {f"{f}/s{s}": Role(f, s, f == "res") for f in ("res", "plain") for s in range(3)}
+    v = one({"res": roles["res"]}, {"res": resp(0.5)})
+    assert v.verdict == "not applicable" and "plain twin" in v.reason
+    # a twin at chance: not applicable whatever the ratio
+    v = one({"res": roles["res"], "plain": role("plain", None, False, error=0.9)}, {"res": resp(0.5), "plain": resp(1.0)},
+            n_boot=50)
+    assert v.verdict == "not applicable" and "plain is not a competent predictor" in v.reason
+    # across seeds: ratios 0.50, 0.52, 0.48 -> t-interval on logs below 0.8; per-seed values shown
+    roles3 = {f"{f}/s{s}": role(f, s, f == "res") for f in ("res", "plain") for s in range(3)}
     resps = {f"res/s{s}": resp(0.5 + 0.02 * (s - 1)) for s in range(3)}
     resps.update({f"plain/s{s}": resp(1.0) for s in range(3)})
-    v = I.response_std_verdict(pd.DataFrame(), roles3, resps)
+    v = one(roles3, resps, n_boot=100)
     assert v.verdict == "supported" and v.scope.startswith("across 3 seeds (") and v.n_seeds == 3
+    assert len(v.per_seed) == 3 and 0 < v.ci_low < v.ci_high < 0.8 and "log" in v.interval
+
+
+def _identity_table(lab, ratios, ci=0.02, downsample=()):
+    return pd.DataFrame([dict(model=lab, unit=f"u{i}", metric="residual_ratio", value=r, ci_low=r - ci, ci_high=r + ci,
+                              downsample=f"u{i}" in downsample, n_images=100) for i, r in enumerate(ratios)])
+
+
+def test_near_identity_verdict_both_sides_of_its_margin():
+    roles = {"r": role("r", None, True)}
+    v = I.near_identity_verdicts(_identity_table("r", [0.1, 0.15, 0.2, 2.0], downsample=("u3",)), roles)[0]
+    assert v.verdict == "supported" and v.statistic == pytest.approx(0.15) and v.ci_high == pytest.approx(0.17)
+    v = I.near_identity_verdicts(_identity_table("r", [0.6, 0.7, 0.8]), roles)[0]
+    assert v.verdict == "not supported" and v.ci_low == pytest.approx(0.68)
+    assert I.near_identity_verdicts(_identity_table("r", [0.28, 0.3, 0.32]), roles)[0].verdict == "inconclusive"
+    v = I.near_identity_verdicts(_identity_table("r", [0.1, 0.1]), {"r": role("r", None, True, error=0.88)})[0]
+    assert v.verdict == "not applicable"
+    # two residual groups: one verdict each, none dropped
+    t = pd.concat([_identity_table("a", [0.1, 0.1, 0.12]), _identity_table("b", [0.9, 0.8, 0.7])])
+    vs = I.near_identity_verdicts(t, {"a": role("a"), "b": role("b")})
+    assert [v.verdict for v in vs] == ["supported", "not supported"]
+
+
+def test_refinement_verdict_both_sides_and_gates():
+    def tables(lab, cost):
+        ratios = np.linspace(0.1, 1.0, 8)
+        ident = pd.DataFrame([dict(model=lab, unit=f"u{i}", metric="branch_ratio", value=r, downsample=False)
+                              for i, r in enumerate(ratios)])
+        les = pd.DataFrame([dict(model=lab, mode="baseline", deleted="", error=0.1)]
+                           + [dict(model=lab, mode="single", deleted=f"u{i}", error=0.1 + c) for i, c in enumerate(cost)])
+        return ident, les
+    ident, les = tables("r", np.linspace(0.01, 0.3, 8))            # cost rises with the ratio: ρ = 1
+    v = I.refinement_verdicts(ident, les, {"r": role("r")}, n_boot=200)[0]
+    assert v.verdict == "supported" and v.statistic == pytest.approx(1.0)
+    ident, les = tables("r", np.linspace(0.3, 0.01, 8))            # the reverse: ρ = −1
+    assert I.refinement_verdicts(ident, les, {"r": role("r")}, n_boot=200)[0].verdict == "not supported"
+    assert I.refinement_verdicts(ident, les, {"r": role("r", error=0.9)}, n_boot=50)[0].verdict == "not applicable"
+    # three seeds: the CI stays within [-1, 1] (Fisher z)
+    parts = [tables(f"r/s{s}", np.linspace(0.01, 0.3, 8)[np.r_[0:6, 7, 6]] if s else np.linspace(0.01, 0.3, 8))
+             for s in range(3)]
+    roles = {f"r/s{s}": role("r", s) for s in range(3)}
+    v = I.refinement_verdicts(pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts]), roles, n_boot=100)[0]
+    assert -1 <= v.ci_low <= v.statistic <= v.ci_high <= 1 and v.n_seeds == 3
 
 
 def test_study_writes_report(data, tmp_path):
@@ -368,7 +422,10 @@ def test_study_writes_report(data, tmp_path):
     assert list(on_disk.columns) == I.COLUMNS and len(on_disk) == len(df)
     meta = json.loads((tmp_path / "identity.json").read_text())
     assert meta["provenance"]["data"]["n_images"] == len(data) and meta["findings"]
-    assert meta["verdicts"][0]["conjecture"].startswith("Closeness to identity")
+    # random-init networks: every verdict is written, none judged (the competence gate)
+    assert [v["key"] for v in meta["verdicts"]] == ["identity-near", "identity"]
+    assert {v["verdict"] for v in meta["verdicts"]} == {"not applicable"}
+    assert "close to identity" in meta["verdicts"][0]["conjecture"]
     html = (tmp_path / "report.html").read_text()
     imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
     assert len(imgs) >= 5

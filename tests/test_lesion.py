@@ -20,9 +20,8 @@ from resprobe.io.data import load_dataset
 from resprobe.models import build_model
 from resprobe.report import LesionStore, save
 from resprobe.study import Subject
-from resprobe.verdict import Role
 
-from conftest import RESNET20, TEST_ARCHIVE, need_shared, randomize_bn
+from conftest import RESNET20, TEST_ARCHIVE, need_shared, randomize_bn, role
 from oracle import engine_predictions, naive_predictions
 
 SPEC = RunSpec(batch_size=40, progress=False)
@@ -247,48 +246,89 @@ def _units(names):
     return [dict(name=n, block=n, kind="residual", downsample=False, stage=0) for n in names]
 
 
-def test_single_deletion_verdict_across_seeds_at_its_threshold():
+def _by_key(vs, key):
+    out = [v for v in vs if v.key == key]
+    assert len(out) == 1, [v.key for v in vs]
+    return out[0]
+
+
+def test_single_deletion_verdict_across_seeds_at_its_margin():
     names = [f"u{i}" for i in range(5)]
     roles, tables, units = {}, [], {}
     # relative increases ~ 0.20 ± 0.01 over three seeds: CI wholly below 0.25 -> supported
     for s, inc in enumerate((0.19, 0.20, 0.21)):
         lab = f"res/s{s}"
         tables.append(_table(lab, 0.1, {n: 0.1 * (1 + inc) for n in names}))
-        roles[lab] = Role("res", s, True)
+        roles[lab] = role("res", s, True)
         units[lab] = _units(names)
-    v = L.single_deletion_verdict(pd.concat(tables), roles, units)
+    vs = L.single_deletion_verdicts(pd.concat(tables), roles, units)
+    v = _by_key(vs, "lesion-single")
     assert v.verdict == "supported" and v.scope.startswith("across 3 seeds (") and v.ci_high < 0.25
-    assert v.statistic == pytest.approx(0.20)
+    assert v.statistic == pytest.approx(0.20) and v.per_seed == {f"res/s{s}": pytest.approx(x)
+                                                                for s, x in enumerate((0.19, 0.20, 0.21))}
+    # no plain twin: the contrast is not applicable, and says why
+    c = _by_key(vs, "lesion-contrast")
+    assert c.verdict == "not applicable" and "no plain twin" in c.reason and c.statistic is None
     # straddling: 0.2, 0.25, 0.3 -> CI contains 0.25 -> inconclusive
     tables = [_table(f"res/s{s}", 0.1, {n: 0.1 * (1 + inc) for n in names}) for s, inc in enumerate((0.2, 0.25, 0.3))]
-    assert L.single_deletion_verdict(pd.concat(tables), roles, units).verdict == "inconclusive"
+    assert _by_key(L.single_deletion_verdicts(pd.concat(tables), roles, units), "lesion-single").verdict == "inconclusive"
     # wholly above: 0.5 ± 0.01 -> not supported
     tables = [_table(f"res/s{s}", 0.1, {n: 0.1 * (1 + inc) for n in names}) for s, inc in enumerate((0.49, 0.5, 0.51))]
-    assert L.single_deletion_verdict(pd.concat(tables), roles, units).verdict == "not supported"
+    assert _by_key(L.single_deletion_verdicts(pd.concat(tables), roles, units), "lesion-single").verdict == "not supported"
+    # the same numbers from networks at chance: not applicable, whatever the statistic
+    chance_roles = {lab: role("res", s, True, error=0.88) for s, lab in enumerate(roles)}
+    v = _by_key(L.single_deletion_verdicts(pd.concat(tables), chance_roles, units), "lesion-single")
+    assert v.verdict == "not applicable" and "not a competent predictor" in v.reason and v.statistic is None
 
 
-def test_single_deletion_verdict_with_plain_twins_paired_by_seed():
+def _twins(plain_inc, res_inc=0.1, res_recipe="A", plain_recipe="A", plain_arch=((3,), 1000), res_error=0.2):
     names = [f"u{i}" for i in range(5)]
     roles, tables, units = {}, [], {}
     for s in range(3):
-        for fam, inc, res in (("res", 0.1, True), ("plain", 3.0 + 0.1 * s, False)):
+        for fam, inc, res, rec, arch in (("res", res_inc + 0.01 * s, True, res_recipe, ((3,), 1000)),
+                                         ("plain", plain_inc + 0.1 * s, False, plain_recipe, plain_arch)):
             lab = f"{fam}/s{s}"
             tables.append(_table(lab, 0.2, {n: 0.2 * (1 + inc) for n in names}))
-            roles[lab] = Role(fam, s, res)
+            roles[lab] = role(fam, s, res, rec, error=res_error if res else 0.2, arch=arch)
             units[lab] = _units(names)
-    v = L.single_deletion_verdict(pd.concat(tables), roles, units)
-    assert v.verdict == "supported" and v.n_seeds == 3 and v.statistic == pytest.approx(3.0)
+    return L.single_deletion_verdicts(pd.concat(tables), roles, units)
+
+
+def test_single_deletion_contrast_with_plain_twins_paired_by_seed():
+    vs = _twins(3.0)
+    v = _by_key(vs, "lesion-contrast")
+    assert v.verdict == "supported" and v.n_seeds == 3 and v.statistic == pytest.approx(2.99)
+    assert set(v.per_seed) == {f"plain/s{s} − res/s{s}" for s in range(3)}
+    # the slogan is judged by its own criterion: an increase of 1.0 is no "barely matters"
+    vs = _twins(3.0, res_inc=1.0)
+    assert _by_key(vs, "lesion-contrast").verdict == "supported"
+    assert _by_key(vs, "lesion-single").verdict == "not supported"
     # plain twins that degrade no more than the ResNet: the contrast is refuted
-    for t in tables:
-        t.loc[t["mode"] == "single", "error"] = 0.2 * 1.1
-    assert L.single_deletion_verdict(pd.concat(tables), roles, units).verdict == "not supported"
+    assert _by_key(_twins(0.0), "lesion-contrast").verdict == "not supported"
+    # differences 0.55/0.64/0.73 (t CI [0.42, 0.86], above 0.25), 0.35/0.44/0.53 ([0.22, 0.66], straddles) and
+    # -0.2/-0.11/-0.02 ([-0.33, 0.11], below)
+    assert _by_key(_twins(0.65), "lesion-contrast").verdict == "supported"
+    assert _by_key(_twins(0.45), "lesion-contrast").verdict == "inconclusive"
+    assert _by_key(_twins(-0.1), "lesion-contrast").verdict == "not supported"
+
+
+def test_single_deletion_contrast_gates():
+    # unknown recipes on both sides: no contrast, even though every number would support it
+    v = _by_key(_twins(3.0, res_recipe=None, plain_recipe=None), "lesion-contrast")
+    assert v.verdict == "not applicable" and "recipe" in v.reason
+    v = _by_key(_twins(3.0, plain_arch=((5,), 1700)), "lesion-contrast")
+    assert v.verdict == "not applicable" and "another depth" in v.reason
+    # a ResNet at chance (branches scaled, plain weights loaded, zeroed shortcuts): not applicable
+    vs = _twins(3.0, res_error=0.89)
+    assert {v.verdict for v in vs} == {"not applicable"}
 
 
 def test_single_network_verdict_uses_an_image_bootstrap(data):
     r = L.run([_subject("r20", "cifar_resnet20")], data, SPEC, _plan("single"))
-    v = r.verdicts[0]
-    assert v.scope.startswith("this network (") and v.n_seeds == 1 and v.n_images == len(data)
-    assert v.ci_low <= v.statistic <= v.ci_high and v.ci_low < v.ci_high
+    v = _by_key(r.verdicts, "lesion-single")
+    # a random-init network is never judged; its numbers are still in the table
+    assert v.verdict == "not applicable" and "competent" in v.reason and (r.table["mode"] == "single").any()
+    assert v.scope.startswith("this network (") and v.n_seeds == 1
 
 
 def test_no_cliff_verdict_on_smooth_and_abrupt_curves():
@@ -299,13 +339,18 @@ def test_no_cliff_verdict_on_smooth_and_abrupt_curves():
             rows += [dict(model=model, mode="random-k", deleted=f"c{k}{j}", k=k, error=m + rng.normal(0, 0.002),
                           order="", n_images=1000) for j in range(reps)]
         return L.typed(pd.DataFrame(rows))
-    roles = {"r": Role("r", None, True)}
+    roles = {"r": role("r", None, True)}
     smooth = rk("r", 0.06, {k: 0.06 + 0.035 * k for k in range(1, 21)})  # 0.035 per unit of a 0.84 gap
-    v = L.no_cliff_verdict(smooth, roles, chance=0.9)
+    v = L.no_cliff_verdicts(smooth, roles, chance=0.9)[0]
     assert v.verdict == "supported" and v.statistic == pytest.approx(0.035 / 0.84, rel=0.1)
     cliff = rk("r", 0.06, {1: 0.07, 2: 0.08, 3: 0.85, 4: 0.88})  # one more unit closes most of the gap
-    v = L.no_cliff_verdict(cliff, roles, chance=0.9)
-    assert v.verdict == "not supported" and v.ci_low > 0.5
+    v = L.no_cliff_verdicts(cliff, roles, chance=0.9)[0]
+    assert v.verdict == "not supported" and v.ci_low > 0.2
+    # the zoo's case: one deletion takes 0.16 to 0.35, a quarter of the gap: no "no cliff"
+    step = rk("r", 0.16, {1: 0.35, 2: 0.45, 4: 0.6, 8: 0.8})
+    assert L.no_cliff_verdicts(step, roles, chance=0.9)[0].verdict == "not supported"
+    assert L.no_cliff_verdicts(smooth, {"r": role("r", None, True, error=0.9)}, chance=0.9)[0].verdict == \
+        "not applicable"
 
 
 def test_cli_lesion_bad_unit_and_mismatched_weights(capsys, tmp_path):

@@ -22,7 +22,7 @@ from resprobe.probes.paths import RoutedBackward, effective_range, path_length_d
 from resprobe.report import save
 from resprobe.study import Subject
 
-from conftest import randomize_bn
+from conftest import role, randomize_bn
 
 
 @pytest.mark.parametrize("spec,n", [("cifar_resnet56", 27), ("cifar_resnet110", 54), ("cifar_resnet20_b", 9),
@@ -123,7 +123,7 @@ def test_gradient_per_path_length_outputs(tmp_path):
     assert w["ci_low"] <= w["value"] <= w["ci_high"]
     assert w["value"] == pytest.approx(P.weighted_length(df["total_grad"].to_numpy()))
     v = r.verdicts[0]
-    assert v.statistic == pytest.approx(w["value"] / 3) and v.threshold == P.SHORT_PATHS
+    assert v.verdict == "not applicable" and v.threshold == P.SHORT_PATHS.value  # random init: not judged
     save(r, tmp_path)
     meta = json.loads((tmp_path / "paths.json").read_text())
     for f in meta["files"]:
@@ -134,10 +134,16 @@ def test_gradient_per_path_length_outputs(tmp_path):
 
 
 def test_short_paths_verdict_boundaries():
-    def summary(value, lo, hi, n=10):
-        return {"m": dict(typical_length=n / 2, weighted_length=dict(value=value, ci_low=lo, ci_high=hi), ranges={},
+    def summary(value, lo, hi, n=10, lab="m"):
+        return {lab: dict(typical_length=n / 2, weighted_length=dict(value=value, ci_low=lo, ci_high=hi), ranges={},
                           peak_k=2)}
-    assert P.short_paths_verdict(summary(2.0, 1.8, 2.2), "m", 100).verdict == "supported"      # 0.36..0.44
-    assert P.short_paths_verdict(summary(3.75, 3.5, 4.0), "m", 100).verdict == "inconclusive"  # straddles 0.75
-    assert P.short_paths_verdict(summary(4.5, 4.2, 4.8), "m", 100).verdict == "not supported"
-    assert P.short_paths_verdict({"m": dict(note="x")}, "m", 1).verdict == "inconclusive"
+    roles = {"m": role("m")}
+    assert P.short_paths_verdicts(summary(2.0, 1.8, 2.2), roles, 100)[0].verdict == "supported"      # 0.36..0.44
+    assert P.short_paths_verdicts(summary(3.75, 3.5, 4.0), roles, 100)[0].verdict == "inconclusive"  # straddles 0.75
+    assert P.short_paths_verdicts(summary(4.5, 4.2, 4.8), roles, 100)[0].verdict == "not supported"
+    assert P.short_paths_verdicts({"m": dict(note="x")}, roles, 1)[0].verdict == "not applicable"
+    assert P.short_paths_verdicts(summary(2.0, 1.8, 2.2), {"m": role("m", error=0.9)}, 1)[0].verdict == "not applicable"
+    # every seed enters (the audit: seed 0 only)
+    s3 = {**summary(2.0, 1.8, 2.2, lab="m/s0"), **summary(2.2, 2.0, 2.4, lab="m/s1"), **summary(2.1, 1.9, 2.3, lab="m/s2")}
+    v = P.short_paths_verdicts(s3, {f"m/s{i}": role("m", i) for i in range(3)}, 100)[0]
+    assert v.n_seeds == 3 and len(v.per_seed) == 3 and v.verdict == "supported"

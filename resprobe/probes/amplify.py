@@ -27,7 +27,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -42,18 +41,15 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
-from ..study import StudyResult, Subject, roles_of
-from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, scope_of, seed_ci,
-                       unpaired_reason)
+from ..study import StudyResult, Subject
+from ..verdict import Role, pairs_by_seed
 from . import common
+from .amplify_verdicts import AMPLIFIER_LOG_RATIO, amplifier_verdicts
 
-__all__ = ["AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdict",
+__all__ = ["AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdicts",
            "AMPLIFIER_LOG_RATIO"]
 
 COLUMNS = ["model", "unit", "metric", "eps", "value", "ci_low", "ci_high", "n_images"]
-# The comparative reading: a residual unit's branch is more sensitive, relative to its size, than the matching
-# plain unit. Statistic: median over matched units of log(κ_residual / κ_plain); supported above 0.
-AMPLIFIER_LOG_RATIO = 0.0
 
 
 @dataclass(frozen=True)
@@ -441,55 +437,12 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
     table = table.assign(_u=[order[m].get(u, 10 ** 6) for m, u in zip(table["model"], table["unit"])]) \
         .sort_values(["model", "metric", "eps", "_u"], kind="stable", key=lambda c: c if c.name != "model" else
                      c.map({lab: i for i, lab in enumerate(order)})).drop(columns="_u").reset_index(drop=True)
-    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
-    verdict = amplifier_verdict(table, roles, per_image, min(options.eps), spec.n_boot, spec.seed)
-    return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=[verdict],
+    roles = common.roles(subjects, views, data, spec)
+    verdicts = amplifier_verdicts(table, roles, per_image, min(options.eps), spec.n_boot, spec.seed)
+    return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=verdicts,
                        findings=findings(table, roles), provenance=common.provenance(subjects, data, spec),
                        settings=options.describe(), extras=dict(timing=timings, roles=roles,
                                                                  units={lab: v.table() for lab, v in views.items()}))
-
-
-def _kappa_log_ratio(res: dict, plain: dict, e: float, idx=None) -> float:
-    """Median over matched units of log(mean κ residual / mean κ plain) (``idx``: an image resample)."""
-    logs = []
-    for (unit, metric, eps), v in res.items():
-        if metric != "kappa" or eps != e or (unit, metric, eps) not in plain:
-            continue
-        w = plain[(unit, metric, eps)]
-        a, b = (v.mean(), w.mean()) if idx is None else (v[idx].mean(), w[idx].mean())
-        if a > 0 and b > 0:
-            logs.append(np.log(a / b))
-    return float(np.median(logs)) if logs else float("nan")
-
-
-def amplifier_verdict(table: pd.DataFrame, roles: dict[str, Role], per_image: dict, eps: float,
-                      n_boot: int = 1000, seed: int = 0) -> Verdict:
-    """The empirical reading (b): a residual unit's branch is relatively more sensitive to its input
-    than the matching unit of an equal-recipe plain twin."""
-    conj = ("Differential amplifier: a residual unit's branch is relatively more sensitive to small input "
-            "perturbations than the matching plain unit")
-    crit = (f"statistic: median over matched units of log(κ_residual / κ_plain), κ = (‖ΔF‖/‖F‖)/(‖δ‖/‖x‖) for "
-            f"random δ with ‖δ‖ = ε‖x‖, ε = {eps:g}; supported when the 95% CI lies above {AMPLIFIER_LOG_RATIO}, "
-            "not supported when below, inconclusive otherwise. CI over seeds (t), or over images (bootstrap) for one "
-            "pair. The ratio (‖ΔF‖/‖F‖)/(‖Δy‖/‖y‖) is ‖y‖/‖F‖ in disguise and is not evidence")
-    pairs = [(r, p, s) for r, p, s in pairs_by_seed(roles) if r in per_image and p in per_image]
-    if not pairs:
-        return inconclusive(conj, crit, "median log(κ_res / κ_plain)",
-                            "the conjecture compares residual with plain units (--plain): " + unpaired_reason(roles))
-    stats = {(r, p): _kappa_log_ratio(per_image[r], per_image[p], eps) for r, p, _ in pairs}
-    n_img = len(next(iter(per_image[pairs[0][0]].values())))
-    if len(pairs) >= 2:
-        stat, lo, hi = seed_ci(list(stats.values()))
-    else:
-        r, p, _ = pairs[0]
-        rng = np.random.default_rng(stable_seed(seed, "kappa", r, p))
-        boots = np.array([_kappa_log_ratio(per_image[r], per_image[p], eps, rng.integers(0, n_img, n_img))
-                          for _ in range(n_boot)])
-        stat = stats[(r, p)]
-        lo, hi = (float(q) for q in np.nanquantile(boots, [0.025, 0.975]))
-    return Verdict(conj, decide(lo, hi, AMPLIFIER_LOG_RATIO, "above"), crit, "median log(κ_res / κ_plain)", stat,
-                   lo, hi, AMPLIFIER_LOG_RATIO, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs),
-                   evidence={f"{r} vs {p}": v for (r, p), v in stats.items()})
 
 
 def summarize(table: pd.DataFrame, roles: dict[str, Role]) -> dict:

@@ -5,13 +5,15 @@ import hashlib
 import json
 import platform
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import UsageError
 from ..io.data import Dataset
-from ..study import Subject
+from ..study import Subject, roles_of
+from ..verdict import Competence, Role
 
-__all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite"]
+__all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite", "competence",
+           "roles", "arch_signature"]
 
 
 def check_labels(subjects: Sequence[Subject]) -> None:
@@ -74,3 +76,43 @@ def locate_nonfinite(view, x) -> str:
             if not bool(torch.isfinite(h).all()):
                 return f"unit {view[i].name}"
     return "the head"
+
+
+def competence(subject: Subject, data: Dataset, spec) -> Optional[Competence]:
+    """The subject's error on ``data`` with its exact 95% CI and the data's chance error, measured once per data
+    set and kept on the subject (a later study on the same data, or a subset of it, reuses it: one report judges
+    every verdict by one measurement). None on ranks other than the main one of a distributed run."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from ..engine import predict
+    d = data.describe()
+    where = f"{d.get('spec')} [{d.get('split')}]"
+    c = subject.competence
+    if c is not None and c.data == where:
+        return c
+    p = predict(subject.model, data, spec, subject.normalize, f"competence {subject.label}")
+    if p is None or len(p.label) == 0:
+        return None
+    n, k = len(p.label), int(p.wrong.sum())
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    chance = 1 - np.bincount(np.asarray(p.label, dtype=np.int64)).max() / n
+    subject.competence = Competence(k / n, float(ci.low), float(ci.high), float(chance), n, where)
+    return subject.competence
+
+
+def arch_signature(view) -> tuple:
+    """``(units per stage, parameters)`` of a network's anatomy: what twins share."""
+    stages: dict[int, int] = {}
+    for u in view:
+        stages[u.stage] = stages.get(u.stage, 0) + 1
+    return tuple(stages[k] for k in sorted(stages)), sum(p.numel() for p in view.model.parameters())
+
+
+def roles(subjects: Sequence[Subject], views: dict, data: Dataset, spec) -> dict[str, Role]:
+    """The verdicts' view of the subjects: residual or plain, recipe, architecture and competence on ``data``
+    (measured here when not yet known)."""
+    for s in subjects:
+        competence(s, data, spec)
+    return roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()},
+                    {lab: arch_signature(v) for lab, v in views.items()})

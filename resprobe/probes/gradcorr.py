@@ -39,23 +39,17 @@ from ..metrics.signal import (brown_noise, correlation_matrix, fit_exponential_l
 from ..metrics.stats import bootstrap_mean_ci, stable_seed
 from ..models.mlp import LooksLinearMLP, MLP, mlp
 from ..progress import progress
-from ..study import StudyResult, Subject, roles_of
-from ..verdict import (Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of, seed_ci,
-                       unpaired_reason)
+from ..study import StudyResult, Subject
 from . import common
+from .gradcorr_verdicts import NOT_SHATTERED, shattering_verdicts, synthetic_verdicts
 
 __all__ = ["KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
            "fits", "run_synthetic", "run", "make_lines", "line_gradients", "trained_profile", "COLUMNS",
-           "TRAINED_COLUMNS", "shattering_verdict", "synthetic_verdict", "NOT_SHATTERED", "BROWN_VS_WHITE"]
+           "TRAINED_COLUMNS", "shattering_verdicts", "synthetic_verdicts", "NOT_SHATTERED"]
 
 KINDS = ("ff", "ff-bn", "res", "res-bn", "ff-ll")
 COLUMNS = ["kind", "depth", "seed", "metric", "value", "ci_low", "ci_high"]
 TRAINED_COLUMNS = ["model", "layer", "seed", "metric", "value", "ci_low", "ci_high"]
-# White noise has lag-1 autocorrelation 0, brown noise (a random walk) 0.97 over 256 points: a network whose
-# input gradients have lag-1 above 0.5 (midway) is on the brown, unshattered side.
-NOT_SHATTERED = 0.5
-# Synthetic: BN ResNets keep gradients more correlated than BN feedforward nets of the same depth.
-BROWN_VS_WHITE = 0.0
 
 
 @dataclass(frozen=True)
@@ -256,28 +250,6 @@ def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1, n_boot: int
     return out
 
 
-def synthetic_verdict(df: pd.DataFrame) -> Verdict:
-    """Synthetic reproduction: at initialisation, BN ResNets keep input gradients more correlated than
-    BN feedforward nets of the same depth (the deepest depth measured)."""
-    conj = "Shattered gradients, synthetic at initialisation: BN ResNets stay less shattered than BN feedforward nets"
-    crit = (f"statistic: lag-1 autocorrelation of df/dx, res-bn minus ff-bn, at the deepest depth measured (mean "
-            f"over inits); supported when the 95% CI lies above {BROWN_VS_WHITE}, not supported when below, "
-            "inconclusive otherwise. CI: t over the paired per-init difference; these are random networks, not "
-            "the user's")
-    per = df[(df["seed"] != "all") & (df["metric"] == "lag1")]
-    kinds = set(per["kind"])
-    if not {"ff-bn", "res-bn"} <= kinds:
-        return inconclusive(conj, crit, "lag-1 res-bn − ff-bn", "needs the kinds ff-bn and res-bn", scope="synthetic")
-    deep = int(per[per["kind"].isin(["ff-bn", "res-bn"])]["depth"].max())
-    a = per[(per["kind"] == "res-bn") & (per["depth"] == deep)].set_index("seed")["value"]
-    b = per[(per["kind"] == "ff-bn") & (per["depth"] == deep)].set_index("seed")["value"]
-    d = (a - b).dropna()
-    stat, lo, hi = seed_ci(d.tolist())
-    return Verdict(conj, decide(lo, hi, BROWN_VS_WHITE, "above"), crit, f"lag-1 res-bn − ff-bn at depth {deep}",
-                   stat, lo, hi, BROWN_VS_WHITE, f"synthetic: {len(d)} random inits", 0, len(d),
-                   evidence=dict(res_bn=float(a.mean()), ff_bn=float(b.mean()), depth=deep))
-
-
 def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec()) -> StudyResult:
     require_memory(options.points * options.width * max(options.depths) * 4 * 8,
                    f"--points {options.points} through networks of width {options.width} and depth {max(options.depths)}",
@@ -286,7 +258,7 @@ def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec 
     f = {m: fits(df, m, seed=spec.seed) for m in ("lag1", "corr_far")}
     summary = dict(fits=f, paper=dict(ff_bn="2^-L (log2 slope -1 per layer)", res_bn="L^-1/2 (log-log slope -0.5)"))
     find = _synthetic_findings(df, f)
-    return StudyResult("gradcorr-synthetic", df, summary=summary, verdicts=[synthetic_verdict(df)], findings=find,
+    return StudyResult("gradcorr-synthetic", df, summary=summary, verdicts=synthetic_verdicts(f["lag1"]), findings=find,
                        provenance=dict(probe="gradcorr synthetic", **options.describe(), seed=spec.seed,
                                        versions=common.versions()),
                        settings=options.describe(), extras=dict(gradients=grads, points=options.points))
@@ -434,50 +406,14 @@ def _trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) ->
     return rows
 
 
-def shattering_verdict(values: dict, roles: dict) -> Verdict:
-    """Balduzzi et al. on the user's network: its input gradients along lines are not shattered (and, with
-    a plain twin, less shattered than the twin's)."""
-    conj = "Shattered gradients: this residual network's input gradients are not shattered (Balduzzi et al. 2017)"
-    crit = (f"statistic: lag-1 autocorrelation of the loss gradient at the image along seeded lines (white noise 0, "
-            f"brown noise 0.97). With a plain twin: residual minus plain, paired by line (t over lines, or over seeds "
-            f"with several seeds); supported when the 95% CI lies above {BROWN_VS_WHITE}, not supported when below. "
-            f"Without a twin: the ResNet's mean; supported when the CI lies above {NOT_SHATTERED}, not supported "
-            "when below. Otherwise inconclusive")
-    pairs = [(r, p, s) for r, p, s in pairs_by_seed(roles) if r in values and p in values]
-    if pairs:
-        if len(pairs) >= 2:
-            d = [float(np.nanmean(values[r][("input", "lag1")]) - np.nanmean(values[p][("input", "lag1")]))
-                 for r, p, _ in pairs]
-        else:
-            r, p, _ = pairs[0]
-            d = list(values[r][("input", "lag1")] - values[p][("input", "lag1")])
-        stat, lo, hi = seed_ci(d)
-        return Verdict(conj.replace("are not shattered", "are less shattered than a plain twin's"),
-                       decide(lo, hi, BROWN_VS_WHITE, "above"), crit, "lag-1 residual − plain", stat, lo, hi,
-                       BROWN_VS_WHITE, (scope_of(len(pairs), pair_names(pairs)) if len(pairs) >= 2
-                        else f"this network pair ({pairs[0][0]}, {pairs[0][1]})"),
-                       0, len(pairs), evidence={lab: float(np.nanmean(v[("input", "lag1")])) for lab, v in values.items()})
-    res = [lab for lab in primary_residual(roles) if lab in values]
-    if not res:
-        return inconclusive(conj, crit, "lag-1 at the image", "no residual network")
-    if len(res) >= 2:
-        stat, lo, hi = seed_ci([float(np.nanmean(values[lab][("input", "lag1")])) for lab in res])
-    else:
-        stat, lo, hi = seed_ci(list(values[res[0]][("input", "lag1")]))
-    return Verdict(conj, decide(lo, hi, NOT_SHATTERED, "above"), crit, "lag-1 at the image", stat, lo, hi,
-                   NOT_SHATTERED, scope_of(len(res), res), 0, len(res),
-                   evidence={lab: float(np.nanmean(values[lab][("input", "lag1")])) for lab in res},
-                   reason=f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
-
-
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
         options: LineOptions = LineOptions()) -> StudyResult:
     """Gradients along lines through each subject's input space; verdict: shattered or not."""
     common.check_labels(subjects)
-    rows, values, traces, residual, units = [], {}, {}, {}, {}
+    rows, values, traces, views, units = [], {}, {}, {}, {}
     for s in subjects:
         v, trace, view = trained_profile(s, data, spec, options)
-        residual[s.label] = any(u.residual for u in view)
+        views[s.label] = view
         units[s.label] = view.table()
         if v is None:
             continue
@@ -487,8 +423,8 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
     if not dist.is_main():
         return StudyResult("gradcorr", pd.DataFrame(columns=TRAINED_COLUMNS))
     table = pd.DataFrame(rows, columns=TRAINED_COLUMNS)
-    roles = roles_of(list(subjects), residual)
-    return StudyResult("gradcorr", table, summary={}, verdicts=[shattering_verdict(values, roles)],
+    roles = common.roles(subjects, views, data, spec)
+    return StudyResult("gradcorr", table, summary={}, verdicts=shattering_verdicts(values, roles),
                        findings=trained_findings(table), provenance=common.provenance(
                            subjects, data, spec, statistic="lag-1 autocorrelation of the gradient vectors along each "
                            "line: sum_t <d_t, d_t+1> / sum_t |d_t|^2, d_t = g_t - mean_t g"),

@@ -51,14 +51,15 @@ from ..anatomy.parts import identity as _no_post
 from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import (bootstrap_stats, means_stat, percentile_ci, pooled_std_stat, resample_counts,
                              stable_seed)
-from ..study import StudyResult, Subject, roles_of
-from ..verdict import (Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual, scope_of,
-                       seed_ci, unpaired_reason)
+from ..study import StudyResult, Subject
 from . import common
+from .identity_verdicts import (REFINEMENT_RHO, RESPONSE_RATIO, near_identity_verdicts, refinement_verdicts,
+                                response_std_verdicts)
 
 __all__ = ["IdentityOptions", "COLUMNS", "PER_IMAGE_METRICS", "METRIC_GROUPS", "response_layers", "run", "profile",
-           "effective_depth", "stage_summary", "response_std_verdict", "refinement_verdict", "findings",
-           "NEAR_IDENTITY", "CKA_IMAGES", "cka_order"]
+           "effective_depth", "stage_summary", "response_std_verdicts", "refinement_verdicts",
+           "near_identity_verdicts", "findings", "NEAR_IDENTITY", "CKA_IMAGES", "cka_order", "RESPONSE_RATIO",
+           "REFINEMENT_RHO"]
 
 COLUMNS = ["model", "block", "unit", "stage", "index_in_stage", "downsample", "metric", "value", "ci_low", "ci_high",
            "n_images"]
@@ -68,12 +69,6 @@ METRIC_GROUPS = ("norms", "cka", "response_std")  # norms: the per-image ratios 
 # as near identity when its whole 95% CI of ‖F‖/‖S‖ lies below 0.3, as active when above, undecided otherwise.
 NEAR_IDENTITY = 0.3
 CKA_IMAGES = 2048
-# He et al. Fig. 7: ResNets' responses are smaller than their plain twins'. Statistic: median response std over
-# layers, ResNet / plain twin; supported when the CI lies below 1.
-RESPONSE_RATIO = 1.0
-# Jastrzebski et al.: units that change the representation little are cheap to delete. Statistic: Spearman rank
-# correlation across units between ‖F‖/‖x‖ and the single-deletion relative error increase; supported above 0.
-REFINEMENT_RHO = 0.0
 BOOTSTRAP = ("percentile, 95%: per-image metrics and response std from one set of resampled images per network "
              "(seed: stable_seed(seed, network, 'images')), shared by every unit, metric and layer; CKA over its "
              "minibatch groups (seed per unit)")
@@ -730,10 +725,11 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
     if not dist.is_main():
         return StudyResult("identity", pd.DataFrame(columns=COLUMNS))
     table = pd.concat(frames, ignore_index=True)
-    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
+    roles = common.roles(subjects, views, data, spec)
     lesion = _lesion_check(subjects, data, spec, table, options.threshold) if options.lesion_check else {}
     eff = effective_depth(table, options.threshold)
-    verdicts = [response_std_verdict(table, roles, responses, spec.n_boot, spec.seed)]
+    verdicts = (near_identity_verdicts(table, roles)
+                + response_std_verdicts(table, roles, responses, spec.n_boot, spec.seed))
     return StudyResult("identity", table, summary=dict(effective_depth=eff, lesion_check=lesion,
                                                        overview=overview(table),
                                                        stage_summary=stage_summary(table).to_dict("records")),
@@ -806,98 +802,6 @@ def stage_summary(df: pd.DataFrame) -> pd.DataFrame:
     s["later_blocks"] = d[d["index_in_stage"] > 0].groupby(["model", "stage", "metric"], sort=False)["value"].mean()
     s["n_units"] = g.size()
     return s.reset_index()
-
-
-def _median_std(s1, s2, per, idx=None) -> float:
-    from ..metrics.stats import pooled_std
-    if idx is not None:
-        w = np.bincount(idx, minlength=len(s1)).astype(float)
-        a, b, n = w @ s1, w @ s2, w.sum()
-    else:
-        a, b, n = s1.sum(0), s2.sum(0), len(s1)
-    return float(np.median(pooled_std(a, b, n * np.asarray(per, float))))
-
-
-def response_std_verdict(table: pd.DataFrame, roles: dict[str, Role], responses: dict, n_boot: int = 1000,
-                         seed: int = 0) -> Verdict:
-    """He et al. Fig. 7: a ResNet's layer responses are smaller than those of its plain twin trained alike."""
-    conj = "Closeness to identity: ResNets' layer responses are smaller than a plain twin's (He et al. 2016, Fig. 7)"
-    crit = (f"statistic: median over layers of the response std, ResNet / plain twin (paired by seed); supported when "
-            f"the 95% CI lies below {RESPONSE_RATIO}, not supported when above, inconclusive otherwise. CI over seeds "
-            "(t) with several seeds, else over images (paired bootstrap, the same images for both networks)")
-    pairs = pairs_by_seed({lab: r for lab, r in roles.items() if responses.get(lab)})
-    if not pairs:
-        return inconclusive(conj, crit, "median response std, ResNet / plain",
-                            "He et al.'s comparison needs a plain twin trained with the same recipe: "
-                            + unpaired_reason(roles))
-    ratios = {}
-    for r, p, _ in pairs:
-        ratios[(r, p)] = _median_std(**_args(responses[r])) / _median_std(**_args(responses[p]))
-    n_img = len(responses[pairs[0][0]]["s1"])
-    ev = {f"{r} / {p}": v for (r, p), v in ratios.items()}
-    if len(pairs) >= 2:
-        stat, lo, hi = seed_ci(list(ratios.values()))
-    else:
-        r, p, _ = pairs[0]
-        a, b = responses[r], responses[p]
-        rng = np.random.default_rng(stable_seed(seed, "response-ratio", r, p))
-        boots = []
-        for _ in range(n_boot):
-            idx = rng.integers(0, n_img, n_img)
-            boots.append(_median_std(**_args(a), idx=idx) / _median_std(**_args(b), idx=idx))
-        stat = ratios[(r, p)]
-        lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975]))
-    return Verdict(conj, decide(lo, hi, RESPONSE_RATIO, "below"), crit, "median response std, ResNet / plain", stat,
-                   lo, hi, RESPONSE_RATIO, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs), evidence=ev,
-                   reference="He et al. 2016 Fig. 7: plain-20/56 responses above ResNet-20/56/110's")
-
-
-def _args(resp: dict) -> dict:
-    return dict(s1=resp["s1"], s2=resp["s2"], per=resp["per_image"])
-
-
-def refinement_verdict(identity: pd.DataFrame, lesion: pd.DataFrame, roles: dict[str, Role],
-                       n_boot: int = 1000, seed: int = 0) -> Verdict:
-    """Jastrzebski et al.: units that change the representation little (small ‖F‖/‖x‖) are the cheap
-    ones to delete."""
-    from scipy.stats import spearmanr
-    conj = "Iterative refinement: near-identity units are the cheap ones to delete (Jastrzebski et al. 2018)"
-    crit = ("statistic: Spearman rank correlation, across a ResNet's non-downsampling units, between ‖F(x)‖/‖x‖ and "
-            "the relative error increase when the unit alone is deleted; supported when the 95% CI lies above 0, "
-            "not supported when below. CI: bootstrap over units (one network) or t over seeds")
-    labs = primary_residual(roles)
-    rhos, n_units = {}, 0
-    for lab in labs:
-        br = identity[(identity["model"] == lab) & (identity["metric"] == "branch_ratio") & ~identity["downsample"]]
-        g = lesion[lesion["model"] == lab]
-        base = g[g["mode"] == "baseline"]["error"]
-        single = g[g["mode"] == "single"].set_index("deleted")["error"]
-        if base.empty or single.empty or br.empty:
-            continue
-        x = br.set_index("unit")["value"]
-        common_units = [u for u in x.index if u in single.index]
-        if len(common_units) >= 4:
-            rhos[lab] = (x[common_units].to_numpy(), (single[common_units].to_numpy() - float(base.iloc[0])))
-            n_units = len(common_units)
-    if not rhos:
-        return inconclusive(conj, crit, "Spearman ρ(‖F‖/‖x‖, deletion cost)",
-                            "needs single deletions and branch ratios of at least 4 non-downsampling units")
-    vals = {lab: float(spearmanr(a, b).statistic) for lab, (a, b) in rhos.items()}
-    if len(vals) >= 2:
-        stat, lo, hi = seed_ci(list(vals.values()))
-    else:
-        lab = next(iter(rhos))
-        a, b = rhos[lab]
-        rng = np.random.default_rng(stable_seed(seed, "refinement", lab))
-        boots = []
-        for _ in range(n_boot):
-            i = rng.integers(0, len(a), len(a))
-            if np.ptp(a[i]) > 0 and np.ptp(b[i]) > 0:
-                boots.append(spearmanr(a[i], b[i]).statistic)
-        stat = vals[lab]
-        lo, hi = (float(q) for q in np.quantile(boots, [0.025, 0.975])) if boots else (float("nan"),) * 2
-    return Verdict(conj, decide(lo, hi, REFINEMENT_RHO, "above"), crit, "Spearman ρ(‖F‖/‖x‖, deletion cost)", stat,
-                   lo, hi, REFINEMENT_RHO, scope_of(len(vals), list(vals)), 0, len(vals), evidence=dict(rho=vals, n_units=n_units))
 
 
 def _runs(units: list[str], stages: dict[str, int], order: list[str]) -> list[list[str]]:

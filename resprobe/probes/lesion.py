@@ -37,32 +37,18 @@ from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import bootstrap_proportion_ci, holm, mcnemar_exact, stable_seed
-from ..study import StudyResult, Subject, roles_of
-from ..verdict import (INCONCLUSIVE, Role, Verdict, decide, inconclusive, pair_names, pairs_by_seed, primary_residual,
-                       scope_of, seed_ci, unpaired_reason)
+from ..study import StudyResult, Subject
+from ..verdict import Role
 from . import common
+from .lesion_verdicts import (CLIFF_THRESHOLD, LESION_CONTRAST_MARGIN, LESION_RELATIVE_INCREASE, core_units,
+                              no_cliff_verdicts, relative_increases, single_deletion_verdicts)
 
 __all__ = ["LesionMode", "LesionPlan", "LesionConfig", "make_configs", "run", "sweep", "summarize", "COLUMNS",
-           "single_deletion_verdict", "no_cliff_verdict", "relative_increases", "LESION_RELATIVE_INCREASE",
+           "single_deletion_verdicts", "no_cliff_verdicts", "verdicts", "relative_increases", "LESION_RELATIVE_INCREASE",
            "LESION_CONTRAST_MARGIN", "CLIFF_THRESHOLD"]
 
 COLUMNS = ["model", "mode", "deleted", "k", "kendall_tau", "error", "loss", "n_images", "n_wrong", "ci_low",
            "ci_high", "n_broken", "n_fixed", "p_mcnemar", "seed", "top5_error", "order", "note", "run"]
-
-# Veit et al. 2016 (../shared/REFERENCES.md): deleting one block of their CIFAR ResNet-110 gave typically
-# 6.0-7.2% error against 6.03% intact, i.e. a relative increase of 0-0.19 (median 0.06); deleting a layer of
-# VGG sent it to chance (relative increase > 10). A typical single deletion that raises the error by less
-# than a quarter of its intact value is "barely affects"; one beyond it is not.
-LESION_RELATIVE_INCREASE = 0.25
-# A residual-vs-plain contrast counts when the plain twin's median relative increase exceeds the
-# ResNet's by more than the same quarter of the intact error.
-LESION_CONTRAST_MARGIN = 0.25
-# Veit Fig. 5a: median error after k random deletions 6.5% (k=1), 9.6% (5), 25% (10), 58% (15), 74% (20):
-# the steepest rise is 6.6 points per deleted block, 0.08 of the 84-point gap between intact and chance.
-# A "cliff" is a step in which one more deleted block closes more than half of that gap (a plain net's
-# single deletion closes all of it).
-CLIFF_THRESHOLD = 0.5
-
 
 class LesionMode(str, Enum):
     SINGLE = "single"
@@ -473,159 +459,27 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), p
     if not dist.is_main():
         return StudyResult("lesion", typed(pd.DataFrame(columns=COLUMNS)), extras=extras)
     table = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame(columns=COLUMNS))
-    roles = roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()})
+    roles = common.roles(subjects, views, data, spec)
     units = {lab: v.table() for lab, v in views.items()}
     chance = 1 - 1 / data.num_classes
-    verdicts = []
-    if (table["mode"] == "single").any():
-        verdicts.append(single_deletion_verdict(table, roles, units, spec.n_boot, spec.seed, extras["bits"]))
-    if (table["mode"] == "random-k").any():
-        verdicts.append(no_cliff_verdict(table, roles, chance, spec.n_boot, spec.seed))
     extras.update(units=units, roles=roles, chance=chance)
-    return StudyResult("lesion", table, summary=summarize(table, units), verdicts=verdicts,
+    return StudyResult("lesion", table, summary=summarize(table, units),
+                       verdicts=verdicts(table, roles, units, chance, spec, extras["bits"]),
                        findings=findings(table, units, roles), provenance=common.provenance(subjects, data, spec),
                        settings=dict(plan.describe(), chunk=chunk), extras=extras)
 
 
 # --- summaries, findings, verdicts --------------------------------------------------------------------
 
-def _core_units(units: list[dict]) -> set[str]:
-    """What counts for the typical single deletion: units (and blocks made only of such units) that are
-    not transitions and keep the shape."""
-    core = {u["name"] for u in units if u["kind"] != "transition" and not u["downsample"]}
-    blocks: dict[str, list[str]] = {}
-    for u in units:
-        blocks.setdefault(u["block"], []).append(u["name"])
-    return core | {b for b, names in blocks.items() if all(n in core for n in names)}
-
-
-def relative_increases(table: pd.DataFrame, model: str, units: list[dict]) -> tuple[float, pd.Series]:
-    """(intact error, per-unit relative increase (deleted − intact)/intact) of ``model``'s single
-    deletions of core units (deletable, not downsampling)."""
-    g = table[table["model"] == model]
-    base = g[g["mode"] == "baseline"]["error"]
-    single = g[(g["mode"] == "single") & g["error"].notna() & g["deleted"].isin(_core_units(units))]
-    if base.empty or single.empty:
-        return float("nan"), pd.Series(dtype=float)
-    b = float(base.iloc[0])
-    return b, pd.Series(((single["error"] - b) / b).to_numpy() if b > 0 else np.nan, index=single["deleted"])
-
-
-def _median_increase_ci(table, model, units, bits, n_boot, seed) -> tuple[float, float, float, int]:
-    """Median relative increase over core units with a bootstrap CI over images (resampling the
-    images of all configurations together, from the per-image wrong bits)."""
-    b, inc = relative_increases(table, model, units)
-    if inc.empty or not np.isfinite(inc).all():
-        return float("nan"), float("nan"), float("nan"), 0
-    g = table[table["model"] == model]
-    n = int(g[g["mode"] == "baseline"]["n_images"].iloc[0])
-    keys = {r["deleted"]: f"single|{r['deleted']}|{r['order']}" for _, r in g[g["mode"] == "single"].iterrows()}
-    base_key = next(f"baseline||{r['order']}" for _, r in g[g["mode"] == "baseline"].iterrows())
-    mb = bits.get(model, {})
-    need = [base_key] + [keys[u] for u in inc.index]
-    if not all(k in mb for k in need):
-        return float(inc.median()), float("nan"), float("nan"), n
-    w = np.stack([np.unpackbits(mb[k], count=n).astype(np.float32) for k in need])  # (1 + units, n)
-    rng = np.random.default_rng(seed)
-    meds = []
-    for s in range(0, n_boot, 100):
-        cnt = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(min(100, n_boot - s))], 1)
-        errs = (w @ cnt.astype(np.float32)) / n          # (1 + units, B)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            meds.append(np.median((errs[1:] - errs[0]) / errs[0], axis=0))
-    meds = np.concatenate(meds)
-    meds = meds[np.isfinite(meds)]
-    lo, hi = np.quantile(meds, [0.025, 0.975]) if len(meds) else (np.nan, np.nan)
-    return float(inc.median()), float(lo), float(hi), n
-
-
-def single_deletion_verdict(table: pd.DataFrame, roles: dict[str, Role], units: dict[str, list[dict]],
-                            n_boot: int = 1000, seed: int = 0, bits: Optional[dict] = None) -> Verdict:
-    """Veit et al. Fig. 3: deleting one residual unit barely affects the error (and, with a plain twin
-    trained alike, far less than deleting a plain unit)."""
-    conj = "Ensembles of shallow paths: deleting one block barely matters (Veit et al. 2016, Fig. 3)"
-    crit = (f"statistic: median over deletable, non-downsampling units of the paired relative error increase "
-            f"(deleted − intact)/intact. With a plain twin: the twin's statistic minus the ResNet's; supported when "
-            f"its 95% CI lies above {LESION_CONTRAST_MARGIN}, not supported when below. Without a twin: the "
-            f"ResNet's statistic; supported when its 95% CI lies below {LESION_RELATIVE_INCREASE}, not supported "
-            f"when above (Veit's ResNet-110: median 0.06, at most 0.19). Otherwise inconclusive. CIs: over "
-            f"seeds (t) when several seeds are given, else over images (bootstrap)")
-    res_labels = primary_residual(roles)
-    if not res_labels:
-        return inconclusive(conj, crit, "median relative error increase", "no residual network was given")
-    pairs = pairs_by_seed(roles)
-    involved = set(res_labels) | {x for r, p, _ in pairs for x in (r, p)}
-    stats = {lab: _median_increase_ci(table, lab, units[lab], bits or {}, n_boot, seed) for lab in involved}
-    n_img = max((s[3] for s in stats.values()), default=0)
-    ev = {lab: dict(median_relative_increase=s[0], ci_low=s[1], ci_high=s[2]) for lab, s in stats.items()}
-    if pairs:
-        diffs = [stats[p][0] - stats[r][0] for r, p, _ in pairs]
-        if len(pairs) >= 2:
-            stat, lo, hi = seed_ci(diffs)
-        else:
-            r, p, _ = pairs[0]
-            stat = diffs[0]
-            lo, hi = stats[p][1] - stats[r][2], stats[p][2] - stats[r][1]  # conservative: CI ends combined
-        v = decide(lo, hi, LESION_CONTRAST_MARGIN, "above")
-        return Verdict(conj, v, crit, "plain − residual median relative error increase", stat, lo, hi,
-                       LESION_CONTRAST_MARGIN, scope_of(len(pairs), pair_names(pairs)), n_img, len(pairs), evidence=ev,
-                       reason="paired by seed: " + ", ".join(f"{p} − {r}" for r, p, _ in pairs))
-    vals = [stats[lab][0] for lab in res_labels]
-    if len(res_labels) >= 2:
-        stat, lo, hi = seed_ci(vals)
-    else:
-        stat, lo, hi = stats[res_labels[0]][:3]
-    v = decide(lo, hi, LESION_RELATIVE_INCREASE, "below")
-    why = "" if v != INCONCLUSIVE or np.isfinite(lo) else "no CI: per-image results missing. "
-    return Verdict(conj, v, crit, "median relative error increase (ResNet)", stat, lo, hi, LESION_RELATIVE_INCREASE,
-                   scope_of(len(res_labels), res_labels), n_img, len(res_labels), evidence=ev,
-                   reason=why + f"no residual-vs-plain contrast: {unpaired_reason(roles)}")
-
-
-def _cliff(g: pd.DataFrame, chance: float, rng=None) -> float:
-    """Largest rise of the median error per additional deleted unit, as a fraction of the gap between
-    the intact error and chance (``rng``: resample each k's configurations)."""
-    base = float(g[g["mode"] == "baseline"]["error"].iloc[0])
-    rk = g[g["mode"] == "random-k"]
-    meds = {0: base}
-    for k, e in rk.groupby("k")["error"]:
-        v = e.to_numpy()
-        if rng is not None:
-            v = v[rng.integers(0, len(v), len(v))]
-        meds[int(k)] = float(np.median(v))
-    ks = sorted(meds)
-    gap = chance - base
-    if len(ks) < 2 or gap <= 0:
-        return float("nan")
-    return max((meds[b] - meds[a]) / (b - a) for a, b in zip(ks, ks[1:])) / gap
-
-
-def no_cliff_verdict(table: pd.DataFrame, roles: dict[str, Role], chance: float, n_boot: int = 1000,
-                     seed: int = 0) -> Verdict:
-    """Veit et al. Fig. 5a: the error rises smoothly with the number of deleted units — no cliff."""
-    conj = "Ensembles of shallow paths: error rises smoothly with random deletions, no cliff (Veit et al. 2016, Fig. 5a)"
-    crit = (f"statistic: the largest rise of the median error per additional deleted unit between consecutive k "
-            f"(k = 0 is the intact network), as a fraction of the gap between intact error and chance; supported "
-            f"(no cliff) when its 95% CI lies below {CLIFF_THRESHOLD}, not supported when above, inconclusive "
-            f"otherwise (Veit's ResNet-110: 0.08). CI: bootstrap over the sampled configurations of each k, or t "
-            f"over seeds. The test resolves steps only as finely as the k grid")
-    labs = [lab for lab in primary_residual(roles) if ((table["model"] == lab) & (table["mode"] == "random-k")).any()]
-    if not labs:
-        return inconclusive(conj, crit, "largest rise per unit / gap to chance", "no random-k rows for a ResNet")
-    vals = {lab: _cliff(table[table["model"] == lab], chance) for lab in labs}
-    n_img = int(table[table["model"] == labs[0]]["n_images"].max())
-    if len(labs) >= 2:
-        stat, lo, hi = seed_ci(list(vals.values()))
-    else:
-        g = table[table["model"] == labs[0]]
-        rng = np.random.default_rng(stable_seed(seed, "cliff", labs[0]))
-        boots = np.array([_cliff(g, chance, rng) for _ in range(n_boot)])
-        boots = boots[np.isfinite(boots)]
-        stat = vals[labs[0]]
-        lo, hi = (np.quantile(boots, [0.025, 0.975]) if len(boots) else (np.nan, np.nan))
-        lo, hi = float(lo), float(hi)
-    return Verdict(conj, decide(lo, hi, CLIFF_THRESHOLD, "below"), crit, "largest rise per unit / gap to chance",
-                   stat, lo, hi, CLIFF_THRESHOLD, scope_of(len(labs), labs), n_img, len(labs), evidence=vals)
+def verdicts(table: pd.DataFrame, roles: dict[str, Role], units: dict, chance: float, spec: RunSpec,
+             bits: Optional[dict] = None) -> list:
+    """The verdicts that the modes present in ``table`` allow (see :mod:`.lesion_verdicts`)."""
+    out = []
+    if (table["mode"] == "single").any():
+        out += single_deletion_verdicts(table, roles, units, spec.n_boot, spec.seed, bits)
+    if (table["mode"] == "random-k").any():
+        out += no_cliff_verdicts(table, roles, chance, spec.n_boot, spec.seed)
+    return out
 
 
 def summarize(table: pd.DataFrame, units: dict[str, list[dict]]) -> dict:
@@ -642,7 +496,7 @@ def summarize(table: pd.DataFrame, units: dict[str, list[dict]]) -> dict:
         if len(single):
             worst = single.loc[single["error"].idxmax()]
             s["worst_unit"] = dict(unit=worst["deleted"], error=float(worst["error"]))
-            core = single[single["deleted"].isin(_core_units(tab))]
+            core = single[single["deleted"].isin(core_units(tab))]
             s["median_single_deletion_error"] = float(core["error"].median()) if len(core) else None
             ds = {u["name"] for u in tab if u["downsample"]}
             s["downsampling_units"] = {r["deleted"]: float(r["error"]) for _, r in single.iterrows()

@@ -35,19 +35,20 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
 from ..study import StudyResult, Subject
-from ..verdict import Verdict, decide, inconclusive, scope_of
+from ..verdict import (Margin, Verdict, competence_gate, judge, not_applicable, residual_groups, scope_of,
+                       seed_interval)
 from . import common
 
 __all__ = ["PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
-           "effective_range", "weighted_length", "short_paths_verdict", "COLUMNS", "SHARES", "SHORT_PATHS"]
+           "effective_range", "weighted_length", "short_paths_verdicts", "COLUMNS", "SHARES", "SHORT_PATHS"]
 
 COLUMNS = ["model", "k", "n_paths", "grad_per_path", "ci_low", "ci_high", "total_grad", "total_ci_low",
            "total_ci_high", "samples", "grad_per_path_image", "total_grad_image"]
 SHARES = (0.8, 0.9, 0.95)
-# Veit et al.: in ResNet-110 (54 blocks; typical path 27) almost all gradient comes from paths of 5–17 blocks,
-# a gradient-weighted length of about 11, i.e. 0.4 of the typical length. Effective paths are "relatively
-# shallow" when the weighted mean length is below 3/4 of the typical one, with its whole CI.
-SHORT_PATHS = 0.75
+SHORT_PATHS = Margin(0.75, (
+    "Veit et al. 2016: in ResNet-110 (54 blocks, typical path 27) almost all gradient comes from paths of 5-17 "
+    "blocks, a gradient-weighted length of about 11, 0.4 of the typical; 0.75 leaves room for shallower nets, whose "
+    "path-length distribution is narrower"))
 
 
 @dataclass(frozen=True)
@@ -304,23 +305,41 @@ def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9
     return out
 
 
-def short_paths_verdict(summary: dict, label: str, n_images: int) -> Verdict:
-    """Veit et al. Fig. 6: the gradient comes from paths much shorter than the typical path."""
-    conj = "Ensembles of shallow paths: the gradient comes from relatively short paths (Veit et al. 2016, Fig. 6)"
-    crit = (f"statistic: the gradient-weighted mean path length Σk·T(k)/ΣT(k) divided by the typical path length "
-            f"n/2 (the mean of the binomial distribution of path lengths); supported when its 95% CI lies below "
-            f"{SHORT_PATHS}, not supported when above, inconclusive otherwise (Veit's ResNet-110: about 0.4). CI: "
-            f"bootstrap over images and routings; this network only")
-    s = summary.get(label, {})
-    if "weighted_length" not in s:
-        return inconclusive(conj, crit, "weighted length / typical length", s.get("note", "no paths result"))
-    half = s["typical_length"]
-    w = s["weighted_length"]
-    lo = w["ci_low"] / half if w["ci_low"] is not None else None
-    hi = w["ci_high"] / half if w["ci_high"] is not None else None
-    return Verdict(conj, decide(lo, hi, SHORT_PATHS, "below"), crit, "weighted length / typical length",
-                   w["value"] / half, lo, hi, SHORT_PATHS, scope_of(1, [label]), n_images, 1,
-                   evidence=dict(weighted_length=w, typical_length=half, ranges=s["ranges"], peak_k=s["peak_k"]))
+_CRIT = (f"statistic: the gradient-weighted mean path length Σk·T(k)/ΣT(k) divided by the typical path length "
+         f"n/2 (the mean of the binomial distribution of path lengths), per network with a bootstrap CI over images "
+         f"and routings; seeds pooled by a t-interval on the log scale. Supported when the CI lies below the margin "
+         f"{SHORT_PATHS.value}, not supported when above, inconclusive otherwise. Gate: competent networks")
+
+
+def short_paths_verdicts(summary: dict, roles: dict, n_images: int) -> list[Verdict]:
+    """Veit et al. Fig. 6, per residual group: the gradient comes from paths much shorter than the typical
+    path."""
+    out = []
+    name = "weighted length / typical length"
+    for labs in residual_groups(roles):
+        claim = (f"{roles[labs[0]].group}'s gradient comes from relatively short paths: gradient-weighted mean path "
+                 f"length below {SHORT_PATHS.value} of the typical length (Veit et al. 2016, Fig. 6)")
+        fails, gates = competence_gate(roles, labs)
+        missing = [f"{lab}: {summary.get(lab, {}).get('note', 'no paths result')}" for lab in labs
+                   if "weighted_length" not in summary.get(lab, {})]
+        scope = scope_of(len(labs), labs)
+        if fails or missing:
+            out.append(not_applicable("paths", claim, _CRIT, name, SHORT_PATHS, "; ".join(fails + missing), scope,
+                                      gates=gates, n_seeds=len(labs)))
+            continue
+        per = {}
+        for lab in labs:
+            s = summary[lab]
+            w, half = s["weighted_length"], s["typical_length"]
+            ci = tuple(np.nan if w[k] is None else w[k] / half for k in ("ci_low", "ci_high"))
+            per[lab] = (w["value"] / half, ci)
+        iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="log")
+        out.append(judge("paths", claim, _CRIT, name, SHORT_PATHS, "below", iv, scope, n_images=n_images,
+                         n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
+                         evidence={lab: dict(weighted_length=summary[lab]["weighted_length"],
+                                             typical_length=summary[lab]["typical_length"],
+                                             peak_k=summary[lab]["peak_k"]) for lab in labs}))
+    return out
 
 
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=64),
@@ -334,8 +353,10 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
     if not residual:
         raise UsageError(f"{', '.join(skipped)} ha{'s' if len(skipped) == 1 else 've'} no residual unit: every path "
                          "has the same length", "the path-length analysis needs a residual network")
+    views = {}
     for s in residual:
         view, routes, got = profile(s, data, spec, options)
+        views[s.label] = view
         graphs[s.label] = unraveled_graph(view)
         if got is None:
             continue
@@ -346,7 +367,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         return StudyResult("paths", pd.DataFrame(columns=COLUMNS))
     table = pd.concat(frames, ignore_index=True)
     summary = summarize(table, boots, options.share)
-    verdicts = [short_paths_verdict(summary, residual[0].label, len(data))]
+    verdicts = short_paths_verdicts(summary, common.roles(residual, views, data, spec), len(data))
     find = [f"{lab}: no residual unit, so no path-length analysis (every path has the same length)."
             for lab in skipped]
     for m, s in summary.items():

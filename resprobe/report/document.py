@@ -23,17 +23,28 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
 code,pre{background:#f6f6f6;padding:1px 4px}pre{padding:.6em;overflow-x:auto}
 figcaption{font-size:.9em;color:#444;margin-bottom:1.2em}
 .supported{color:#1a7f37;font-weight:bold}.notsupported{color:#b42318;font-weight:bold}
-.inconclusive{color:#8a6d00;font-weight:bold}td.text{text-align:left}"""
+.inconclusive{color:#8a6d00;font-weight:bold}.notapplicable{color:#555;font-weight:bold}td.text{text-align:left}"""
+
+
+def _statistic(v: Verdict) -> str:
+    if v.statistic is None:
+        return f"{v.statistic_name}: not judged"
+    return (f"{v.statistic_name} = {fmt.ci(v.statistic, v.ci_low, v.ci_high)}"
+            + (f" (margin {fmt.num(v.threshold, 3)})" if v.threshold is not None else ""))
+
+
+def _per_seed(v: Verdict) -> str:
+    return "; ".join(f"{k}: {fmt.num(x, 3)}" for k, x in v.per_seed.items()) if len(v.per_seed) > 1 else ""
 
 
 def verdict_rows(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """The summary table: conjecture, verdict, statistic with CI, criterion, scope."""
-    return pd.DataFrame([dict(conjecture=v.conjecture, verdict=v.verdict,
-                              statistic=f"{v.statistic_name} = {fmt.ci(v.statistic, v.ci_low, v.ci_high)}"
-                              + (f" (threshold {fmt.num(v.threshold, 3)})" if v.threshold is not None else ""),
+    """The summary table: the claim (headline), verdict, statistic with CI and margin, per-seed values, scope,
+    and why (the reason a gate failed, or the criterion)."""
+    return pd.DataFrame([dict(claim=v.conjecture, verdict=v.verdict, statistic=_statistic(v), per_seed=_per_seed(v),
                               scope=v.scope + (f", {v.n_images} images" if v.n_images else ""),
-                              criterion=v.criterion + (f" — {v.reason}" if v.reason else ""))
-                         for v in verdicts], columns=["conjecture", "verdict", "statistic", "scope", "criterion"])
+                              why=v.reason if v.verdict == "not applicable" else v.criterion
+                              + (f" — {v.reason}" if v.reason else ""))
+                         for v in verdicts], columns=["claim", "verdict", "statistic", "per_seed", "scope", "why"])
 
 
 class Document:
@@ -65,14 +76,20 @@ class Document:
 
     def verdicts(self, verdicts: Sequence[Verdict]) -> "Document":
         if verdicts:
-            self.table(verdict_rows(verdicts), text_columns=("conjecture", "verdict", "statistic", "scope", "criterion"))
+            self.table(verdict_rows(verdicts), text_columns=("claim", "verdict", "statistic", "per_seed", "scope", "why"))
         return self
 
     def verdict(self, v: Verdict) -> "Document":
-        self.paragraph(f"**Verdict: {v.verdict}** — {v.statistic_name} = {fmt.ci(v.statistic, v.ci_low, v.ci_high)}"
-                       + (f", threshold {fmt.num(v.threshold, 3)}" if v.threshold is not None else "")
-                       + f"; scope: {v.scope}" + (f", {v.n_images} images" if v.n_images else "") + ".")
-        self.paragraph(f"Criterion: {v.criterion}." + (f" Note: {v.reason}." if v.reason else ""))
+        self.paragraph(f"**Verdict: {v.verdict}** — {_statistic(v)}; scope: {v.scope}"
+                       + (f", {v.n_images} images" if v.n_images else "") + ".")
+        if v.verdict == "not applicable":
+            self.paragraph(f"Not applicable: {v.reason}.")
+        self.paragraph(f"Criterion: {v.criterion}." + (f" Note: {v.reason}." if v.reason and
+                                                        v.verdict != "not applicable" else ""))
+        extra = [f"Margin {fmt.num(v.threshold, 3)}: {v.margin_source}" if v.margin_source else "",
+                 f"Interval: {v.interval}" if v.interval else "",
+                 f"Per seed: {_per_seed(v)}" if _per_seed(v) else ""]
+        self.bullets([e for e in extra if e] + [f"Gate: {g}" for g in v.gates])
         return self
 
     def image(self, path, caption: str = "") -> "Document":

@@ -7,7 +7,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ from ..progress import note
 from ..study import StudyResult, Subject, roles_of
 from ..verdict import Verdict
 from .document import Document
-from .save import figures_for, save
+from .save import save
 from .tables import write_json, write_table
 
 __all__ = ["BUDGETS", "Budget", "full_report", "SECTIONS"]
@@ -60,12 +60,14 @@ BUDGETS = {
     "full": Budget(None, tuple(range(1, 21)), 20, 512, 10, 512, 20, gradcorr.SyntheticOptions(), 16, 256),
 }
 
-# section key -> (study, figures of that study shown in the section)
+# section key (a verdict's ``key``) -> (study, figures of that study shown in the section)
 SECTIONS = {
     "lesion-single": ("lesion", ["lesion_single"]),
+    "lesion-contrast": ("lesion", ["lesion_single"]),
     "lesion-random-k": ("lesion", ["lesion_random_k"]),
     "paths": ("paths", ["paths"]),
-    "identity": ("identity", ["response_std", "identity_residual_ratio", "identity_branch_ratio"]),
+    "identity-near": ("identity", ["identity_residual_ratio", "identity_branch_ratio"]),
+    "identity": ("identity", ["response_std"]),
     "refinement": ("identity", ["identity_branch_ratio"]),
     "amplify": ("amplify", ["amplify_kappa", "amplify_arithmetic"]),
     "gradcorr": ("gradcorr", ["gradcorr_block_profile"]),
@@ -95,19 +97,17 @@ def _studies(subjects: Sequence[Subject], data: Dataset, spec: RunSpec, b: Budge
         single = lesion.run(subjects, sub, spec, lesion.LesionPlan(lesion.LesionMode.SINGLE), store)
         allrows = LesionStore(store_out).rows() if dist.is_main() else single.table
         allrows = allrows[allrows["model"].isin([s.label for s in subjects])]
-        roles = single.extras["roles"]
         single.table = lesion.order_rows(allrows)
-        single.verdicts = [lesion.single_deletion_verdict(single.table, roles, single.extras["units"], spec.n_boot,
-                                                          spec.seed, single.extras["bits"]),
-                           lesion.no_cliff_verdict(single.table, roles, single.extras["chance"], spec.n_boot, spec.seed)]
-        single.summary = lesion.summarize(single.table, single.extras["units"])
-        single.findings = lesion.findings(single.table, single.extras["units"], roles)
+        ex = single.extras
+        single.verdicts = lesion.verdicts(single.table, ex["roles"], ex["units"], ex["chance"], spec, ex["bits"])
+        single.summary = lesion.summarize(single.table, ex["units"])
+        single.findings = lesion.findings(single.table, ex["units"], ex["roles"])
         single.settings = dict(modes=["random-k", "single"], ks=list(ks), samples=b.samples)
         return single
 
     return [
         ("lesion", lesions),
-        ("paths", lambda: paths.run(residual[:1], _cap(data, b.paths_images), spec.replace(batch_size=64),
+        ("paths", lambda: paths.run(residual, _cap(data, b.paths_images), spec.replace(batch_size=64),
                                     paths.PathsOptions(samples=b.paths_samples))),
         ("identity", lambda: identity.run(subjects, sub, spec)),
         ("amplify", lambda: amplify.run(subjects, _cap(data, b.amplify_images), spec.replace(batch_size=128),
@@ -117,12 +117,13 @@ def _studies(subjects: Sequence[Subject], data: Dataset, spec: RunSpec, b: Budge
     ]
 
 
-def _section_keys(study: str, verdicts: list[Verdict]) -> list[str]:
-    if study == "lesion":
-        return ["lesion-single", "lesion-random-k"][:len(verdicts)]
-    if study == "identity":
-        return ["identity", "refinement"][:len(verdicts)]
-    return [study]
+def _section_ids(verdicts: list[Verdict], taken: dict) -> list[str]:
+    """One section per verdict: its key, numbered from the second verdict of a key on (``lesion-single#2``)."""
+    out = []
+    for v in verdicts:
+        n = sum(1 for k in list(taken) + out if k.split("#")[0] == v.key)
+        out.append(v.key if n == 0 else f"{v.key}#{n + 1}")
+    return out
 
 
 def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), budget: str = "fast",
@@ -141,12 +142,12 @@ def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunS
         try:
             r = fn()
             if key == "identity" and "lesion" in results:
-                r.verdicts.append(identity.refinement_verdict(r.table, results["lesion"].table,
-                                                              r.extras["roles"], spec.n_boot, spec.seed))
+                r.verdicts += identity.refinement_verdicts(r.table, results["lesion"].table, r.extras["roles"],
+                                                           spec.n_boot, spec.seed)
             results[key] = r
             if dist.is_main():
                 save(r, out / key)
-            for sk, v in zip(_section_keys(key, r.verdicts), r.verdicts):
+            for sk, v in zip(_section_ids(r.verdicts, sections), r.verdicts):
                 sections[sk] = dict(v.as_dict(), study=key, seconds=round(time.time() - t0, 1))
         except Exception as e:  # noqa: BLE001 - one study's failure must not lose the others
             failures[key] = dict(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:],
@@ -184,9 +185,15 @@ def _header(subjects, data, b: Budget, budget: str, spec: RunSpec, total: float)
            if capped else f"; budget `{budget}`") + f". {b.describe(len(data))}.",
         f"Seed {spec.seed}; total time {total:.1f} s (every study, its files and this page); resprobe "
         f"{versions()['resprobe']}, torch {versions()['torch']}.",
-        "Each verdict is a pure function of the measured results with its criterion fixed in advance; 'this "
-        "network' means its CI comes from images and speaks for these trained networks only; 'across N seeds' "
-        "means it comes from N independently trained networks of each kind.",
+        "Each verdict is a pure function of the measured results with its criterion and margin (the smallest "
+        "effect of interest) fixed in advance: supported when the whole 95% CI lies beyond the margin, not supported "
+        "when it lies wholly on the other side, inconclusive otherwise, and not applicable when a gate fails (a "
+        "network that is not a competent predictor; a contrast without an equal-recipe twin of the same "
+        "architecture). 'this network' means the CI comes from images and speaks for these trained networks only; "
+        "'across N seeds' means it comes from N independently trained networks of each kind.",
+        "Competence (the gate of every verdict about a network): " + "; ".join(
+            f"`{s.label}` " + (s.competence.describe() + (" — passed" if s.competence.competent else " — FAILED")
+                               if s.competence else "not measured") for s in subjects) + ".",
     ]
 
 
@@ -198,10 +205,10 @@ def _document(results: dict, sections: dict, failures: dict, header: list[str], 
                 for s in sections.values() if s.get("verdict") != "failed"]
     doc.heading("Verdicts")
     doc.verdicts(verdicts)
-    for key, (study, stems) in SECTIONS.items():
-        sec = sections.get(key)
-        if sec is None:
-            continue
+    order = {k: i for i, k in enumerate(SECTIONS)}
+    for key in sorted(sections, key=lambda k: order.get(k.split("#")[0], len(order))):
+        sec = sections[key]
+        study, stems = SECTIONS.get(key.split("#")[0], (sec["study"], []))
         if sec.get("verdict") == "failed":
             doc.heading(f"{key}: failed")
             doc.paragraph(f"**The {study} study failed** — {sec['error']}")
