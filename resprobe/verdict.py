@@ -218,6 +218,7 @@ def seed_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
 _SCALES = {
     "linear": (lambda v: v, lambda v: v),
     "log": (np.log, np.exp),
+    "log1p": (np.log1p, np.expm1),
     "fisher": (lambda v: np.arctanh(np.clip(v, -0.999999, 0.999999)), np.tanh),
 }
 
@@ -225,7 +226,8 @@ _SCALES = {
 def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = None, scale: str = "linear",
                   level: float = 0.95) -> Interval:
     """Pool per-seed statistics (one per independently trained network): the mean on ``scale`` (``log`` for
-    ratios, ``fisher`` for correlations, so that the CI stays inside the statistic's range), with a Student-t
+    ratios, ``log1p`` for relative increases (the log of the ratio 1 + r), ``fisher`` for correlations, so that
+    the CI stays inside the statistic's range), with a Student-t
     CI on n − 1 degrees of freedom. ``within``: each seed's own CI over images; the standard error is then
     never below the image-level one (seeds that agree closely cannot shrink the interval below what the images
     allow). One value: its own CI is the interval. Without ``within``, seeds that agree exactly give no CI."""
@@ -235,7 +237,11 @@ def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = N
     f, inv = _SCALES[scale]
     v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
     w = np.asarray(within if within is not None else [(np.nan, np.nan)] * len(v), dtype=float).reshape(-1, 2)
-    keep = np.isfinite(v) & ((v > 0) if scale == "log" else True)
+    floor = {"log": 0.0, "log1p": -1.0}.get(scale)
+    if floor is not None and (v[np.isfinite(v)] <= floor).any():
+        return Interval(float("nan"), float("nan"), float("nan"), f"undefined: a value at or below {floor:g} on the "
+                        f"{scale} scale")
+    keep = np.isfinite(v)
     v, w = v[keep], w[keep]
     n = len(v)
     if n == 0:

@@ -63,6 +63,14 @@ def test_seed_interval_respects_the_range_of_correlations_and_ratios():
     iv = seed_interval(r, scale="log")
     assert 0 < iv.lo < iv.stat < iv.hi and iv.stat == pytest.approx(float(np.exp(np.log(r).mean())))
     assert "df 2" in iv.method and "log" in iv.method
+    # a non-positive value has no log: no interval (never a silently dropped seed)
+    assert math.isnan(seed_interval([0.5, -0.1, 0.7], scale="log").lo)
+    # relative increases (≥ −1): three seeds far past 0.25 (the zoo's 1.73, 1.34, 0.83) decide on log(1 + r)
+    iv = seed_interval([1.725, 1.338, 0.825], scale="log1p")
+    z = np.log1p([1.725, 1.338, 0.825])
+    half = stats.t.ppf(0.975, 2) * np.std(z, ddof=1) / math.sqrt(3)
+    assert iv.lo == pytest.approx(math.expm1(z.mean() - half)) and iv.lo > 0.25 > seed_ci([1.725, 1.338, 0.825])[1]
+    assert math.isnan(seed_interval([0.2, -1.0, 0.3], scale="log1p").lo)
 
 
 def test_seed_interval_never_narrower_than_the_images_allow():

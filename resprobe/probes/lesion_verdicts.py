@@ -81,7 +81,8 @@ def _median_increase_ci(table, model, units, bits, n_boot, seed) -> tuple[float,
 
 _SINGLE_CRIT = (f"statistic: median over deletable, non-downsampling units of the paired relative error increase "
                 f"(deleted − intact)/intact, per network with a bootstrap CI over images; several seeds pooled by "
-                f"a t-interval on the per-seed values (standard error at least the image-level one). Supported "
+                f"a t-interval on log(1 + r), the log of the error ratio, so the CI stays above −1 (standard error "
+                f"at least the image-level one). Supported "
                 f"when the CI lies below the margin {LESION_RELATIVE_INCREASE.value}, not supported when above, "
                 f"inconclusive otherwise. Gate: every network a competent predictor")
 _CONTRAST_CRIT = (f"statistic: per seed, the plain twin's median relative error increase minus the ResNet's "
@@ -134,7 +135,7 @@ def _barely(labs: list[str], roles, stat) -> Verdict:
         return not_applicable("lesion-single", claim, _SINGLE_CRIT, name, LESION_RELATIVE_INCREASE,
                               "; ".join(fails), scope, gates=gates, n_seeds=len(labs))
     per = {lab: stat(lab) for lab in labs}
-    iv = seed_interval([per[lab][0] for lab in labs], [per[lab][1:3] for lab in labs])
+    iv = seed_interval([per[lab][0] for lab in labs], [per[lab][1:3] for lab in labs], scale="log1p")
     return judge("lesion-single", claim, _SINGLE_CRIT, name, LESION_RELATIVE_INCREASE, "below", iv, scope,
                  n_images=max(p[3] for p in per.values()), n_seeds=len(labs), gates=gates,
                  per_seed={lab: per[lab][0] for lab in labs}, evidence=_evidence(labs, stat),
