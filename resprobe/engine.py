@@ -9,7 +9,6 @@ kept).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
@@ -166,110 +165,6 @@ def require_memory(nbytes: float, what: str, fix: str) -> None:
                          fix)
 
 
-class _Heap:
-    """glibc heap settings for the batch loops (no-ops elsewhere).
-
-    glibc maps a block above its mmap threshold fresh from the system and unmaps it when freed, and trims the
-    heap's top; ``malloc_trim`` after every batch (issue 13's way to keep the resident size flat) also hands
-    back the freed pages inside the heap. Either way every batch's activations are fresh pages the kernel must
-    fault in and zero: ~40,000 page faults per ResNet-56 batch of 256, about a sixth of the forward's time on
-    the development machine (``benchmarks/heap.py``). Inside
-    :func:`batches` blocks up to 32 MiB come from the heap and stay there to be reused by the next batch;
-    the freed heap is handed back (``malloc_trim``) only when the resident size has grown by a tenth (plus
-    64 MiB) over the largest of its sizes after the first four batches (one batch can need more than another:
-    the identity study's CKA minibatches fall unevenly into batches, and its first batch learns which sums
-    the fused addition gives; a trim at such a batch faults the pages in again) — small allocations between
-    batches can pin freed blocks,
-    and the resident size would otherwise grow with the number of batches (issue 13) — and when the
-    outermost loop ends, which also restores glibc's thresholds (128 KiB). A resident size that comes back
-    to the level of the last trim (within 2% + 16 MiB) is the loop's working set, not growth: it becomes the
-    new reference instead of being trimmed (and faulted in) after every batch."""
-
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    WARMUP = 4  # batches whose largest resident size is the loop's reference
-    MMAP = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
-    DEFAULT = 128 << 10
-
-    def __init__(self):
-        self.depth = 0
-        self.base: Optional[int] = None
-        self.last: Optional[int] = None  # resident size that triggered the last trim
-        self.batches = 0  # batches of the outermost loop so far
-        self.trims = 0
-        self._mallopt = self._trim = None
-        try:
-            import ctypes
-            import ctypes.util
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            trim, mallopt = libc.malloc_trim, libc.mallopt
-            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            self._trim, self._mallopt = trim, mallopt
-        except (OSError, AttributeError):  # not glibc: nothing to do
-            pass
-        self.tuned = os.environ.get("RESPROBE_HEAP", "1") != "0" and self._mallopt is not None
-
-    @staticmethod
-    def resident() -> Optional[int]:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def trim(self) -> None:
-        if self._trim is not None:
-            self._trim(0)
-            self.trims += 1
-
-    def __enter__(self):
-        self.depth += 1
-        if self.depth == 1:
-            self.base, self.batches = None, 0
-            if self.tuned:
-                self._mallopt(self.M_MMAP_THRESHOLD, self.MMAP)
-                self._mallopt(self.M_TRIM_THRESHOLD, 2**31 - 1)
-        return self
-
-    def after_batch(self) -> None:
-        if not self.tuned:
-            self.trim()
-            return
-        rss = self.resident()
-        if rss is None:
-            return
-        self.batches += 1
-        if self.batches <= self.WARMUP:  # the reference: the largest of the first batches
-            self.base = rss if self.base is None else max(self.base, rss)
-            self.last = None
-        elif rss > 1.1 * self.base + (64 << 20):
-            if self.last is not None and rss <= 1.02 * self.last + (16 << 20):
-                # back at the level of the last trim, not above it: that is the loop's working set (the
-                # first batch was lighter), not growth; trimming again would only fault it in afresh
-                self.base = rss
-            else:
-                self.trim()
-                self.last = rss
-
-    def __exit__(self, *exc):
-        self.depth -= 1
-        if self.depth == 0:
-            if self.tuned:
-                self._mallopt(self.M_TRIM_THRESHOLD, self.DEFAULT)
-                self._mallopt(self.M_MMAP_THRESHOLD, self.DEFAULT)
-            self.trim()
-        return False
-
-
-_HEAP = _Heap()
-
-
-def heap_kept() -> _Heap:
-    """The batch loops' heap settings as a context manager, for other work on large temporaries (a bootstrap's
-    resample matrices): freed blocks up to 32 MiB are reused instead of being faulted in afresh."""
-    return _HEAP
-
-
 def batches(data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "",
             unit_weight: int = 1, order: Optional[torch.Tensor] = None
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -281,11 +176,10 @@ def batches(data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "
     mine = set(dist.shard(n_batches))
     src = _resident(data, dev)
     with progress(len(mine) * unit_weight, desc, "batches" if unit_weight == 1 else "steps",
-                  enabled=spec.progress) as bar, _HEAP:
+                  enabled=spec.progress) as bar:
         for x, y, idx in src.batches(spec.batch_size, normalize, dev, only=mine, order=order):
             yield x, y, idx
             del x, y, idx
-            _HEAP.after_batch()
             bar.update(unit_weight)
 
 

@@ -168,3 +168,21 @@ def test_weights_trained_as_another_model_have_no_recipe():
     assert recipe_key(plain, "cifar_plain20") is not None
     assert recipe_key(plain, "cifar_resnet20") is None
     assert recipe_key(plain) == recipe_key(plain, "cifar_plain20") == recipe_key(str(_path("cifar_resnet20", 0)))
+
+
+def test_competence_comes_from_the_studys_own_pass(data, monkeypatch):
+    """Lesion and identity record the network's error from their own forward pass (no second inference pass);
+    it equals an independent evaluation, and its CI is the exact binomial one."""
+    from scipy.stats import binomtest
+
+    import resprobe.engine as E
+    from resprobe.engine import evaluate
+    ref = evaluate(twin("cifar_resnet20", 0).model, data, SPEC, "imagenet")
+    monkeypatch.setattr(E, "predict", lambda *a, **k: pytest.fail("a second inference pass"))
+    for study in (lambda s: identity.run([s], data, SPEC), lambda s: lesion.run([s], data, SPEC, lesion.LesionPlan("single"))):
+        s = twin("cifar_resnet20", 0)
+        study(s)
+        c = s.competence
+        ci = binomtest(ref["n_wrong"], ref["n_images"]).proportion_ci(method="exact")
+        assert (c.error, c.n_images) == (ref["error"], 300) and (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high))
+        assert c.chance == pytest.approx(1 - max(data.labels.bincount()).item() / 300)

@@ -13,7 +13,7 @@ from ..study import Subject, roles_of
 from ..verdict import Competence, Role
 
 __all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite", "competence",
-           "roles", "arch_signature"]
+           "record_competence", "known_competence", "roles", "arch_signature"]
 
 
 def check_labels(subjects: Sequence[Subject]) -> None:
@@ -50,10 +50,11 @@ def versions() -> dict:
     from .. import __version__
     out = dict(resprobe=__version__, python=sys.version.split()[0], torch=torch.__version__, numpy=numpy.__version__,
                pandas=pandas.__version__, platform=platform.platform())
-    for pkg in ("torchvision", "timm"):
+    from importlib import metadata
+    for pkg in ("torchvision", "timm"):  # from the installed metadata: importing them costs seconds of start-up
         try:
-            out[pkg] = __import__(pkg).__version__
-        except ImportError:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
             pass
     return out
 
@@ -78,27 +79,39 @@ def locate_nonfinite(view, x) -> str:
     return "the head"
 
 
+def _where(data: Dataset) -> str:
+    d = data.describe()
+    return f"{d.get('spec')} [{d.get('split')}]"
+
+
+def record_competence(subject: Subject, data: Dataset, n_wrong: int, n: int) -> Competence:
+    """Keep on the subject its error on ``data`` as measured by a probe's own pass (``n_wrong`` of ``n``
+    images), with its exact 95% CI and the data's chance error (1 − the largest class's share)."""
+    import numpy as np
+    from scipy.stats import binomtest
+    ci = binomtest(int(n_wrong), int(n)).proportion_ci(0.95, method="exact")
+    chance = 1 - np.bincount(data.labels.numpy()).max() / len(data)
+    subject.competence = Competence(n_wrong / n, float(ci.low), float(ci.high), float(chance), int(n), _where(data))
+    return subject.competence
+
+
+def known_competence(subject: Subject, data: Dataset) -> bool:
+    """True when the subject's competence was measured on this data set (or a subset of it)."""
+    return subject.competence is not None and subject.competence.data == _where(data)
+
+
 def competence(subject: Subject, data: Dataset, spec) -> Optional[Competence]:
     """The subject's error on ``data`` with its exact 95% CI and the data's chance error, measured once per data
     set and kept on the subject (a later study on the same data, or a subset of it, reuses it: one report judges
-    every verdict by one measurement). None on ranks other than the main one of a distributed run."""
-    import numpy as np
-    from scipy.stats import binomtest
-
+    every verdict by one measurement; a probe that runs the network over the data records it from its own pass,
+    :func:`record_competence`). None on ranks other than the main one of a distributed run."""
     from ..engine import predict
-    d = data.describe()
-    where = f"{d.get('spec')} [{d.get('split')}]"
-    c = subject.competence
-    if c is not None and c.data == where:
-        return c
+    if known_competence(subject, data):
+        return subject.competence
     p = predict(subject.model, data, spec, subject.normalize, f"competence {subject.label}")
     if p is None or len(p.label) == 0:
         return None
-    n, k = len(p.label), int(p.wrong.sum())
-    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
-    chance = 1 - np.bincount(np.asarray(p.label, dtype=np.int64)).max() / n
-    subject.competence = Competence(k / n, float(ci.low), float(ci.high), float(chance), n, where)
-    return subject.competence
+    return record_competence(subject, data, int(p.wrong.sum()), len(p.label))
 
 
 def arch_signature(view) -> tuple:

@@ -30,7 +30,6 @@ scalars are kept.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -43,11 +42,9 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from .. import fmt
 from ..anatomy import ResidualView, anatomy, frozen_eval
-from ..engine import PerImageStore, RunSpec, batches, check_finite, heap_kept
+from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..errors import UsageError
 from ..io.data import Dataset
-from ..metrics import fused
-from ..anatomy.parts import identity as _no_post
 from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
 from ..metrics.stats import (bootstrap_stats, means_stat, percentile_ci, pooled_std_stat, resample_counts,
                              stable_seed)
@@ -136,8 +133,7 @@ _UNIT_COLUMNS = ("y2", "d2", "s2", "f1", "f2", "cos_xy")
 
 class _Table:
     """The per-image sums of one batch in one float64 table (rows: the batch's images), copied into the store
-    once per batch: the one-pass kernels write their columns in place — no tensor per unit, no copy per unit —
-    and torch operations write theirs where the kernels do not apply. Columns: Σx, Σx² of the stem's output,
+    once per batch (no tensor per unit kept). Columns: Σx, Σx² of the stem's output,
     then :data:`_UNIT_COLUMNS` per unit, then Σr, Σr² per measured response layer; NaN where nothing was
     written."""
 
@@ -180,75 +176,16 @@ class _ResponseStd:
         self.layers = layers  # (layer, measured module), as response_layers gives them
         self.per_image = {measured: 0 for _, measured in self.layers}  # elements per image
         self.table = table
-        # layers whose output is a residual unit's branch output F (seen on the first batch, ``learn``): from the
-        # next batch on their sums are the ΣF, ΣF² that the fused addition writes anyway (``resolve``), or taken
-        # at ``flush`` where no addition read the output
-        self.learning = True
-        self.final: set = set()
-        self.seen: dict = {}  # first batch: id(out) -> (weak reference to out, j)
-        self.pending: dict = {}  # id(out) -> (j, measured, out, out._version)
-        self.alias: list = []  # this batch: (layer column, unit's ΣF column)
         self._mods = dict(model.named_modules())
         self._handles = []
 
     def _update(self, j: int, measured: str, out: torch.Tensor) -> None:
         if self.table.t is None:
             return
-        if j in self.final:
-            self.pending[id(out)] = (j, measured, out, out._version)
-            return
-        self._measure(j, measured, out)
-        if self.learning:  # a weak reference: an intermediate output is freed when the forward is done with it
-            self.seen[id(out)] = (weakref.ref(out), j)
-
-    def _measure(self, j: int, measured: str, out: torch.Tensor) -> None:
         flat = out.detach().reshape(out.shape[0], -1)
         self.per_image[measured] = flat.shape[1]
-        col = self.table.layer(j)
-        if not fused.row_sums_into(flat, self.table.t, col):  # Σr and Σr² in one pass, else two reductions
-            self.table.write(col, torch.stack([flat.sum(1).double(),
-                                               torch.linalg.vector_norm(flat, dim=1).double().pow(2)], 1))
-
-    def is_pending(self, t: torch.Tensor) -> bool:
-        got = self.pending.get(id(t))
-        return got is not None and got[2] is t
-
-    def resolve(self, t: torch.Tensor, f_col: int) -> None:
-        """The pending layer output ``t`` is a branch output whose ΣF, ΣF² the fused addition wrote into
-        columns ``f_col``, ``f_col + 1`` of the table while it read ``t``."""
-        j, measured, out, version = self.pending.pop(id(t))
-        self._check(out, version, measured)
-        self.alias.append((self.table.layer(j), f_col))
-
-    def flush(self) -> None:
-        """Measure every pending output that no fused addition took."""
-        while self.pending:
-            _, (j, measured, out, version) = self.pending.popitem()
-            self._check(out, version, measured)
-            self._measure(j, measured, out)
-
-    def end_batch(self) -> None:
-        """Pending outputs measured, the layers' columns that the additions wrote filled in, learning over."""
-        self.flush()
-        if self.alias:
-            dst = [c + k for c, _ in self.alias for k in (0, 1)]
-            src = [c + k for _, c in self.alias for k in (0, 1)]
-            self.table.np[:, dst] = self.table.np[:, src]
-            self.alias.clear()
-        self.learning = False
-        self.seen.clear()
-
-    @staticmethod
-    def _check(out: torch.Tensor, version: int, measured: str) -> None:
-        if out._version != version:
-            raise RuntimeError(f"the output of {measured} was changed in place before its response sums were taken")
-
-    def learn(self, f: torch.Tensor) -> None:
-        """``f`` is a residual unit's branch output that the fused addition reads: if a measured layer produced
-        it, that layer's sums come from the addition from the next batch on."""
-        got = self.seen.get(id(f))
-        if got is not None and got[0]() is f:
-            self.final.add(got[1])
+        self.table.write(self.table.layer(j), torch.stack([flat.sum(1).double(),
+                                                           torch.linalg.vector_norm(flat, dim=1).double().pow(2)], 1))
 
     def __enter__(self):
         try:
@@ -322,8 +259,6 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     want = set(options.metrics)
     view = anatomy(model, data.input_shape)
     model.to(spec.torch_device)
-    if spec.torch_device.type == "cpu" and want & {"norms", "response_std"}:
-        fused.available()  # compiled (once per machine) before the pass, not inside its first batch
     n = len(view)
     m = options.cka_minibatch
     cka_on = "cka" in want
@@ -346,8 +281,6 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
             rows = store.mark(idx)
             table.begin(len(rows))
             _batch(view, x, y, rows, acc)
-            if acc.rs is not None:
-                acc.rs.end_batch()
             store.put(("sums",), rows, table.t)
             table.t = table.np = None
     gathered = store.gather(lambda k: "|".join(map(str, k)))
@@ -357,25 +290,27 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: IdentityOpt
     if gathered is None:
         return None, None, view
     sums = gathered.pop("sums", None)
+    wrong = gathered.pop("wrong", None)
+    if wrong is not None and len(wrong) == len(data) and not common.known_competence(subject, data):
+        common.record_competence(subject, data, int(wrong.sum()), len(wrong))
     if sums is not None and "norms" in want:  # the norm metrics of each unit, from the gathered sums
         for i in range(n):
             if kinds[i]:
                 gathered.update({f"{metric}|{i}": v
                                  for metric, v in _derive_metrics(_unit_norms(sums, table, i, *kinds[i][0]),
                                                                   *kinds[i][0][:3]).items()})
-    with heap_kept():  # the bootstrap's resample matrices (tens of MB per chunk) reuse the heap
-        resp = None
-        if layers and sums is not None and len(sums):  # per layer (n, 2): Σr, Σr² per image
-            cols = [table.layer(j) for j in range(len(layers))]
-            s1, s2 = sums[:, cols], sums[:, [c + 1 for c in cols]]
-            per = [rs.per_image[meas] for _, meas in layers]
-            resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in layers])
-        keys = [f"{metric}|{u.index}" for u in view for metric in PER_IMAGE_METRICS
-                if gathered.get(f"{metric}|{u.index}") is not None and len(gathered[f"{metric}|{u.index}"])]
-        cis, resp_ci = _image_cis(gathered, keys, resp, spec, label)
-        rows = _rows(view, label, gathered, cis, cka_terms, spec)
-        if resp is not None:
-            rows += _response_rows(view, label, layers, resp, resp_ci)
+    resp = None
+    if layers and sums is not None and len(sums):  # per layer (n, 2): Σr, Σr² per image
+        cols = [table.layer(j) for j in range(len(layers))]
+        s1, s2 = sums[:, cols], sums[:, [c + 1 for c in cols]]
+        per = [rs.per_image[meas] for _, meas in layers]
+        resp = dict(s1=s1, s2=s2, per_image=per, layers=[meas for _, meas in layers])
+    keys = [f"{metric}|{u.index}" for u in view for metric in PER_IMAGE_METRICS
+            if gathered.get(f"{metric}|{u.index}") is not None and len(gathered[f"{metric}|{u.index}"])]
+    cis, resp_ci = _image_cis(gathered, keys, resp, spec, label)
+    rows = _rows(view, label, gathered, cis, cka_terms, spec)
+    if resp is not None:
+        rows += _response_rows(view, label, layers, resp, resp_ci)
     return pd.DataFrame(rows, columns=COLUMNS), resp, view
 
 
@@ -394,12 +329,9 @@ class _Acc:
     position: np.ndarray  # each image's position in the reading order (CKA minibatch g: positions [g·m, (g+1)·m))
     rs: Optional["_ResponseStd"] = None  # the response-std hooks
     buffers: dict = None  # reused scratch tensors, by shape
-    fused_at: int = -1  # the last unit whose addition the fused kernel made (its sums are in the table)
     # unit index -> (residual, identity shortcut, same shape, S(x) is x: an identity shortcut or a plain unit)
     kinds: dict = field(default_factory=dict)
-    # a batch's Gram matrices (slots, groups per batch, m, m), allocated before the pass and reused by every batch:
-    # small tensors that live through a batch, allocated among the activations, fragment the heap (it grew by
-    # 100-250 MB, and the trims that followed faulted it in again)
+    # a batch's Gram matrices (slots, groups per batch, m, m), allocated before the pass and reused by every batch
     gram_buf: Optional[torch.Tensor] = None
     gram_next: int = 0
 
@@ -409,42 +341,6 @@ class _Acc:
             return None
         self.gram_next += 1
         return self.gram_buf[self.gram_next - 1]
-
-
-def _relu_post(post) -> Optional[bool]:
-    """True if a unit's post-operation is a ReLU, False if it is the identity, None otherwise."""
-    if post is _no_post:
-        return False
-    if post is F.relu or post is torch.relu or type(post) is nn.ReLU:
-        return True
-    return None
-
-
-def _combiner(acc: _Acc):
-    """The walk's ``combine``: y = post(s + f) by the fused kernel, which writes Σy², Σ(y − s)², Σs², ΣF, ΣF² per
-    image into the unit's columns of the batch table in the same pass (None: the walk adds as usual, and the
-    norms are computed with torch operations)."""
-    table = acc.table
-
-    def combine(u, s, f):
-        if s is None:
-            return None
-        relu = _relu_post(u.parts.post)
-        if relu is None:
-            return None
-        col = table.unit(u.index)
-        y = fused.add_post_into(s, f, relu, table.t, col)
-        if y is None:
-            return None
-        acc.fused_at = u.index
-        rs = acc.rs
-        if rs is not None:  # F's response sums are the ΣF, ΣF² just written
-            if rs.learning:
-                rs.learn(f)
-            elif rs.is_pending(f):
-                rs.resolve(f, col + 3)
-        return y
-    return combine
 
 
 def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
@@ -487,24 +383,16 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
 
         inputs, branches, cka_pairs = [], [], []
         g_in = grams(h.detach()) if groups else None
-        table, rs = acc.table, acc.rs
+        table = acc.table
         if "norms" in want:  # ‖x‖ of the first unit
-            hd = h.detach()
-            if not fused.row_sums_into(hd, table.t, 0):
-                table.write(1, per_image_norm(hd).pow(2))
-        combine = None
-        acc.fused_at = -1
-        if not grad:  # the fused addition (its sums serve the norms; it is faster than add + ReLU alone)
-            combine = _combiner(acc)
-        for st in view.walk(h, combine=combine):
+            table.write(1, per_image_norm(h.detach()).pow(2))
+        for st in view.walk(h):
             i = st.index
             if grad:
                 inputs.append(st.x)
                 branches.append(st.f.detach())
-            if rs is not None:
-                rs.flush()  # outputs that this unit's addition did not take
             if "norms" in want:
-                _norm_metrics(st, acc, acc.fused_at == i)
+                _norm_metrics(st, acc)
             if groups:
                 g_out = grams(st.y.detach())
                 same = tuple(st.x.shape) == tuple(st.y.shape)
@@ -514,14 +402,12 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
             del st  # x, S(x), F(x) of this unit freed before the next unit runs (the forward's working set)
         if cka_pairs:
             _add_cka_terms(ckas, groups, sizes, cka_pairs)
-        # one check per batch: a non-finite value anywhere reaches the last unit's output. Its Σy², summed by the
-        # fused addition, is finite only if every element is (an overflow of the float32 squares sends it to
-        # torch's element-wise check)
-        last = len(view) - 1
-        if not (acc.fused_at == last and np.isfinite(table.np[:, table.unit(last)]).all()):
-            check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
+        # one check per batch: a non-finite value anywhere reaches the last unit's output
+        check_finite(h.detach(), "the last unit's output", spec, lambda: common.locate_nonfinite(view, x))
+        logits = view.head(h)
+        acc.store.put(("wrong",), idx, logits.detach().argmax(1) != y)  # the network's competence, from this pass
         if grad:
-            loss = F.cross_entropy(view.head(h), y, reduction="sum")
+            loss = F.cross_entropy(logits, y, reduction="sum")
             gr = torch.autograd.grad(loss, inputs)
             for i, (f, g) in enumerate(zip(branches, gr)):
                 if view[i].residual and f.shape == g.shape:  # undefined where the unit changes shape
@@ -529,22 +415,20 @@ def _batch(view, x, y, idx: np.ndarray, acc: _Acc) -> None:
 
 
 def _grams(t: torch.Tensor, m: int, into: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Gram matrices of consecutive minibatches of ``m`` images of ``t``, written into ``into`` when given and of
-    their dtype: the symmetric kernel (about half the products) where it applies, else :func:`minibatch_grams`
-    (in the activations' precision: a float64 network's Gram matrices are not rounded to a float32 slot)."""
-    g = fused.grams(t, m, into)
-    if g is None:
-        g = minibatch_grams(t, m)
-        if into is not None and into.dtype == g.dtype:
-            g = into.copy_(g)
+    """Gram matrices of consecutive minibatches of ``m`` images of ``t`` (:func:`minibatch_grams`), written into
+    ``into`` when given and of their dtype (a float64 network's Gram matrices are not rounded to a float32
+    slot)."""
+    g = minibatch_grams(t, m)
+    if into is not None and into.dtype == g.dtype:
+        g = into.copy_(g)
     return g
 
 
-def _norm_metrics(st, acc: _Acc, fused_ran: bool) -> None:
+def _norm_metrics(st, acc: _Acc) -> None:
     """The per-image norms of the unit of step ``st`` into its columns of the batch table (:data:`_UNIT_COLUMNS`),
     as squared norms, from which :func:`_unit_norms` and :func:`_derive_metrics` compute its metrics after the
-    pass. Where the fused addition ran (``fused_ran``) it wrote them already; torch operations otherwise. S(x)
-    is x for a plain unit that keeps the shape; a unit without S(x) that changes the shape has no metrics."""
+    pass. S(x) is x for a plain unit that keeps the shape; a unit without S(x) that changes the shape has no
+    metrics."""
     i, residual, identity_shortcut = st.index, st.unit.residual, st.s is st.x
     x, y = st.x.detach(), st.y.detach()
     same = tuple(x.shape) == tuple(y.shape)
@@ -554,13 +438,7 @@ def _norm_metrics(st, acc: _Acc, fused_ran: bool) -> None:
     if s is not None and i not in acc.kinds:
         acc.kinds[i] = (bool(residual), bool(identity_shortcut), same, bool(identity_shortcut or st.s is None))
     cos = s is not None and same and not identity_shortcut  # cos(x, y) differs from cos(S(x), y)
-    if fused_ran:
-        if cos:
-            dev = x.device
-            table.write(col + 5, cosine(x, y, norm_a=table.t[:, table.x2(i)].sqrt().to(dev),
-                                        norm_b=table.t[:, col].sqrt().to(dev)))
-        return
-    # torch operations: the unit's columns as one (B, 6) block, one copy to the table (one sync on a GPU)
+    # the unit's columns as one (B, 6) block, one copy to the table (one sync on a GPU)
     ny = per_image_norm(y)
     block = torch.full((ny.shape[0], len(_UNIT_COLUMNS)), float("nan"), dtype=torch.float64, device=ny.device)
     block[:, 0] = ny.pow(2)
@@ -734,20 +612,10 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                                                        overview=overview(table),
                                                        stage_summary=stage_summary(table).to_dict("records")),
                        verdicts=verdicts, findings=findings(table, options.threshold, lesion, roles),
-                       provenance=dict(common.provenance(subjects, data, spec), sums=_sums_path(spec),
+                       provenance=dict(common.provenance(subjects, data, spec), sums="torch operations",
                                        bootstrap=BOOTSTRAP),
                        settings=options.describe(),
                        extras=dict(roles=roles, units={lab: v.table() for lab, v in views.items()}))
-
-
-def _sums_path(spec: RunSpec) -> str:
-    """How the per-image norms and response sums were computed (they agree to about 1e-6 relative)."""
-    if spec.torch_device.type != "cpu" or spec.dtype != "float32":
-        return "torch operations"
-    if not fused.available():
-        return f"torch operations (one-pass kernels {fused.failure()})"
-    return ("one-pass kernels where they apply (float32 CPU tensors without autograd; residual units whose "
-            "post-operation is a ReLU or none), torch operations elsewhere")
 
 
 def _lesion_check(subjects, data, spec, table, threshold) -> dict:

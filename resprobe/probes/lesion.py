@@ -459,6 +459,10 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), p
     if not dist.is_main():
         return StudyResult("lesion", typed(pd.DataFrame(columns=COLUMNS)), extras=extras)
     table = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame(columns=COLUMNS))
+    for s in subjects:  # competence from the sweep's own intact configuration (no extra pass)
+        base = table[(table["model"] == s.label) & (table["mode"] == "baseline")]
+        if len(base) and int(base["n_images"].iloc[0]) == len(data) and not common.known_competence(s, data):
+            common.record_competence(s, data, int(base["n_wrong"].iloc[0]), len(data))
     roles = common.roles(subjects, views, data, spec)
     units = {lab: v.table() for lab, v in views.items()}
     chance = 1 - 1 / data.num_classes
