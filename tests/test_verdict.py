@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from resprobe.verdict import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, Competence, Margin, Verdict,
@@ -138,3 +140,15 @@ def test_pairs_only_twins_trained_alike():
     two = dict(roles, **{f"res2/s{s}": role("res2", s, True) for s in range(2)})
     assert [len(c) for c in contrasts(two)] == [3, 2]
     assert "no plain twin" in unpaired_reason({"r": role("r", 0, True)})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-0.999, 0.999), min_size=1, max_size=6), st.sampled_from(["fisher", "log", "log1p"]))
+def test_no_interval_leaves_its_statistic_range(values, scale):
+    lo_bound = {"fisher": -1.0, "log": 0.0, "log1p": -1.0}[scale]
+    v = [abs(x) + 1e-3 for x in values] if scale == "log" else values
+    within = [(x - 0.5 * abs(x), x + 0.5 * abs(x)) for x in v] if scale == "log" else None
+    iv = seed_interval(v, within, scale=scale)
+    for x in (iv.lo, iv.hi):
+        if math.isfinite(x):
+            assert x >= lo_bound and (scale != "fisher" or x <= 1.0)

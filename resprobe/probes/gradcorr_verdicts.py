@@ -54,14 +54,15 @@ def synthetic_verdicts(fitted: dict, metric: str = "lag1") -> list[Verdict]:
     return out
 
 
-def _line_ci(v: np.ndarray) -> tuple[float, tuple[float, float]]:
-    """Mean over lines with a t-interval over lines."""
-    iv = seed_interval(list(v[np.isfinite(v)]))
+def _line_ci(v: np.ndarray, scale: str = "linear") -> tuple[float, tuple[float, float]]:
+    """Mean over lines with a t-interval over lines (``fisher``: for a correlation, the CI stays in [−1, 1])."""
+    iv = seed_interval(list(v[np.isfinite(v)]), scale=scale)
     return iv.stat, (iv.lo, iv.hi)
 
 
 _CRIT_ALONE = (f"statistic: mean over seeded lines of the lag-1 autocorrelation of the loss gradient at the image "
-               f"(white noise 0, brown noise 0.97), t-interval over lines; seeds pooled by a t-interval. Supported "
+               f"(white noise 0, brown noise 0.97), t-interval over lines on Fisher's z (the CI stays in [−1, 1]); seeds "
+               f"pooled the same way. Supported "
                f"when the CI lies above the margin {NOT_SHATTERED.value}, not supported when below. Gate: competent "
                f"networks")
 _CRIT_PAIR = (f"statistic: per seed, residual minus plain lag-1, paired by line (t over lines); seeds pooled by a "
@@ -94,8 +95,8 @@ def _alone(labs, values, roles) -> Verdict:
     if fails:
         return not_applicable("gradcorr", claim, _CRIT_ALONE, "lag-1 at the image", NOT_SHATTERED, "; ".join(fails),
                               scope, gates=gates, n_seeds=len(labs))
-    per = {lab: _line_ci(np.asarray(values[lab][("input", "lag1")], float)) for lab in labs}
-    iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()])
+    per = {lab: _line_ci(np.asarray(values[lab][("input", "lag1")], float), "fisher") for lab in labs}
+    iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="fisher")
     return judge("gradcorr", claim, _CRIT_ALONE, "lag-1 at the image", NOT_SHATTERED, "above", iv, scope,
                  n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
                  evidence={lab: v for lab, (v, _) in per.items()})
