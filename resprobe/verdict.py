@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Verdict", "Role", "Margin", "Competence", "Interval", "decide", "decide_within", "judge", "not_applicable",
+__all__ = ["Verdict", "Role", "Margin", "Claim", "Competence", "Interval", "decide", "decide_within", "judge", "not_applicable",
            "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "NOT_APPLICABLE", "OUTCOMES", "COMPETENCE_GAP",
            "seed_ci", "seed_interval", "bootstrap_ci", "scope_of", "pairs_by_seed", "inconclusive", "unpaired_reason",
            "primary_residual", "residual_groups", "contrasts", "pair_names", "competence_gate"]
@@ -181,6 +181,38 @@ def not_applicable(key: str, claim: str, criterion: str, statistic_name: str, ma
     """A verdict whose gate failed: no statistic is judged; the numbers stay in the evidence."""
     return Verdict(claim, NOT_APPLICABLE, criterion, statistic_name, None, None, None, margin.value, scope,
                    key=key, margin_source=margin.source, reason=reason, **kw)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One criterion, declared once: the report section (``key``), the headline (``text``: the claim the
+    criterion tests), the criterion in words, the statistic's name, the margin, and on which side of it the
+    claim is supported (``'below'`` or ``'above'``)."""
+
+    key: str
+    text: str
+    criterion: str
+    statistic: str
+    margin: Margin
+    supported_when: str
+
+    def judge(self, iv: Interval, scope: str, **kw) -> Verdict:
+        return judge(self.key, self.text, self.criterion, self.statistic, self.margin, self.supported_when, iv, scope,
+                     **kw)
+
+    def not_applicable(self, reason: str, scope: str = "no network judged", **kw) -> Verdict:
+        return not_applicable(self.key, self.text, self.criterion, self.statistic, self.margin, reason, scope, **kw)
+
+    def gate(self, roles: Mapping[str, Role], labels: Sequence[str], n_seeds: int, also: Sequence[str] = ()
+             ) -> tuple[Optional[Verdict], list[str], str]:
+        """``(verdict, gates, scope)``: the not-applicable verdict when a network among ``labels`` is not a
+        competent predictor or ``also`` names another failure (None when every gate passes), the gate lines,
+        and the scope."""
+        fails, gates = competence_gate(roles, labels)
+        fails += list(also)
+        scope = scope_of(n_seeds, labels)
+        na = self.not_applicable("; ".join(fails), scope, gates=gates, n_seeds=n_seeds) if fails else None
+        return na, gates, scope
 
 
 def inconclusive(conjecture: str, criterion: str, statistic_name: str, reason: str, scope: str = "this network",

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.stats import stable_seed
-from ..verdict import (Margin, Role, Verdict, competence_gate, contrasts, judge, not_applicable, pair_names,
-                       scope_of, seed_interval, unpaired_reason)
+from ..verdict import Claim, Margin, Role, Verdict, contrasts, pair_names, seed_interval, unpaired_reason
 
 __all__ = ["amplifier_verdicts", "AMPLIFIER_LOG_RATIO", "log_ratio"]
 
@@ -54,33 +53,32 @@ def _pair(res: dict, plain: dict, e: float, n_boot: int, seed: int) -> tuple[flo
     return gain, ci, dict(log_gain_ratio=gain, log_kappa_ratio=kappa, arithmetic_part=kappa - gain)
 
 
+def _claim(res: str, plain: str) -> Claim:
+    return Claim("amplify", f"{res} amplify small input perturbations more than {plain}: gain "
+                 f"ratio above {math.exp(AMPLIFIER_LOG_RATIO.value):.2f}", _CRIT, "median log(gain_res / gain_plain)",
+                 AMPLIFIER_LOG_RATIO, "above")
+
+
 def amplifier_verdicts(table: pd.DataFrame, roles: dict[str, Role], per_image: dict, eps: float,
                        n_boot: int = 1000, seed: int = 0) -> list[Verdict]:
     """Per equal-recipe twin pair: a residual unit's branch amplifies small input perturbations more than the
     matching plain unit does."""
-    name = "median log(gain_res / gain_plain)"
     cs = contrasts({lab: r for lab, r in roles.items() if lab in per_image})
     if not cs:
-        return [not_applicable("amplify", "Residual branches amplify small perturbations more than plain units",
-                               _CRIT, name, AMPLIFIER_LOG_RATIO,
-                               "the conjecture compares residual with plain units (--plain): " + unpaired_reason(roles))]
+        return [_claim("Residual branches", "plain units").not_applicable(
+            "the conjecture compares residual with plain units (--plain): " + unpaired_reason(roles))]
     out = []
     for pairs in cs:
         r0, p0, _ = pairs[0]
-        claim = (f"{roles[r0].group}'s residual branches amplify small input perturbations more than the matching "
-                 f"units of its plain twin {roles[p0].group}: gain ratio above {math.exp(AMPLIFIER_LOG_RATIO.value):.2f}")
-        labs = pair_names(pairs)
-        fails, gates = competence_gate(roles, labs)
-        scope = scope_of(len(pairs), labs)
-        if fails:
-            out.append(not_applicable("amplify", claim, _CRIT, name, AMPLIFIER_LOG_RATIO, "; ".join(fails), scope,
-                                      gates=gates, n_seeds=len(pairs)))
+        claim = _claim(f"{roles[r0].group}'s residual branches", f"the matching units of its plain twin {roles[p0].group}")
+        na, gates, scope = claim.gate(roles, pair_names(pairs), len(pairs))
+        if na:
+            out.append(na)
             continue
         per = {f"{r} vs {p}": _pair(per_image[r], per_image[p], eps, n_boot, stable_seed(seed, "gain", r, p))
                for r, p, _ in pairs}
         iv = seed_interval([g for g, _, _ in per.values()], [ci for _, ci, _ in per.values()])
-        out.append(judge("amplify", claim, _CRIT, name, AMPLIFIER_LOG_RATIO, "above", iv, scope,
-                         n_images=len(next(iter(per_image[r0].values()))), n_seeds=len(pairs), gates=gates,
+        out.append(claim.judge(iv, scope, n_images=len(next(iter(per_image[r0].values()))), n_seeds=len(pairs), gates=gates,
                          per_seed={k: g for k, (g, _, _) in per.items()},
                          evidence={k: parts for k, (_, _, parts) in per.items()},
                          reason="log κ ratio per pair (gain part + arithmetic part): " + "; ".join(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..verdict import (Margin, Verdict, competence_gate, contrasts, decide_within, judge,
-                       not_applicable, pair_names, residual_groups, scope_of, seed_interval, unpaired_reason)
+from ..verdict import (Claim, Margin, Verdict, contrasts, decide_within, not_applicable, pair_names, residual_groups,
+                       seed_interval, unpaired_reason)
 
 __all__ = ["synthetic_verdicts", "shattering_verdicts", "NOT_SHATTERED", "LESS_SHATTERED", "RATES"]
 
@@ -82,42 +82,40 @@ def shattering_verdicts(values: dict, roles: dict) -> list[Verdict]:
     for pairs in cs:
         out.append(_pair(pairs, values, roles))
     if not cs:
-        out.append(not_applicable("gradcorr", "A ResNet's input gradients are less shattered than its plain twin's",
-                                  _CRIT_PAIR, "lag-1 residual − plain", LESS_SHATTERED, unpaired_reason(roles)))
+        out.append(_pair_claim("A ResNet", "its plain twin").not_applicable(unpaired_reason(roles)))
     return out
 
 
+def _pair_claim(res: str, plain: str) -> Claim:
+    return Claim("gradcorr", f"{res}'s input gradients are less shattered than {plain}'s: lag-1 higher by more than "
+                 f"{LESS_SHATTERED.value}", _CRIT_PAIR, "lag-1 residual − plain", LESS_SHATTERED, "above")
+
+
 def _alone(labs, values, roles) -> Verdict:
-    claim = (f"{roles[labs[0]].group}'s input gradients are not shattered: lag-1 autocorrelation along lines above "
-             f"{NOT_SHATTERED.value} (Balduzzi et al. 2017)")
-    fails, gates = competence_gate(roles, labs)
-    scope = scope_of(len(labs), labs)
-    if fails:
-        return not_applicable("gradcorr", claim, _CRIT_ALONE, "lag-1 at the image", NOT_SHATTERED, "; ".join(fails),
-                              scope, gates=gates, n_seeds=len(labs))
+    claim = Claim("gradcorr", f"{roles[labs[0]].group}'s input gradients are not shattered: lag-1 autocorrelation "
+                  f"along lines above {NOT_SHATTERED.value} (Balduzzi et al. 2017)", _CRIT_ALONE, "lag-1 at the image",
+                  NOT_SHATTERED, "above")
+    na, gates, scope = claim.gate(roles, labs, len(labs))
+    if na:
+        return na
     per = {lab: _line_ci(np.asarray(values[lab][("input", "lag1")], float), "fisher") for lab in labs}
     iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="fisher")
-    return judge("gradcorr", claim, _CRIT_ALONE, "lag-1 at the image", NOT_SHATTERED, "above", iv, scope,
-                 n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
+    return claim.judge(iv, scope, n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
                  evidence={lab: v for lab, (v, _) in per.items()})
 
 
 def _pair(pairs, values, roles) -> Verdict:
     r0, p0, _ = pairs[0]
-    claim = (f"{roles[r0].group}'s input gradients are less shattered than its plain twin {roles[p0].group}'s: lag-1 "
-             f"higher by more than {LESS_SHATTERED.value}")
+    claim = _pair_claim(roles[r0].group, f"its plain twin {roles[p0].group}")
     labs = pair_names(pairs)
-    fails, gates = competence_gate(roles, labs)
-    scope = scope_of(len(pairs), labs)
-    if fails:
-        return not_applicable("gradcorr", claim, _CRIT_PAIR, "lag-1 residual − plain", LESS_SHATTERED,
-                              "; ".join(fails), scope, gates=gates, n_seeds=len(pairs))
+    na, gates, scope = claim.gate(roles, labs, len(pairs))
+    if na:
+        return na
     per = {}
     for r, p, _ in pairs:
         a, b = np.asarray(values[r][("input", "lag1")], float), np.asarray(values[p][("input", "lag1")], float)
         n = min(len(a), len(b))
         per[f"{r} − {p}"] = _line_ci(a[:n] - b[:n])
     iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()])
-    return judge("gradcorr", claim, _CRIT_PAIR, "lag-1 residual − plain", LESS_SHATTERED, "above", iv, scope,
-                 n_seeds=len(pairs), gates=gates, per_seed={k: d for k, (d, _) in per.items()},
+    return claim.judge(iv, scope, n_seeds=len(pairs), gates=gates, per_seed={k: d for k, (d, _) in per.items()},
                  evidence={lab: float(np.nanmean(values[lab][("input", "lag1")])) for lab in labs})

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.stats import pooled_std, stable_seed
-from ..verdict import (Margin, Role, Verdict, competence_gate, contrasts, judge, not_applicable, pair_names,
-                       residual_groups, scope_of, seed_interval, unpaired_reason)
+from ..verdict import (Claim, Margin, Role, Verdict, contrasts, pair_names, residual_groups, scope_of, seed_interval,
+                       unpaired_reason)
 
 __all__ = ["response_std_verdicts", "near_identity_verdicts", "refinement_verdicts", "RESPONSE_RATIO",
            "REFINEMENT_RHO", "NEAR_IDENTITY_MARGIN"]
@@ -44,6 +44,12 @@ _REFINE_CRIT = (f"statistic: Spearman rank correlation, across a ResNet's non-do
                 f"margin {REFINEMENT_RHO.value}, not supported when below. Gate: competent networks")
 
 
+def _response_claim(res: str, plain: str) -> Claim:
+    return Claim("identity", f"{res}'s layer responses are smaller than {plain}'s: median response std ratio below "
+                 f"{RESPONSE_RATIO.value} (He et al. 2016, Fig. 7)", _RESPONSE_CRIT, "median response std, ResNet / plain",
+                 RESPONSE_RATIO, "below")
+
+
 def _median_std(s1, s2, per, idx=None) -> float:
     if idx is not None:
         w = np.bincount(idx, minlength=len(s1)).astype(float)
@@ -72,30 +78,22 @@ def response_std_verdicts(table: pd.DataFrame, roles: dict[str, Role], responses
                           seed: int = 0) -> list[Verdict]:
     """He et al. Fig. 7, per equal-recipe twin pair: the ResNet's layer responses are smaller than its plain
     twin's by at least the margin."""
-    name = "median response std, ResNet / plain"
     cs = contrasts({lab: r for lab, r in roles.items() if responses.get(lab)})
     if not cs:
-        return [not_applicable("identity", "A ResNet's layer responses are smaller than its plain twin's",
-                               _RESPONSE_CRIT, name, RESPONSE_RATIO,
-                               "He et al.'s comparison needs a plain twin trained with the same recipe: "
-                               + unpaired_reason(roles))]
+        return [_response_claim("A ResNet", "its plain twin").not_applicable(
+            "He et al.'s comparison needs a plain twin trained with the same recipe: " + unpaired_reason(roles))]
     out = []
     for pairs in cs:
         r0, p0, _ = pairs[0]
-        claim = (f"{roles[r0].group}'s layer responses are smaller than its plain twin {roles[p0].group}'s: median "
-                 f"response std ratio below {RESPONSE_RATIO.value} (He et al. 2016, Fig. 7)")
-        labs = pair_names(pairs)
-        fails, gates = competence_gate(roles, labs)
-        scope = scope_of(len(pairs), labs)
-        if fails:
-            out.append(not_applicable("identity", claim, _RESPONSE_CRIT, name, RESPONSE_RATIO, "; ".join(fails), scope,
-                                      gates=gates, n_seeds=len(pairs)))
+        claim = _response_claim(roles[r0].group, f"its plain twin {roles[p0].group}")
+        na, gates, scope = claim.gate(roles, pair_names(pairs), len(pairs))
+        if na:
+            out.append(na)
             continue
         per = {f"{r} / {p}": _ratio_ci(responses[r], responses[p], n_boot, stable_seed(seed, "response-ratio", r, p))
                for r, p, _ in pairs}
         iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="log")
-        out.append(judge("identity", claim, _RESPONSE_CRIT, name, RESPONSE_RATIO, "below", iv, scope,
-                         n_images=len(responses[r0]["s1"]), n_seeds=len(pairs), gates=gates,
+        out.append(claim.judge(iv, scope, n_images=len(responses[r0]["s1"]), n_seeds=len(pairs), gates=gates,
                          per_seed={k: v for k, (v, _) in per.items()}, evidence={k: v for k, (v, _) in per.items()},
                          reference="He et al. 2016 Fig. 7: plain-20/56 responses above ResNet-20/56/110's"))
     return out
@@ -111,23 +109,20 @@ def _near(table: pd.DataFrame, lab: str) -> tuple[float, tuple[float, float], in
 def near_identity_verdicts(table: pd.DataFrame, roles: dict[str, Role]) -> list[Verdict]:
     """Closeness to identity, per residual group: the median unit's branch is small beside its shortcut."""
     out = []
-    name = "median unit ‖F‖/‖S‖"
     for labs in residual_groups(roles):
         labs = [lab for lab in labs if (table["model"] == lab).any()]
         if not labs:
             continue
-        claim = (f"{roles[labs[0]].group}'s residual units are close to identity: the median unit's ‖F(x)‖/‖S(x)‖ "
-                 f"is below {NEAR_IDENTITY_MARGIN.value}")
-        fails, gates = competence_gate(roles, labs)
-        scope = scope_of(len(labs), labs)
-        if fails:
-            out.append(not_applicable("identity-near", claim, _NEAR_CRIT, name, NEAR_IDENTITY_MARGIN,
-                                      "; ".join(fails), scope, gates=gates, n_seeds=len(labs)))
+        claim = Claim("identity-near", f"{roles[labs[0]].group}'s residual units are close to identity: the median "
+                      f"unit's ‖F(x)‖/‖S(x)‖ is below {NEAR_IDENTITY_MARGIN.value}", _NEAR_CRIT, "median unit ‖F‖/‖S‖",
+                      NEAR_IDENTITY_MARGIN, "below")
+        na, gates, scope = claim.gate(roles, labs, len(labs))
+        if na:
+            out.append(na)
             continue
         per = {lab: _near(table, lab) for lab in labs}
         iv = seed_interval([v for v, _, _ in per.values()], [ci for _, ci, _ in per.values()], scale="log")
-        out.append(judge("identity-near", claim, _NEAR_CRIT, name, NEAR_IDENTITY_MARGIN, "below", iv, scope,
-                         n_images=int(table[table["model"] == labs[0]]["n_images"].max()), n_seeds=len(labs),
+        out.append(claim.judge(iv, scope, n_images=int(table[table["model"] == labs[0]]["n_images"].max()), n_seeds=len(labs),
                          gates=gates, per_seed={lab: v for lab, (v, _, _) in per.items()},
                          evidence={lab: dict(median=v, units=n) for lab, (v, _, n) in per.items()}))
     return out
@@ -165,23 +160,20 @@ def refinement_verdicts(identity: pd.DataFrame, lesion: pd.DataFrame, roles: dic
     """Jastrzebski et al., per residual group: units that change the representation little (small ‖F‖/‖x‖) are
     the cheap ones to delete."""
     out = []
-    name = "Spearman ρ(‖F‖/‖x‖, deletion cost)"
     for labs in residual_groups(roles):
-        claim = (f"In {roles[labs[0]].group}, near-identity units are the cheap ones to delete: Spearman ρ between "
-                 f"‖F‖/‖x‖ and the deletion cost above {REFINEMENT_RHO.value} (Jastrzebski et al. 2018)")
+        claim = Claim("refinement", f"In {roles[labs[0]].group}, near-identity units are the cheap ones to delete: "
+                      f"Spearman ρ between ‖F‖/‖x‖ and the deletion cost above {REFINEMENT_RHO.value} (Jastrzebski et "
+                      "al. 2018)", _REFINE_CRIT, "Spearman ρ(‖F‖/‖x‖, deletion cost)", REFINEMENT_RHO, "above")
         data = {lab: _rho(identity, lesion, lab) for lab in labs}
         data = {lab: d for lab, d in data.items() if d is not None}
-        fails, gates = competence_gate(roles, labs)
-        scope = scope_of(len(labs), labs)
-        if fails or not data:
-            why = "; ".join(fails) or "needs single deletions and branch ratios of at least 4 non-downsampling units"
-            out.append(not_applicable("refinement", claim, _REFINE_CRIT, name, REFINEMENT_RHO, why, scope,
-                                      gates=gates, n_seeds=len(labs)))
+        none = [] if data else ["needs single deletions and branch ratios of at least 4 non-downsampling units"]
+        na, gates, scope = claim.gate(roles, labs, len(labs), none)
+        if na:
+            out.append(na)
             continue
         per = {lab: _rho_ci(a, b, n_boot, stable_seed(seed, "refinement", lab)) for lab, (a, b) in data.items()}
         iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="fisher")
-        out.append(judge("refinement", claim, _REFINE_CRIT, name, REFINEMENT_RHO, "above", iv, scope_of(len(per), per),
-                         n_seeds=len(per), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
+        out.append(claim.judge(iv, scope_of(len(per), per), n_seeds=len(per), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
                          evidence=dict(rho={lab: v for lab, (v, _) in per.items()},
                                        n_units={lab: len(a) for lab, (a, _) in data.items()}),
                          reason="" if len(per) == len(labs) else

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.stats import stable_seed
-from ..verdict import (Margin, Role, Verdict, competence_gate, contrasts, judge, not_applicable,
-                       pair_names, residual_groups, scope_of, seed_interval, unpaired_reason)
+from ..verdict import (Claim, Margin, Role, Verdict, contrasts, pair_names, residual_groups, seed_interval,
+                       unpaired_reason)
 
 __all__ = ["single_deletion_verdicts", "no_cliff_verdicts", "relative_increases", "core_units",
            "LESION_RELATIVE_INCREASE", "LESION_CONTRAST_MARGIN", "CLIFF_THRESHOLD"]
@@ -107,16 +107,25 @@ def single_deletion_verdicts(table: pd.DataFrame, roles: dict[str, Role], units:
     groups = residual_groups(roles)
     out = [_barely(labs, roles, stat) for labs in groups]
     if not groups:
-        out.append(not_applicable("lesion-single", "Deleting one residual unit barely changes the error",
-                                  _SINGLE_CRIT, "median relative error increase", LESION_RELATIVE_INCREASE,
-                                  "no residual network was given"))
+        out.append(_single_claim("a ResNet").not_applicable("no residual network was given"))
     cs = contrasts(roles)
     out += [_contrast(pairs, roles, stat) for pairs in cs]
     if not cs:
-        out.append(not_applicable("lesion-contrast", "Deleting one unit raises a ResNet's error less than its plain "
-                                  "twin's", _CONTRAST_CRIT, "plain − residual median relative error increase",
-                                  LESION_CONTRAST_MARGIN, unpaired_reason(roles)))
+        out.append(_contrast_claim("a ResNet", "its plain twin").not_applicable(unpaired_reason(roles)))
     return out
+
+
+def _single_claim(group: str) -> Claim:
+    return Claim("lesion-single", f"Deleting one residual unit of {group} barely changes its error: the median "
+                 f"relative increase stays below {LESION_RELATIVE_INCREASE.value} (Veit et al. 2016, Fig. 3)",
+                 _SINGLE_CRIT, "median relative error increase (ResNet)", LESION_RELATIVE_INCREASE, "below")
+
+
+def _contrast_claim(res: str, plain: str) -> Claim:
+    return Claim("lesion-contrast", f"Deleting one unit raises {res}'s error less than {plain}'s: the twin's median "
+                 f"relative increase exceeds the ResNet's by more than {LESION_CONTRAST_MARGIN.value} (Veit et al. "
+                 "2016: ResNet against VGG)", _CONTRAST_CRIT, "plain − residual median relative error increase",
+                 LESION_CONTRAST_MARGIN, "above")
 
 
 def _evidence(labs, stat) -> dict:
@@ -125,19 +134,13 @@ def _evidence(labs, stat) -> dict:
 
 
 def _barely(labs: list[str], roles, stat) -> Verdict:
-    group = roles[labs[0]].group
-    claim = (f"Deleting one residual unit of {group} barely changes its error: the median relative increase stays "
-             f"below {LESION_RELATIVE_INCREASE.value} (Veit et al. 2016, Fig. 3)")
-    name = "median relative error increase (ResNet)"
-    fails, gates = competence_gate(roles, labs)
-    scope = scope_of(len(labs), labs)
-    if fails:
-        return not_applicable("lesion-single", claim, _SINGLE_CRIT, name, LESION_RELATIVE_INCREASE,
-                              "; ".join(fails), scope, gates=gates, n_seeds=len(labs))
+    claim = _single_claim(roles[labs[0]].group)
+    na, gates, scope = claim.gate(roles, labs, len(labs))
+    if na:
+        return na
     per = {lab: stat(lab) for lab in labs}
     iv = seed_interval([per[lab][0] for lab in labs], [per[lab][1:3] for lab in labs], scale="log1p")
-    return judge("lesion-single", claim, _SINGLE_CRIT, name, LESION_RELATIVE_INCREASE, "below", iv, scope,
-                 n_images=max(p[3] for p in per.values()), n_seeds=len(labs), gates=gates,
+    return claim.judge(iv, scope, n_images=max(p[3] for p in per.values()), n_seeds=len(labs), gates=gates,
                  per_seed={lab: per[lab][0] for lab in labs}, evidence=_evidence(labs, stat),
                  reference="Veit et al. 2016 Fig. 3: ResNet-110 median relative increase 0.06")
 
@@ -152,21 +155,15 @@ def _pair_ci(stat, r: str, p: str) -> tuple[float, tuple[float, float]]:
 
 def _contrast(pairs, roles, stat) -> Verdict:
     r0, p0, _ = pairs[0]
-    claim = (f"Deleting one unit raises {roles[r0].group}'s error less than its plain twin {roles[p0].group}'s: "
-             f"the twin's median relative increase exceeds the ResNet's by more than {LESION_CONTRAST_MARGIN.value} "
-             "(Veit et al. 2016: ResNet against VGG)")
-    name = "plain − residual median relative error increase"
+    claim = _contrast_claim(roles[r0].group, f"its plain twin {roles[p0].group}")
     labs = pair_names(pairs)
-    fails, gates = competence_gate(roles, labs)
+    na, gates, scope = claim.gate(roles, labs, len(pairs))
+    if na:
+        return na
     gates = gates + [f"twins: one recorded recipe ({roles[r0].recipe}) and one architecture"]
-    scope = scope_of(len(pairs), labs)
-    if fails:
-        return not_applicable("lesion-contrast", claim, _CONTRAST_CRIT, name, LESION_CONTRAST_MARGIN,
-                              "; ".join(fails), scope, gates=gates, n_seeds=len(pairs))
     diffs = {f"{p} − {r}": _pair_ci(stat, r, p) for r, p, _ in pairs}
     iv = seed_interval([d for d, _ in diffs.values()], [ci for _, ci in diffs.values()])
-    return judge("lesion-contrast", claim, _CONTRAST_CRIT, name, LESION_CONTRAST_MARGIN, "above", iv, scope,
-                 n_images=max(stat(x)[3] for x in labs), n_seeds=len(pairs), gates=gates,
+    return claim.judge(iv, scope, n_images=max(stat(x)[3] for x in labs), n_seeds=len(pairs), gates=gates,
                  per_seed={k: d for k, (d, _) in diffs.items()}, evidence=_evidence(labs, stat),
                  reason="paired by seed: " + ", ".join(diffs))
 
@@ -205,21 +202,21 @@ def no_cliff_verdicts(table: pd.DataFrame, roles: dict[str, Role], chance: float
         if labs:
             out.append(_no_cliff(table, roles, labs, chance, n_boot, seed))
     if not out:
-        out.append(not_applicable("lesion-random-k", "Error rises smoothly with random deletions: no cliff",
-                                  _CLIFF_CRIT, "largest rise per unit / gap to chance", CLIFF_THRESHOLD,
-                                  "no random-k rows for a residual network"))
+        out.append(_cliff_claim("a ResNet").not_applicable("no random-k rows for a residual network"))
     return out
 
 
+def _cliff_claim(group: str) -> Claim:
+    return Claim("lesion-random-k", f"The error of {group} rises smoothly with random deletions: no step closes "
+                 f"more than {CLIFF_THRESHOLD.value} of the gap to chance per deleted unit (Veit et al. 2016, Fig. 5a)",
+                 _CLIFF_CRIT, "largest rise per unit / gap to chance", CLIFF_THRESHOLD, "below")
+
+
 def _no_cliff(table, roles, labs, chance, n_boot, seed) -> Verdict:
-    claim = (f"The error of {roles[labs[0]].group} rises smoothly with random deletions: no step closes more than "
-             f"{CLIFF_THRESHOLD.value} of the gap to chance per deleted unit (Veit et al. 2016, Fig. 5a)")
-    name = "largest rise per unit / gap to chance"
-    fails, gates = competence_gate(roles, labs)
-    scope = scope_of(len(labs), labs)
-    if fails:
-        return not_applicable("lesion-random-k", claim, _CLIFF_CRIT, name, CLIFF_THRESHOLD, "; ".join(fails), scope,
-                              gates=gates, n_seeds=len(labs))
+    claim = _cliff_claim(roles[labs[0]].group)
+    na, gates, scope = claim.gate(roles, labs, len(labs))
+    if na:
+        return na
     per = {}
     for lab in labs:
         g = table[table["model"] == lab]
@@ -229,6 +226,5 @@ def _no_cliff(table, roles, labs, chance, n_boot, seed) -> Verdict:
         ci = tuple(float(q) for q in np.quantile(boots, [0.025, 0.975])) if len(boots) else (np.nan, np.nan)
         per[lab] = (_cliff(g, chance), ci)
     iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()])
-    return judge("lesion-random-k", claim, _CLIFF_CRIT, name, CLIFF_THRESHOLD, "below", iv, scope,
-                 n_images=int(table[table["model"] == labs[0]]["n_images"].max()), n_seeds=len(labs), gates=gates,
+    return claim.judge(iv, scope, n_images=int(table[table["model"] == labs[0]]["n_images"].max()), n_seeds=len(labs), gates=gates,
                  per_seed={lab: v for lab, (v, _) in per.items()}, evidence={lab: v for lab, (v, _) in per.items()})

@@ -35,8 +35,7 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
 from ..study import StudyResult, Subject
-from ..verdict import (Margin, Verdict, competence_gate, judge, not_applicable, residual_groups, scope_of,
-                       seed_interval)
+from ..verdict import Claim, Margin, Verdict, residual_groups, seed_interval
 from . import common
 
 __all__ = ["PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
@@ -315,17 +314,15 @@ def short_paths_verdicts(summary: dict, roles: dict, n_images: int) -> list[Verd
     """Veit et al. Fig. 6, per residual group: the gradient comes from paths much shorter than the typical
     path."""
     out = []
-    name = "weighted length / typical length"
     for labs in residual_groups(roles):
-        claim = (f"{roles[labs[0]].group}'s gradient comes from relatively short paths: gradient-weighted mean path "
-                 f"length below {SHORT_PATHS.value} of the typical length (Veit et al. 2016, Fig. 6)")
-        fails, gates = competence_gate(roles, labs)
+        claim = Claim("paths", f"{roles[labs[0]].group}'s gradient comes from relatively short paths: gradient-weighted "
+                      f"mean path length below {SHORT_PATHS.value} of the typical length (Veit et al. 2016, Fig. 6)",
+                      _CRIT, "weighted length / typical length", SHORT_PATHS, "below")
         missing = [f"{lab}: {summary.get(lab, {}).get('note', 'no paths result')}" for lab in labs
                    if "weighted_length" not in summary.get(lab, {})]
-        scope = scope_of(len(labs), labs)
-        if fails or missing:
-            out.append(not_applicable("paths", claim, _CRIT, name, SHORT_PATHS, "; ".join(fails + missing), scope,
-                                      gates=gates, n_seeds=len(labs)))
+        na, gates, scope = claim.gate(roles, labs, len(labs), missing)
+        if na:
+            out.append(na)
             continue
         per = {}
         for lab in labs:
@@ -334,7 +331,7 @@ def short_paths_verdicts(summary: dict, roles: dict, n_images: int) -> list[Verd
             ci = tuple(np.nan if w[k] is None else w[k] / half for k in ("ci_low", "ci_high"))
             per[lab] = (w["value"] / half, ci)
         iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="log")
-        out.append(judge("paths", claim, _CRIT, name, SHORT_PATHS, "below", iv, scope, n_images=n_images,
+        out.append(claim.judge(iv, scope, n_images=n_images,
                          n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
                          evidence={lab: dict(weighted_length=summary[lab]["weighted_length"],
                                              typical_length=summary[lab]["typical_length"],
