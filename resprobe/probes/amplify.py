@@ -430,6 +430,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         rows += _rows(s.label, values, spec)
         per_image[s.label] = values
         timings[s.label] = timing
+    common.assess(subjects, data, spec)  # every rank together, before the main rank's verdicts
     if not dist.is_main():
         return StudyResult("amplify", pd.DataFrame(columns=COLUMNS))
     order = {lab: {u.name: u.index for u in v} for lab, v in views.items()}

@@ -13,7 +13,7 @@ from ..study import Subject, roles_of
 from ..verdict import Competence, Role
 
 __all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite", "competence",
-           "record_competence", "known_competence", "roles", "arch_signature"]
+           "record_competence", "known_competence", "assess", "roles", "arch_signature"]
 
 
 def check_labels(subjects: Sequence[Subject]) -> None:
@@ -122,10 +122,23 @@ def arch_signature(view) -> tuple:
     return tuple(stages[k] for k in sorted(stages)), sum(p.numel() for p in view.model.parameters())
 
 
+def assess(subjects: Sequence[Subject], data: Dataset, spec) -> None:
+    """Measure the competence of every subject not yet measured on ``data``, on every rank of a distributed run
+    together (the main rank decides which: only it holds the measurements). Call before a probe's main-rank-only
+    verdicts."""
+    from .. import distributed as dist
+    need = dist.broadcast([not known_competence(s, data) for s in subjects] if dist.is_main() else None)
+    for s, n in zip(subjects, need):
+        if n:
+            competence(s, data, spec)
+
+
 def roles(subjects: Sequence[Subject], views: dict, data: Dataset, spec) -> dict[str, Role]:
     """The verdicts' view of the subjects: residual or plain, recipe, architecture and competence on ``data``
-    (measured here when not yet known)."""
-    for s in subjects:
-        competence(s, data, spec)
+    (measured here when not yet known, in a single process; a distributed probe calls :func:`assess` on every
+    rank first)."""
+    from .. import distributed as dist
+    if not dist.active():
+        assess(subjects, data, spec)
     return roles_of(list(subjects), {lab: any(u.residual for u in v) for lab, v in views.items()},
                     {lab: arch_signature(v) for lab, v in views.items()})

@@ -420,6 +420,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
         values[s.label] = v
         traces[s.label] = trace
         rows += _trained_rows(s.label, v, ["input"] + view.names, spec)
+    common.assess(subjects, data, spec)  # every rank together, before the main rank's verdicts
     if not dist.is_main():
         return StudyResult("gradcorr", pd.DataFrame(columns=TRAINED_COLUMNS))
     table = pd.DataFrame(rows, columns=TRAINED_COLUMNS)

@@ -360,6 +360,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         df, ex = _table(s.label, view, routes, got, spec, options.to_image)
         frames.append(df)
         boots[s.label] = ex["boot_totals"]
+    common.assess(residual, data, spec)  # every rank together, before the main rank's verdicts
     if not dist.is_main():
         return StudyResult("paths", pd.DataFrame(columns=COLUMNS))
     table = pd.concat(frames, ignore_index=True)
