@@ -48,8 +48,8 @@ def test_veit_fig3_baseline_is_an_independent_evaluation(tmp_path):
     v = next(v for v in s["verdicts"] if v["key"] == "lesion-contrast")
     assert v["scope"].startswith("this network") and "plain − residual" in v["statistic_name"]
     assert v["verdict"] != "not applicable", v["reason"]
-    alone = [v for v in s["verdicts"] if v["key"] == "lesion-single"]
-    assert len(alone) == 3 and all(v["n_seeds"] == 1 for v in alone)
+    alone = [v for v in s["verdicts"] if v["key"] == "lesion-single"]  # --fast: the zoo pair only
+    assert len(alone) == 1 and alone[0]["n_seeds"] == 1 and alone[0]["verdict"] != "not applicable"
 
 
 def test_veit_fig5_and_fig6(tmp_path):
@@ -59,7 +59,7 @@ def test_veit_fig5_and_fig6(tmp_path):
     rk = df[df["mode"] == "random-k"].groupby("k").error.median()
     assert {int(k): v for k, v in s["numbers"]["resnet20"]["random_k_median_error"].items()} == rk.to_dict()
     assert set(rk.index) == {1, 2, 3, 4, 5} and df[df["mode"] == "reorder"].k.nunique() >= 3  # swaps may cancel
-    assert any("no cliff" in v["conjecture"] for v in s["verdicts"])
+    assert any(v["key"] == "lesion-random-k" and "rises smoothly" in v["conjecture"] for v in s["verdicts"])
     s = run("veit_fig6_paths.py", tmp_path / "f6")
     paths = pd.read_csv(tmp_path / "f6" / "paths.csv")
     assert paths.n_paths.sum() == 2 ** 9  # every path length of a 9-unit net, binomial counts

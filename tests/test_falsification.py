@@ -144,9 +144,10 @@ def test_positive_case_the_zoo_twins(data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", list(ADVERSARIES))
+@pytest.mark.parametrize("kind", ["random-init", "branches-x10", "plain-weights"])
 def test_adversaries_through_the_real_report(kind, tmp_path, data):
-    """``resprobe report`` on adversarial checkpoints whose config.json claims the zoo twins' recipe."""
+    """``resprobe report`` on adversarial checkpoints whose config.json claims the zoo twins' recipe (zeroed
+    identity shortcuts are no weights: that adversary is run in memory above)."""
     folder = tmp_path / kind
     folder.mkdir()
     torch.save(adversary(kind).model.state_dict(), folder / "model.pt")
