@@ -460,22 +460,15 @@ class ResidualView:
 
     block_inputs = unit_inputs
 
-    def walk(self, h: Tensor, start: int = 0, stop: Optional[int] = None,
-             combine: Optional[Callable[["Unit", Optional[Tensor], Tensor], Optional[Tensor]]] = None
-             ) -> Iterator[Step]:
+    def walk(self, h: Tensor, start: int = 0, stop: Optional[int] = None) -> Iterator[Step]:
         """The cache verb: for each unit from ``start``, its input, shortcut S(x), branch F(x) and output
-        y = post(S(x) + F(x)), computed once from the parts (y of unit i is x of unit i + 1).
-
-        ``combine(unit, s, f)``, if given, may compute y itself (a fused kernel that also measures while it
-        adds: it must return exactly ``post(s + f)``) or return None for the usual formula."""
+        y = post(S(x) + F(x)), computed once from the parts (y of unit i is x of unit i + 1)."""
         stop = len(self.units) if stop is None else stop
         for i in range(start, stop):
             u = self.units[i]
             f = u.branch(h)
             s = u.shortcut(h) if u.residual else None
-            y = combine(u, s, f) if combine is not None else None
-            if y is None:
-                y = u.post(f if s is None else s + f)
+            y = u.post(f if s is None else s + f)
             yield Step(i, u, h, s, f, y)
             h = y
             # nothing of this unit but its output stays referenced here while the next one runs (the caller
