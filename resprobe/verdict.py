@@ -262,7 +262,8 @@ def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = N
     the CI stays inside the statistic's range), with a Student-t
     CI on n − 1 degrees of freedom. ``within``: each seed's own CI over images; the standard error is then
     never below the image-level one (seeds that agree closely cannot shrink the interval below what the images
-    allow). One value: its own CI is the interval. Without ``within``, seeds that agree exactly give no CI."""
+    allow). One value: its own CI is the interval. Without ``within``, seeds that agree exactly give no CI; a
+    seed without a (finite) value gives none either."""
     from scipy import stats
     if scale not in _SCALES:
         raise ValueError(f"scale must be one of {sorted(_SCALES)}")
@@ -273,11 +274,10 @@ def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = N
     if floor is not None and (v[np.isfinite(v)] <= floor).any():
         return Interval(float("nan"), float("nan"), float("nan"), f"undefined: a value at or below {floor:g} on the "
                         f"{scale} scale")
-    keep = np.isfinite(v)
-    v, w = v[keep], w[keep]
     n = len(v)
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), "no finite value")
+    if n == 0 or not np.isfinite(v).all():  # a seed without a value is never dropped in silence
+        return Interval(float("nan"), float("nan"), float("nan"),
+                        "no value" if n == 0 else f"undefined: {int((~np.isfinite(v)).sum())} of {n} seeds have no value")
     with np.errstate(divide="ignore", invalid="ignore"):
         tv, tw = f(v), f(w)
     z = float(stats.norm.ppf(0.5 + level / 2))

@@ -47,6 +47,8 @@ def test_seed_ci_is_the_student_t_interval():
     assert m == pytest.approx(0.2) and lo == pytest.approx(0.2 - half) and hi == pytest.approx(0.2 + half)
     m, lo, hi = seed_ci([0.5])
     assert m == 0.5 and math.isnan(lo) and math.isnan(hi)  # one seed, no image CI: no interval
+    iv = seed_interval([0.19, float("nan"), 0.21])  # a seed without a value is not dropped in silence
+    assert math.isnan(iv.lo) and "1 of 3 seeds" in iv.method
 
 
 def test_seed_interval_respects_the_range_of_correlations_and_ratios():
