@@ -187,3 +187,16 @@ def test_competence_comes_from_the_studys_own_pass(data, monkeypatch):
         ci = binomtest(ref["n_wrong"], ref["n_images"]).proportion_ci(method="exact")
         assert (c.error, c.n_images) == (ref["error"], 300) and (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high))
         assert c.chance == pytest.approx(1 - max(data.labels.bincount()).item() / 300)
+
+
+def test_competence_of_a_probe_without_its_own_pass_uses_a_bounded_sample(data, monkeypatch):
+    """paths/amplify/gradcorr measure competence on a seeded subset of at most COMPETENCE_IMAGES images, equal to
+    an independent evaluation of that subset."""
+    from resprobe.engine import evaluate
+    from resprobe.probes import common
+    monkeypatch.setattr(common, "COMPETENCE_IMAGES", 100)
+    s = twin("cifar_resnet20", 0)
+    common.assess([s], data, SPEC)
+    ref = evaluate(twin("cifar_resnet20", 0).model, data.subset(100), SPEC, "imagenet")
+    assert s.competence.n_images == 100 and s.competence.error == ref["error"]
+    assert common.known_competence(s, data)  # the subset counts for the whole data set: no second measurement

@@ -461,7 +461,8 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(), p
     table = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame(columns=COLUMNS))
     for s in subjects:  # competence from the sweep's own intact configuration (no extra pass)
         base = table[(table["model"] == s.label) & (table["mode"] == "baseline")]
-        if len(base) and int(base["n_images"].iloc[0]) == len(data) and not common.known_competence(s, data):
+        if (len(base) and pd.notna(base["n_wrong"].iloc[0]) and int(base["n_images"].iloc[0]) == len(data)
+                and not common.known_competence(s, data)):
             common.record_competence(s, data, int(base["n_wrong"].iloc[0]), len(data))
     roles = common.roles(subjects, views, data, spec)
     units = {lab: v.table() for lab, v in views.items()}
