@@ -7,6 +7,7 @@ traceback. Under ``torchrun`` the work is shared by the processes and rank 0 wri
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import json
 import sys
@@ -16,6 +17,7 @@ from typing import Optional
 
 from . import __version__, api
 from . import distributed as dist
+from . import checks
 from .errors import UsageError, UserError
 from .outputs import check_same_settings, claim
 from .progress import note, set_quiet
@@ -25,6 +27,20 @@ __all__ = ["main", "build_parser", "RangeSpec"]
 
 # --- argument types: a bad value names its flag (argparse adds "argument --flag:") ------------------------
 
+def _typed(check, *a, **kw):
+    """An argparse type from a :mod:`resprobe.checks` validator (the message names the flag's value)."""
+    def parse(text: str):
+        try:
+            return check("value", text, *a, **kw)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(e.message.replace("value ", "", 1)) from None
+    parse.__name__ = getattr(check, "__name__", "value")
+    return parse
+
+
+MAX_INT = 2 ** 31 - 1   # counts (images, epochs, points, samples): beyond this torch's int32 indexing fails
+
+
 def positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -32,9 +48,13 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    if v > MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to {MAX_INT:,}, got {text[:30]}")
     return v
 
 
+seed_arg = _typed(lambda name, t: checks.seed(t, name))
+n_boot_arg = _typed(lambda name, t: checks.n_boot(t, name))
 def _cka_images(text: str):
     """--cka-images: a positive integer, or 'all' (None)."""
     if text.strip().lower() == "all":
@@ -50,8 +70,8 @@ def positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {v}")
     return v
 
 
@@ -69,6 +89,8 @@ def float_list(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one number")
+    if not all(map(math.isfinite, vals)):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return vals
 
 
@@ -77,8 +99,8 @@ def int_list(text: str) -> tuple:
         vals = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not vals or min(vals) < 1 or max(vals) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected positive integers (up to {MAX_INT:,}), got {text[:60]!r}")
     return vals
 
 
@@ -95,7 +117,7 @@ class RangeSpec:
     def __init__(self, text: str):
         self.text = text.strip()
         try:
-            self.resolve(10 ** 6, check=False)
+            self.resolve(1000, check=False)
         except UsageError as e:
             raise argparse.ArgumentTypeError(e.message) from None
 
@@ -104,25 +126,35 @@ class RangeSpec:
 
     def resolve(self, n: int, lo: int = 0, check: bool = True) -> tuple:
         t = self.text.replace("n", str(n))
-        try:
-            if "," in t:
-                vals = [int(x) for x in t.split(",") if x.strip()]
-            elif ":" in t:
-                parts = [int(x) if x.strip() else None for x in t.split(":")]
-                a = parts[0] if parts[0] is not None else lo
-                b = parts[1] if len(parts) > 1 and parts[1] is not None else n
-                step = parts[2] if len(parts) > 2 and parts[2] else 1
-                if step < 1:
-                    raise UsageError(f"range {self.text!r}: the step must be positive")
-                vals = list(range(a, b + 1, step))
-            else:
-                vals = [int(t)]
-        except ValueError:
-            raise UsageError(f"cannot read range {self.text!r}", "use K, LO:HI (inclusive), LO:HI:STEP or a,b,c") from None
+        how = "use K, LO:HI (inclusive), LO:HI:STEP or a,b,c"
+
+        def ints(xs):
+            try:
+                return [int(x) if x.strip() else None for x in xs]
+            except ValueError:
+                raise UsageError(f"cannot read range {self.text!r}", how) from None
+        if "," in t:
+            vals = [v for v in ints(t.split(",")) if v is not None]
+        elif ":" in t:
+            parts = ints(t.split(":"))
+            if len(parts) > 3:
+                raise UsageError(f"cannot read range {self.text!r}", how)
+            a = parts[0] if parts[0] is not None else lo
+            b = parts[1] if len(parts) > 1 and parts[1] is not None else n
+            step = parts[2] if len(parts) > 2 and parts[2] is not None else 1
+            if step < 1:
+                raise UsageError(f"range {self.text!r}: the step must be a positive integer, got {step}")
+            if check and not (lo <= a <= n and lo <= b <= n):
+                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {a}..{b}")
+            if (b - a) // step + 1 > checks.MAX_RANGE:
+                raise UsageError(f"range {self.text!r} holds more than {checks.MAX_RANGE:,} values", how)
+            vals = list(range(a, b + 1, step))
+        else:
+            vals = ints([t]) if t.strip() else []
         if check:
             bad = [v for v in vals if not lo <= v <= n]
             if bad or not vals:
-                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {bad or 'nothing'}")
+                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {bad[:5] or 'nothing'}")
         return tuple(vals)
 
 
@@ -132,7 +164,7 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, directions, bootstrap)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (subsets, directions, bootstrap)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     g.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     return p
@@ -149,7 +181,7 @@ def _data() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
-    g.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for CIs")
+    g.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples for CIs (100-100,000)")
     return p
 
 
@@ -167,6 +199,8 @@ def _models(multi: bool = True) -> argparse.ArgumentParser:
                    help="allow models without --weights (randomly initialised: for tests and demos)")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of checkpoints (can run arbitrary code: only for files you trust)")
+    g.add_argument("--trust-code", action="store_true",
+                   help="allow a package.module:factory spec to import that module and run its code")
     g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"],
                    help="input normalization (default: recorded by resprobe train beside the weights, else imagenet, "
                         "which the He et al. checkpoints need)")
@@ -200,7 +234,7 @@ def _load(args):
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize,
                                  args.trust_checkpoint, args.random_init, getattr(args, "allow_nonfinite", False),
-                                 seed=args.seed)
+                                 seed=args.seed, trust_code=args.trust_code)
     return data, subjects
 
 
@@ -252,7 +286,7 @@ def cmd_info(args) -> int:
     from .anatomy import anatomy
     if not args.weights and not args.random_init:
         args.random_init = True  # the structure does not depend on the weights
-    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint)
+    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, trust_code=args.trust_code)
     shape = tuple(args.input_size) if args.input_size else api.default_input_shape(model)
     view = anatomy(model, shape)
     rows = view.table()
@@ -277,7 +311,7 @@ def cmd_eval(args) -> int:
     spec = _spec(args)
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, args.trust_checkpoint,
-                            args.random_init, args.allow_nonfinite, seed=args.seed)
+                            args.random_init, args.allow_nonfinite, seed=args.seed, trust_code=args.trust_code)
     s.model.to(spec.torch_device)
     t0 = time.time()
     res = api.evaluate(s.model, data, spec, s.normalize)
@@ -314,7 +348,8 @@ def cmd_train(args) -> int:
             raise UsageError(f"the training and test images are the same ({train_data.spec} has no train/test split "
                              "folders)", "pass --test-data with held-out images")
         model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
-                                     num_classes=train_data.num_classes, in_channels=train_data.input_shape[0])
+                                     num_classes=train_data.num_classes, in_channels=train_data.input_shape[0],
+                                     trust_code=args.trust_code)
         cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
                    versions=api.versions(), device=str(dev))
         df = train(model, train_data, test_data, recipe, args.out, dev, args.resume, args.overwrite, not args.quiet, cfg)
@@ -413,7 +448,7 @@ def cmd_report(args) -> int:
             weights.append(args.plain_weights.split(",") if args.plain_weights else None)
             labels.append(args.plain_label)
         subjects = api.load_subjects(specs, weights, data, labels, args.normalize, args.trust_checkpoint,
-                                     args.random_init, args.allow_nonfinite, seed=args.seed)
+                                     args.random_init, args.allow_nonfinite, seed=args.seed, trust_code=args.trust_code)
         b = BUDGETS[args.budget]
         if b.images is not None and b.images < len(data):
             note(f"budget {args.budget}: lesions and identity use {b.images} of the {len(data)} images, amplification "
@@ -488,12 +523,13 @@ def _add_train(sub, common) -> None:
              [common, _models(multi=False), _data(), _out()])
     q.add_argument("--epochs", type=positive_int, required=True, help="number of epochs")
     q.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate")
-    q.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    q.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    q.add_argument("--momentum", type=_typed(checks.number, 0, 1, hi_open=True), default=0.9,
+                   help="SGD momentum, in [0, 1)")
+    q.add_argument("--weight-decay", type=_typed(checks.number, 0), default=1e-4, help="weight decay (>= 0)")
     q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"],
                    help="step: lr/10 at 50%% and 75%% of the epochs (He et al.)")
     q.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
-    q.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up over these epochs")
+    q.add_argument("--warmup-epochs", type=_typed(checks.integer, 0, MAX_INT), default=0, help="linear learning-rate warm-up over these epochs")
     q.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     q.add_argument("--test-data", help="data spec of the test split when it lives elsewhere (default: --data)")
     q.add_argument("--test-limit", type=positive_int, help="evaluate on a seeded subset of the test split")
@@ -519,7 +555,7 @@ def _add_probes(sub, common) -> None:
     q.set_defaults(func=cmd_lesion)
     q = _sub(sub, "identity", "per-unit distance to the identity (He et al. Fig. 7, Jastrzebski et al.)", parents)
     q.add_argument("--grad", action="store_true", help="also cos(F(x), dL/dx) (one backward pass per batch)")
-    q.add_argument("--threshold", type=positive_float, default=0.3,
+    q.add_argument("--threshold", type=_typed(checks.number, 0, 1, lo_open=True), default=0.3,
                    help="near identity: the 95%% CI of ||F||/||S|| below it; active: above it")
     q.add_argument("--lesion-check", action="store_true", help="also the error with every near-identity unit deleted")
     q.add_argument("--cka-minibatch", type=positive_int, default=32, help="images per CKA minibatch (unbiased HSIC)")
@@ -556,6 +592,8 @@ def _add_gradcorr(sub, common) -> None:
                      ("--label", dict(action="append", help="display name of each --model")),
                      ("--random-init", dict(action="store_true", help="allow models without --weights")),
                      ("--trust-checkpoint", dict(action="store_true", help="allow full unpickling of checkpoints")),
+                     ("--trust-code", dict(action="store_true", help="allow a package.module:factory spec to run "
+                                                                     "its module's code")),
                      ("--normalize", dict(choices=["imagenet", "cifar10", "none"], help="input normalization")),
                      ("--allow-nonfinite", dict(action="store_true", help="mark non-finite rows instead of stopping")),
                      ("--data", dict(help="data spec the lines start from")), ("--data-root", dict(help="data folder")),
@@ -575,9 +613,10 @@ def _add_gradcorr(sub, common) -> None:
     g.add_argument("--depths", type=int_list, default=(1, 2, 4, 8, 16, 24, 32, 50), help="depths")
     g.add_argument("--seeds", type=positive_int, default=20, help="random initialisations per (kind, depth)")
     g.add_argument("--width", type=positive_int, default=200, help="units per layer")
-    g.add_argument("--beta", type=float, default=0.1, help="branch scale of the 'res' kind (no BN)")
+    g.add_argument("--beta", type=_typed(checks.number, 0, 100), default=0.1,
+                   help="branch scale of the 'res' kind (no BN), in [0, 100]")
     q.add_argument("--points", type=positive_int, default=256, help="points per line (synthetic: on [-2, 2))")
-    q.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples")
+    q.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (100-100,000)")
     q.set_defaults(func=cmd_gradcorr, dtype="float32")
 
 
@@ -593,6 +632,8 @@ def _add_report(sub, common) -> None:
     g.add_argument("--plain-label", help="display name of the plain twin")
     g.add_argument("--random-init", action="store_true", help="allow networks without weights")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
+    g.add_argument("--trust-code", action="store_true",
+                   help="allow a package.module:factory spec to import that module and run its code")
     g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"], help="input normalization")
     g.add_argument("--allow-nonfinite", action="store_true", help="mark non-finite rows instead of stopping")
     q.add_argument("--budget", default="fast", choices=["fast", "full"],
@@ -620,6 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _machine_error(e: BaseException) -> Optional[UserError]:
+    """A full disk, a name too long, no permission or no memory, as the one line the user can act on."""
+    if isinstance(e, MemoryError):
+        return UserError("out of memory", "use fewer images (--limit), a smaller --batch-size or fewer bootstrap "
+                         "resamples (--n-boot)")
+    from .io.atomic import os_error
+    return os_error(e, e.filename or "a file") if isinstance(e, OSError) else None
+
+
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
@@ -633,6 +683,12 @@ def main(argv: Optional[list] = None) -> int:
         if args.debug:
             raise
         print(f"resprobe: error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except (MemoryError, OSError) as e:  # the machine's limits: one line, not a traceback
+        err = _machine_error(e)
+        if err is None or args.debug:
+            raise
+        print(f"resprobe: error: {err.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resprobe: interrupted", file=sys.stderr)

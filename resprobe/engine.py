@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .anatomy.hooks import preserved_state
+from . import checks
 from .errors import NonFiniteError, UsageError
 from .io.data import Dataset
 from .progress import progress
@@ -38,6 +39,12 @@ def resolve_device(device) -> torch.device:
         raise UsageError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device} was asked for, but torch sees no CUDA device", "use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device} was asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s)", f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {device} was asked for, but this torch has no usable MPS device",
+                         "use --device cpu (or cuda where there is one)")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"device type {dev.type!r} is not supported", "use cpu or cuda")
     return dev
@@ -60,8 +67,8 @@ class RunSpec:
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if self.n_boot < 100:
-            raise UsageError(f"the bootstrap needs at least 100 resamples, got {self.n_boot}")
+        checks.seed(self.seed)
+        checks.n_boot(self.n_boot)
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .errors import NonFiniteError, UsageError
-from .io.checkpoint import CheckpointError, load_weights
+from .io.checkpoint import CheckpointError, check_file, load_weights
 from .io.data import Dataset, load_dataset
 from .models import build_model
 from .study import Subject
@@ -80,10 +80,11 @@ def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
 
 def load_model(spec: str, weights: Optional[str] = None, trust: bool = False, num_classes: Optional[int] = None,
                in_channels: Optional[int] = None, allow_nonfinite: bool = False,
-               classes: Optional[Sequence[str]] = None) -> tuple[nn.Module, dict]:
+               classes: Optional[Sequence[str]] = None, trust_code: bool = False) -> tuple[nn.Module, dict]:
     """Build ``spec``, load ``weights`` (if given) strictly, check that every weight is finite, put it in
-    eval mode; return it and its provenance."""
-    model = build_model(spec, num_classes=num_classes, in_channels=in_channels)
+    eval mode; return it and its provenance. ``trust_code``: allow a ``package.module:factory`` spec to
+    import and run that module (see :mod:`resprobe.models`)."""
+    model = build_model(spec, num_classes=num_classes, in_channels=in_channels, trust_code=trust_code)
     prov = {"model": spec, "weights": None, "weights_sha256": None}
     if weights:
         try:
@@ -130,7 +131,7 @@ def _label_for(spec: str, weights: Optional[str]) -> str:
 def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str] | str]], data: Dataset,
                   labels: Optional[Sequence[Optional[str]]] = None, normalize: Optional[str] = None,
                   trust: bool = False, random_init: bool = False, allow_nonfinite: bool = False,
-                  seed: int = 0) -> list[Subject]:
+                  seed: int = 0, trust_code: bool = False) -> list[Subject]:
     """One :class:`Subject` per (spec, weights); ``weights[i]`` may list several checkpoints (seeds of one
     group). See the module docstring for labels, normalization, seeds and missing weights. A network without
     weights is initialised from ``seed`` (and its position), so a rerun gives the same network."""
@@ -152,8 +153,8 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
             raise UsageError(f"no --weights for {spec}: resprobe would probe a randomly initialised network",
                              "pass --weights FILE, or --random-init to probe one on purpose")
         for pos, x in enumerate(ws):
-            if x is not None and not Path(x).is_file():
-                raise UsageError(f"checkpoint not found: {x}", "check the --weights path")
+            if x is not None:
+                check_file(Path(x))
         group = label or (spec if len(ws) > 1 else None)
         for pos, x in enumerate(ws):
             rec = recorded(x)
@@ -168,7 +169,7 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
                 torch.manual_seed(init_seed)
                 model, prov = load_model(spec, x, trust, num_classes=data.num_classes,
                                          in_channels=data.input_shape[0], allow_nonfinite=allow_nonfinite,
-                                         classes=data.classes)
+                                         classes=data.classes, trust_code=trust_code)
             if x is None:
                 prov = dict(prov, init_seed=init_seed)
             _check_outputs(model, data, lab)

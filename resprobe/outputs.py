@@ -31,8 +31,9 @@ def check_writable(out) -> Path:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise OutputError(f"cannot write to --out {out} ({e.strerror or e})",
-                          "choose a folder you can write to") from e
+        from .io.atomic import FIXES
+        fix = FIXES.get(e.errno, (None, "choose a folder you can write to"))[1]
+        raise OutputError(f"cannot write to --out {out} ({e.strerror or e})", fix) from e
     return out
 
 

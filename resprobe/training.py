@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,7 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .engine import RunSpec, evaluate
+from . import checks
 from .errors import NonFiniteError, OutputError, UsageError
+from .io.atomic import atomic_path, write_text
 from .io.data import Dataset
 from .progress import note, progress
 
@@ -47,8 +48,10 @@ class Recipe:
     def __post_init__(self):
         if self.epochs < 1:
             raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+        checks.number("--lr", self.lr, 0, lo_open=True)
+        checks.number("--momentum", self.momentum, 0, 1, hi_open=True)
+        checks.number("--weight-decay", self.weight_decay, 0)
+        checks.seed(self.seed)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.schedule not in ("step", "cosine", "constant"):
@@ -73,9 +76,8 @@ RECIPE_KEYS = ("model", "lr", "momentum", "weight_decay", "batch_size", "schedul
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _check_same_recipe(path: Path, cfg: dict) -> None:
@@ -141,7 +143,7 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
         note(f"resuming {out} from epoch {start + 1} of {recipe.epochs}")
     elif resume:
         raise UsageError(f"--resume: no checkpoint {ckpt} to resume from", "train without --resume first")
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
     eval_spec = RunSpec(batch_size=max(recipe.batch_size, 256), device=str(dev), progress=False, allow_nonfinite=True)
     for epoch in range(start, recipe.epochs):
         row = _epoch(model, opt, train_data, recipe, epoch, dev, progress_bar)
@@ -155,7 +157,8 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
             row.update(test_loss=float("nan"), test_error=float("nan"))
         rows.append(row)
         # last.pt is written last: it is the commit point that --resume trusts
-        pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(out / "metrics.csv", index=False)
+        with atomic_path(out / "metrics.csv") as tmp:
+            pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp, index=False)
         _atomic_save(model.state_dict(), out / "model.pt")
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, ckpt)
         if progress_bar:

@@ -42,7 +42,7 @@ def test_info_counts_blocks(capsys, spec, n):
 
 
 def test_info_non_residual_model_is_clear(capsys):
-    code, _, err = run(capsys, "info", "--model", "test_cli:plain_cnn")
+    code, _, err = run(capsys, "info", "--model", "test_cli:plain_cnn", "--trust-code")
     assert code == 2 and "no residual block" in err and "register_block" in err and "Traceback" not in err
 
 

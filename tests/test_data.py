@@ -74,7 +74,7 @@ def test_cache_is_used_on_second_load(archive, monkeypatch, tmp_path):
     def boom(*a, **k):
         raise AssertionError("archive re-read despite the cache")
 
-    monkeypatch.setattr(D, "_read_members", boom)
+    monkeypatch.setattr(D, "read_members", boom)
     second = load_dataset(f"imagefolder:{archive}", "test")
     assert second.source["cached"] is True
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)

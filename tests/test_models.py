@@ -41,7 +41,9 @@ def test_spec_forms():
     assert build_model("resprobe.models:cifar_resnet(depth=8)").depth == 8
     assert build_model("cifar_resnet8", num_classes=3, in_channels=1).conv1.in_channels == 1
     for bad, msg in [("nonsense", "unknown model spec"), ("torchvision:resnet9000", "unknown torchvision model"),
-                     ("no_such_pkg.mod:f", "cannot import"), ("resprobe.models:nothing", "no callable"),
-                     ("cifar_resnet20(bogus=1)", "cannot build")]:
+                     ("no_such_pkg.mod:f", "would import the module 'no_such_pkg.mod'"),
+                     ("resprobe.models:nothing", "no callable"), ("cifar_resnet20(bogus=1)", "cannot build")]:
         with pytest.raises(SpecError, match=msg):
             build_model(bad)
+    with pytest.raises(SpecError, match="cannot import"):
+        build_model("no_such_pkg.mod:f", trust_code=True)

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["preserved_state", "frozen_eval", "Trace", "hook_count"]
+__all__ = ["preserved_state", "frozen_eval", "Trace", "hook_count", "user_hooks"]
 
 
 @contextmanager
@@ -51,6 +51,27 @@ def hook_count(model: nn.Module) -> int:
                      "_state_dict_hooks", "_load_state_dict_pre_hooks"):
             n += len(getattr(m, attr, {}) or {})
     return n
+
+
+_RUN_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def user_hooks(model: nn.Module) -> list[str]:
+    """Where ``model`` runs code of its user's besides its own forward: the names of modules with forward or
+    backward hooks, or with a ``forward`` replaced on the instance, and the global module hooks of torch.
+    Probes run a network's parts one by one (stem, branches, shortcuts, head), so a hook on the model or on a
+    unit would be skipped or run in the wrong place: they refuse such a model instead of probing another one."""
+    import torch.nn.modules.module as mm
+    out = [f"{k[1:]} (global)" for k in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                          "_global_backward_hooks", "_global_backward_pre_hooks")
+           if getattr(mm, k, None)]
+    for name, m in model.named_modules():
+        kinds = [a[1:].replace("_hooks", "") for a in _RUN_HOOKS if getattr(m, a, None)]
+        if "forward" in vars(m):
+            kinds.append("forward replaced")
+        if kinds:
+            out.append(f"{name or '<model>'} ({', '.join(kinds)})")
+    return out
 
 
 def _first_tensor(x):

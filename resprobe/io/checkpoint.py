@@ -71,6 +71,58 @@ def _strip(sd: dict) -> dict:
     return out
 
 
+def check_file(path: Path) -> None:
+    import stat
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}", "check the --weights path") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path} ({e.strerror or e})", "check the --weights path") from e
+    if stat.S_ISDIR(st.st_mode):
+        hint = next((f"pass the file inside it, e.g. {path / n}" for n in ("model.pt", "model.safetensors", "last.pt")
+                     if (path / n).is_file()), "pass the checkpoint file, not its folder")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file", hint)
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket)", "pass a checkpoint file")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty")
+
+
+_MAGIC = ((b"\x93NUMPY", "a NumPy .npy file"), (b"GGUF", "a GGUF file"), (b"\x89HDF", "an HDF5 (Keras) file"),
+          (b"\x08\x01\x12", "an ONNX or protobuf file"), (b"\x1f\x8b", "a gzip file"), (b"{", "a JSON or text file"))
+
+
+def _format(path: Path) -> str:
+    """``torch`` (torch.save's zip, or a legacy pickle), ``safetensors``, or what the file looks like."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return next((what for magic, what in _MAGIC if head.startswith(magic)),
+                f"neither torch.save's zip format nor a pickle; it starts with {head[:8]!r}")
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CheckpointError(f"{path} is a safetensors file and the safetensors package is not installed",
+                              "pip install safetensors") from e
+    try:
+        sd = load_file(os.fspath(path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - a damaged file, in one line
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})", "the file is incomplete or "
+                              "damaged: copy it again") from e
+    if not sd:
+        raise CheckpointError(f"{path}: the safetensors file holds no tensors")
+    return sd
+
+
 def read_state_dict(path, trust: bool = False) -> dict:
     """Read a state dict (bare, or under ``state_dict``/``model``), ``module.`` prefixes stripped.
 
@@ -79,16 +131,20 @@ def read_state_dict(path, trust: bool = False) -> dict:
     ``--trust-checkpoint``). A corrupt, truncated or foreign file is reported as such.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", "check the --weights path")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the checkpoint file is empty")
+    check_file(path)
+    kind = _format(path)
+    if kind == "safetensors":
+        return _strip(_read_safetensors(path))
+    if kind != "torch":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({kind})",
+                              "pass the .pt/.pth/.th file that torch.save wrote, or a .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure gets one of two clear messages
         text = str(e)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if "GLOBAL" not in text:
+            lines = [ln for ln in lines if "weights_only" not in ln and "Weights only load failed" not in ln] or lines
             msg = next((ln for ln in lines if "Unsupported" in ln or "failed" in ln.lower()), lines[0] if lines else "")
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another "
                                   f"format: {type(e).__name__}: {msg[:200]})") from e
@@ -122,6 +178,13 @@ def load_weights(model: nn.Module, path, trust: bool = False) -> dict:
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    kinds = [f"{k} ({str(sd[k].dtype).replace('torch.', '')})" for k in own
+             if k in sd and own[k].is_floating_point() and not sd[k].is_floating_point()]
+    if kinds and not (missing or unexpected or shapes):
+        raise CheckpointError(f"{path}: {len(kinds)} weights that the model holds as floating point are stored as "
+                              f"integers or booleans ({', '.join(kinds[:4])}{', ...' if len(kinds) > 4 else ''}); "
+                              "casting them would give another network", "pass a floating-point checkpoint (a "
+                              "quantised file needs dequantising first)")
     if missing or unexpected or shapes:
         def show(xs, n=12):
             return ", ".join(xs[:n]) + (f", ... ({len(xs)} in all)" if len(xs) > n else "") if xs else "none"

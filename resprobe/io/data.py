@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import math
 import os
 import pickle
@@ -35,16 +34,16 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from .atomic import atomic_path
+from .archives import IMAGE_EXTS, DataError, available_memory, decode_image, read_members  # noqa: F401
 
-__all__ = ["DataError", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
+__all__ = ["DataError", "IMAGE_EXTS", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "none": None,
 }
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -53,11 +52,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-CACHE_VERSION = 2  # 2: class indices from every split's classes
-
-
-class DataError(UserError, ValueError):
-    """Data that is missing, corrupt or not in the expected layout."""
+CACHE_VERSION = 3  # 2: class indices from every split's classes; 3: 16-bit images scaled, names checked
 
 
 def cache_dir() -> Path:
@@ -239,107 +234,6 @@ def _content_key(path: Path) -> str:
     return h.hexdigest()
 
 
-_INCOMPLETE = "the file is incomplete or damaged: download or copy it again"
-_FORMATS = "a folder, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz or .zip"
-
-
-def _archive_bytes(path: Path) -> bytes:
-    """The archive's decompressed bytes. The compression is told by the file's first bytes (gzip, bzip2,
-    xz; anything else is read as is), and every stream is read to its end marker, so a cut anywhere fails
-    (gzip: length and CRC of its trailer; bzip2 and xz: end-of-stream marker and checksums)."""
-    import bz2
-    import lzma
-    with open(path, "rb") as f:
-        head = f.read(6)
-    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
-    op = next((o for magic, o in opener.items() if head.startswith(magic)), None)
-    try:
-        if op is None:
-            return path.read_bytes()
-        with op(path, "rb") as g:
-            return g.read()
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, ValueError) as e:
-        raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
-
-
-def _read_zip(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
-    """Image files and directories from a zip archive, every member's CRC verified (a cut zip has no
-    central directory and is refused)."""
-    import zipfile
-    files, dirs = [], set()
-    try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                parts = tuple(p for p in Path(info.filename).parts if p not in (".", ""))
-                if not parts:
-                    continue
-                if info.is_dir():
-                    dirs.add(parts)
-                    continue
-                dirs.update(parts[:k] for k in range(1, len(parts)))
-                files.append((parts, z.read(info) if parts[-1].lower().endswith(IMAGE_EXTS) else None))
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-        raise DataError(f"{path}: truncated or corrupt zip archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
-    return files, dirs
-
-
-def _read_tar(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
-    """Image files as (path parts, bytes) and directories as path parts, from a verified tar: every
-    member's data is complete and the archive ends with its end-of-archive blocks."""
-    raw = _archive_bytes(path)
-    if not raw:
-        raise DataError(f"{path}: the archive is empty", "expected [split/]<class>/<image> files")
-    if len(raw) >= 512:
-        try:
-            tarfile.TarInfo.frombuf(raw[:512], "utf-8", "surrogateescape")
-        except (tarfile.EmptyHeaderError, tarfile.EOFHeaderError):
-            pass  # an archive without members (its end blocks only): "no image files" below
-        except tarfile.HeaderError as e:
-            raise DataError(f"{path}: not a tar archive (its first block is no tar header: {e})",
-                            f"imagefolder: reads {_FORMATS}") from e
-    if len(raw) < 1024 or len(raw) % 512:
-        raise DataError(f"{path}: truncated tar archive ({len(raw)} bytes, not whole 512-byte blocks)"
-                        + ("" if len(raw) >= 512 else f", or not a tar archive ({_FORMATS} are read)"), _INCOMPLETE)
-    files, dirs, end = [], set(), 0
-    try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
-            for m in tf:
-                end = max(end, m.offset_data + ((m.size + 511) // 512) * 512)
-                if m.offset_data + m.size > len(raw):
-                    raise DataError(f"{path}: member {m.name} is cut short (truncated archive)", _INCOMPLETE)
-                parts = tuple(p for p in Path(m.name).parts if p not in (".", ""))
-                if m.isdir():
-                    dirs.add(parts)
-                elif m.isfile():
-                    files.append((parts, tf.extractfile(m).read() if parts[-1].lower().endswith(IMAGE_EXTS) else None))
-    except tarfile.TarError as e:
-        raise DataError(f"{path}: corrupt tar archive ({type(e).__name__}: {e})", _INCOMPLETE) from e
-    tail = raw[end:]
-    if len(tail) < 1024 or tail[:1024].count(0) != 1024:
-        raise DataError(f"{path}: truncated tar archive (no end-of-archive marker after the last member, "
-                        f"{len(tail)} bytes left)", _INCOMPLETE)
-    return files, dirs
-
-
-def _read_members(path: Path) -> tuple[list[tuple[tuple, bytes]], set[tuple]]:
-    """All files as (path parts, bytes or None for non-images) and all directories, from a folder or an
-    archive."""
-    if path.is_dir():
-        files, dirs = [], set()
-        for p in sorted(path.rglob("*")):
-            parts = p.relative_to(path).parts
-            if p.is_dir():
-                dirs.add(parts)
-            elif p.is_file():
-                files.append((parts, p.read_bytes() if p.suffix.lower() in IMAGE_EXTS else None))
-        return files, dirs
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head in (b"PK\x03\x04", b"PK\x05\x06"):
-        return _read_zip(path)
-    return _read_tar(path)
-
-
 def _layout(path: Path, files, dirs, split: str) -> tuple[list[tuple[tuple, bytes]], str, list[str]]:
     """Pick the split's images and their classes. The documented rules (a single folder wrapping
     everything is skipped first):
@@ -398,10 +292,8 @@ def _cache_write(cfile: Path, payload: dict) -> None:
     """Write the decoded cache atomically; an unusable cache folder warns once and carries on."""
     global _CACHE_WARNED
     try:
-        cfile.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cfile.with_name(cfile.name + f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, cfile)
+        with atomic_path(cfile) as tmp:
+            torch.save(payload, tmp)
     except OSError as e:
         if not _CACHE_WARNED:
             _CACHE_WARNED = True
@@ -428,22 +320,21 @@ def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bo
             pass
         except Exception:  # noqa: BLE001 - a broken or unreadable cache file is rebuilt
             pass
-    files, dirs = _read_members(path)
+    files, dirs = read_members(path)
     chosen, used_split, classes = _layout(path, files, dirs, split)
     cidx = {c: i for i, c in enumerate(classes)}
     chosen.sort(key=lambda pb: pb[0])
-    from PIL import Image, UnidentifiedImageError
     imgs, labels = [], []
     size = None
     for parts, (data, name) in chosen:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{path}: cannot decode image {name} ({e})",
-                            "the file is corrupt or not an image") from e
+        arr = decode_image(data, name, path)
         if size is None:
             size = arr.shape
+            need, have = arr.nbytes * len(chosen) * 2, available_memory()  # the list, then the stacked tensor
+            if have is not None and need > 0.9 * have:
+                raise DataError(f"{path}: {len(chosen):,} images of {arr.shape[1]}×{arr.shape[0]} pixels need about "
+                                f"{need / 2**30:,.1f} GiB of memory; {have / 2**30:,.1f} GiB are available",
+                                "use a smaller split or fewer images")
         elif arr.shape != size:
             raise DataError(f"{path}: image {name} has shape {arr.shape}, others {size}",
                             "resprobe expects images of one size")

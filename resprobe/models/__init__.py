@@ -8,8 +8,12 @@ Spec strings (the same on the CLI and in the API):
 - ``torchvision:resnet50``, ``timm:vit_tiny_patch16_224(img_size=32, patch_size=4)`` (random init; weights
   come from ``--weights``);
 - ``package.module:factory`` (a user's factory returning an ``nn.Module``): resprobe imports the module
-  and calls the factory, which runs its code, like running a script. Standard-library and builtin
-  callables are refused.
+  and calls the factory, which runs its code, like running a script. That needs consent: ``trust_code=True``
+  (CLI ``--trust-code``, Hugging Face's ``trust_remote_code`` convention), except for factories inside
+  resprobe itself. Standard-library and builtin callables are refused, and of the known third-party
+  libraries (torch, torchvision, timm, numpy, pickle's relatives and the like) only ``nn.Module`` classes may
+  be named (``torchvision.models.vision_transformer:VisionTransformer(...)``): their functions, such as
+  ``torch.load`` or ``numpy.load``, are never reachable through a spec, with or without consent.
 
 Any spec may end with ``(key=value, ...)`` keyword arguments passed to its factory (Python literals).
 """
@@ -90,10 +94,13 @@ def _accepts(factory, key: str) -> bool:
     return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+def build_model(spec: str, num_classes: int | None = None, in_channels: int | None = None,
+                trust_code: bool = False) -> nn.Module:
     """Build a model from a spec string (see the module docstring). Specs of the form
     ``package.module:factory`` import that module and call the factory: like running a script, this
-    runs its code."""
+    runs its code, so it needs ``trust_code=True`` (unless the module is part of resprobe)."""
+    if not isinstance(spec, str):
+        raise SpecError(f"a model spec must be a string, got {type(spec).__name__}")
     name, kwargs = parse_spec(spec)
     m = _CIFAR.match(name)
     if m:
@@ -113,7 +120,7 @@ def build_model(spec: str, num_classes: int | None = None, in_channels: int | No
     if name.startswith("timm:"):
         return _timm(name.split(":", 1)[1], kwargs, num_classes, in_channels, spec)
     if ":" in name:
-        return _user_factory(name, kwargs, num_classes, in_channels, spec)
+        return _user_factory(name, kwargs, (num_classes, in_channels), spec, trust_code)
     raise SpecError(f"unknown model spec {spec!r}",
                     "use cifar_resnet<6n+2> / cifar_plain<d> / cifar_preresnet<d> (optionally _b), mlp(...), "
                     "torchvision:<name>, timm:<name> or package.module:factory")
@@ -171,14 +178,38 @@ def _timm(timm_name: str, kwargs: dict, num_classes, in_channels, spec: str) -> 
     return _call(lambda **kw: timm.create_model(timm_name, pretrained=False, **kw), kwargs, spec)
 
 
-def _user_factory(name: str, kwargs: dict, num_classes, in_channels, spec: str) -> nn.Module:
+# third-party libraries whose callables a spec never reaches: they hold loaders that run pickled code
+# (torch.load, numpy.load, pandas.read_pickle, joblib.load, ...) or download; their models have own prefixes
+_LIBRARIES = frozenset("""torch torchvision timm numpy pandas scipy joblib dill cloudpickle sklearn skops h5py yaml
+    ruamel safetensors transformers accelerate huggingface_hub datasets tokenizers gguf tensorflow keras jax flax
+    onnx onnxruntime PIL matplotlib seaborn networkx tqdm fsspec pyarrow msgpack jsonpickle numba IPython pytest
+    _pytest pip setuptools pkg_resources hypothesis llm requests urllib3""".split())
+
+
+def _foreign(top: str) -> str | None:
+    """Why a module's code may not be reached through a spec (None: it may, with consent)."""
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
+        return "the standard-library module"
+    if top in _LIBRARIES:
+        return "the third-party library"
+    return None
+
+
+def _user_factory(name: str, kwargs: dict, shape: tuple, spec: str, trust_code: bool) -> nn.Module:
+    num_classes, in_channels = shape
     mod_name, fn_name = (x.strip() for x in name.split(":", 1))
     if not mod_name or not fn_name or not all(part.isidentifier() for part in mod_name.split(".") + [fn_name]):
         raise SpecError(f"cannot read model spec {spec!r}", "write package.module:factory (or a built-in name)")
     top = mod_name.split(".")[0]
-    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
-        raise SpecError(f"model spec {spec!r} names the standard-library module {mod_name!r}",
-                        "a spec package.module:factory must name your own model factory")
+    why = _foreign(top)
+    if why == "the standard-library module":
+        raise SpecError(f"model spec {spec!r} names {why} {mod_name!r}",
+                        "a spec package.module:factory must name your own model factory (built-in models: "
+                        "cifar_*, mlp(...), torchvision:NAME, timm:NAME)")
+    # a known library is imported (as resprobe itself imports torch), but only its nn.Module classes are called
+    if top != "resprobe" and not why and not trust_code:
+        raise SpecError(f"model spec {spec!r} would import the module {mod_name!r} and run its code",
+                        "pass --trust-code if you trust that module (API: trust_code=True)")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -191,6 +222,12 @@ def _user_factory(name: str, kwargs: dict, num_classes, in_channels, spec: str) 
         raise SpecError(f"{name!r} is a builtin function, not a model factory")
     if isinstance(factory, type) and not issubclass(factory, nn.Module):
         raise SpecError(f"{name!r} is a class that is not a torch.nn.Module")
+    origin = _foreign(str(getattr(factory, "__module__", None) or "builtins").split(".")[0])
+    if (origin or why) and not isinstance(factory, type):
+        where = getattr(factory, "__module__", None) or mod_name
+        raise SpecError(f"{name!r} is a function of {origin or why} {where!r}, not a model class",
+                        "a spec may name a library's nn.Module classes (or your own factory, with --trust-code); "
+                        "built-in models: cifar_*, mlp(...), torchvision:NAME, timm:NAME")
     if num_classes is not None and "num_classes" not in kwargs and _accepts(factory, "num_classes"):
         kwargs["num_classes"] = num_classes
     if in_channels is not None and "in_channels" not in kwargs and _accepts(factory, "in_channels"):

@@ -29,6 +29,14 @@ def check_labels(subjects: Sequence[Subject]) -> None:
     if dup:
         raise UsageError(f"two networks share the label {', '.join(map(repr, dup))}",
                          "give each --model its own --label")
+    from ..anatomy.hooks import user_hooks
+    for s in subjects:
+        hooked = user_hooks(s.model)
+        if hooked:
+            raise UsageError(f"{s.label}: the model runs hooks or a replaced forward ({'; '.join(hooked[:3])}"
+                             f"{'; ...' if len(hooked) > 3 else ''}), which a probe running its parts one by one "
+                             "would skip or misplace", "remove them (handle.remove()) or build what they do into "
+                             "the model's own modules")
 
 
 def data_key(data: Dataset) -> dict:

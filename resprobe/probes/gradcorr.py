@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from ..anatomy import anatomy, frozen_eval
 from ..engine import RunSpec, check_finite, require_memory
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.signal import (brown_noise, correlation_matrix, fit_exponential_log2, fit_power_law, lag1,
@@ -73,6 +74,7 @@ class SyntheticOptions:
             raise UsageError("--depths must be positive integers")
         if self.width < 2:
             raise UsageError("--width must be at least 2")
+        checks.number("--beta", self.beta, 0, 100)
 
     def describe(self) -> dict:
         return dict(kinds=list(self.kinds), depths=list(self.depths), seeds=self.seeds, width=self.width,
@@ -98,8 +100,7 @@ class LineOptions:
             raise UsageError(f"--lines must be at least 2 (statistics across lines), got {self.lines}")
         if self.points < 16:
             raise UsageError(f"--points must be at least 16 (lag-1 and spectra need a line of points), got {self.points}")
-        if not self.span > 0:
-            raise UsageError(f"--span must be positive, got {self.span}")
+        checks.number("--span", self.span, 0, 100, lo_open=True)
 
     def describe(self) -> dict:
         return dict(lines=self.lines, points=self.points, line=self.mode, span=self.span, target=self.target)

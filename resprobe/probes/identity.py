@@ -43,6 +43,7 @@ from .. import distributed as dist
 from .. import fmt
 from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..engine import PerImageStore, RunSpec, batches, check_finite
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import cosine, hsic_unbiased, minibatch_grams, per_image_norm
@@ -94,8 +95,8 @@ class IdentityOptions:
             raise UsageError(f"--cka-minibatch must be at least 4 (the unbiased HSIC estimator), got {self.cka_minibatch}")
         if self.cka_images is not None and self.cka_images < self.cka_minibatch:
             raise UsageError(f"--cka-images must be at least one minibatch ({self.cka_minibatch}), got {self.cka_images}")
-        if not self.threshold > 0:
-            raise UsageError(f"--threshold must be positive, got {self.threshold}")
+        # a unit whose branch is as large as its shortcut is not near the identity, whatever is asked
+        checks.number("--threshold", self.threshold, 0, 1, lo_open=True)
 
     def describe(self) -> dict:
         return dict(metrics=list(self.metrics), grad=self.grad, cka_minibatch=self.cka_minibatch,

@@ -269,13 +269,15 @@ def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool) -> tupl
     return df, dict(boot_totals=totals)
 
 
-def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9) -> dict:
+def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9,
+              n_units: Optional[dict] = None) -> dict:
     """Per model: the shortest path-length range carrying 80/90/95% of the gradient (with bootstrap
-    intervals of its ends), the fraction of all paths in it, and the gradient-weighted mean length."""
+    intervals of its ends), the fraction of all paths in it, and the gradient-weighted mean length.
+    ``n_units``: each model's number of residual units (default: the largest k measured)."""
     out = {}
     for m, g in df.groupby("model", sort=False):
         g = g.sort_values("k")
-        n = int(g["k"].max())
+        n = int((n_units or {}).get(str(m), g["k"].max()))
         if list(g["k"]) != list(range(n + 1)):
             out[str(m)] = dict(note="the effective range and the weighted length need every k from 0 to n (--k 0:n)")
             continue
@@ -350,11 +352,12 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
     if not residual:
         raise UsageError(f"{', '.join(skipped)} ha{'s' if len(skipped) == 1 else 've'} no residual unit: every path "
                          "has the same length", "the path-length analysis needs a residual network")
-    views = {}
+    views, n_units = {}, {}
     for s in residual:
         view, routes, got = profile(s, data, spec, options)
         views[s.label] = view
         graphs[s.label] = unraveled_graph(view)
+        n_units[s.label] = len(path_length_distribution(graphs[s.label])) - 1 - sum(u.kind == "plain" for u in view)
         if got is None:
             continue
         df, ex = _table(s.label, view, routes, got, spec, options.to_image)
@@ -364,11 +367,13 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
     if not dist.is_main():
         return StudyResult("paths", pd.DataFrame(columns=COLUMNS))
     table = pd.concat(frames, ignore_index=True)
-    summary = summarize(table, boots, options.share)
+    summary = summarize(table, boots, options.share, n_units)
     verdicts = short_paths_verdicts(summary, common.roles(residual, views, data, spec), len(data))
     find = [f"{lab}: no residual unit, so no path-length analysis (every path has the same length)."
             for lab in skipped]
     for m, s in summary.items():
+        if "note" in s:
+            find.append(f"{m}: no effective range or weighted length: {s['note']}.")
         if "range" in s:
             w = s["weighted_length"]
             find.append(f"{m}: {s['share']:.0%} of the gradient comes from paths of length {s['range'][0]}–"

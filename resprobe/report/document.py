@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from .. import fmt
+from ..io.atomic import write_text
 from ..verdict import Verdict
 
 __all__ = ["Document", "verdict_rows"]
@@ -172,9 +173,7 @@ class Document:
         out_dir.mkdir(parents=True, exist_ok=True)
         md, ht = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
         for path, text in ((md, self.markdown(out_dir)), (ht, self.html())):
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_text(path, text)
         return md, ht
 
 

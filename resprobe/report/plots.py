@@ -21,6 +21,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from ..io.atomic import atomic_path  # noqa: E402
+
 __all__ = ["save_figure", "unit_positions", "lesion_single_plot", "lesion_random_k_plot", "lesion_reorder_plot",
            "identity_metric_plot", "response_std_plot", "paths_plots", "gradient_traces_plot",
            "correlation_heatmaps_plot", "lag1_vs_depth_plot", "block_profile_plot", "spectra_plot",
@@ -63,11 +65,14 @@ def _plain_log_formatter(ax, axis: str = "y"):
 def save_figure(fig, stem) -> list[Path]:
     """Write ``stem.png`` (150 dpi) and ``stem.svg``; close the figure."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    plt.close(fig)
+    try:
+        with atomic_path(paths[0]) as tmp:
+            fig.savefig(tmp, dpi=150, format="png")
+        with atomic_path(paths[1]) as tmp:
+            fig.savefig(tmp, format="svg")
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fmt
+from ..io.atomic import write_text
 from ..outputs import check_writable
 from ..study import StudyResult
 from . import plots
@@ -265,6 +266,6 @@ def _extras(result: StudyResult, out: Path) -> list[Path]:
         for label, g in result.extras.get("graphs", {}).items():
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
             nx.write_graphml(g, out / f"graph_{safe}.graphml")
-            (out / f"graph_{safe}.json").write_text(json.dumps(nx.node_link_data(g, edges="links"), indent=1))
+            write_text(out / f"graph_{safe}.json", json.dumps(nx.node_link_data(g, edges="links"), indent=1))
             files += [out / f"graph_{safe}.graphml", out / f"graph_{safe}.json"]
     return files

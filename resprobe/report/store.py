@@ -14,7 +14,6 @@ is gone, since the key travels in the rows themselves. Every write is atomic (te
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import OutputError
+from ..io.atomic import write_bytes
 from .tables import read_json, write_json, write_table
 
 __all__ = ["LesionStore"]
@@ -114,6 +114,4 @@ class LesionStore:
         allbits.update({f"{model}|{k}": v for k, v in bits.items()})
         buf = io.BytesIO()
         np.savez_compressed(buf, **allbits)
-        tmp = self.bits_file.with_name(self.bits_file.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, self.bits_file)
+        write_bytes(self.bits_file, buf.getvalue())
