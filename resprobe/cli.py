@@ -288,6 +288,9 @@ def cmd_info(args) -> int:
         args.random_init = True  # the structure does not depend on the weights
     model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, trust_code=args.trust_code)
     shape = tuple(args.input_size) if args.input_size else api.default_input_shape(model)
+    if math.prod(shape) > 2 ** 26:
+        raise UsageError(f"--input-size {','.join(map(str, shape))} is {math.prod(shape):,} values per input",
+                         f"give at most {2 ** 26:,} (e.g. 3,4096,4096)")
     view = anatomy(model, shape)
     rows = view.table()
     if args.json:
@@ -663,7 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _machine_error(e: BaseException) -> Optional[UserError]:
     """A full disk, a name too long, no permission or no memory, as the one line the user can act on."""
-    if isinstance(e, MemoryError):
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                                                       or "out of memory" in str(e).lower())):
         return UserError("out of memory", "use fewer images (--limit), a smaller --batch-size or fewer bootstrap "
                          "resamples (--n-boot)")
     from .io.atomic import os_error
@@ -684,7 +688,7 @@ def main(argv: Optional[list] = None) -> int:
             raise
         print(f"resprobe: error: {e.one_line()}", file=sys.stderr)
         return 2
-    except (MemoryError, OSError) as e:  # the machine's limits: one line, not a traceback
+    except (MemoryError, OSError, RuntimeError) as e:  # the machine's limits: one line, not a traceback
         err = _machine_error(e)
         if err is None or args.debug:
             raise

@@ -158,7 +158,7 @@ def test_study_outputs_and_cli_errors(tmp_path, capsys):
         assert (tmp_path / f).stat().st_size > 0
     assert main(["amplify", "--model", "cifar_resnet8", "--random-init", "--data", "synthetic(n=8)", "--eps", "0,2",
                  "--out", str(tmp_path / "x")]) == 2
-    assert "--eps values must lie in (0, 1)" in capsys.readouterr().err
+    assert "--eps values must lie in [1e-6, 1)" in capsys.readouterr().err
 
 
 def test_values_do_not_depend_on_batch_size():

@@ -184,12 +184,16 @@ def load_dataset(spec: str, split: str = "test", root=None, download: bool = Fal
     except SpecError as e:
         raise DataError(str(e.one_line()).replace("model spec", "data spec")) from e
     if name.startswith("imagefolder:"):
+        if not name.split(":", 1)[1].strip():
+            raise DataError("--data imagefolder: names no folder or archive", "write imagefolder:PATH")
         ds = load_imagefolder(name.split(":", 1)[1], split, cache=cache, progress=progress)
     elif name == "cifar10":
         ds = load_cifar10(split, root, download)
     elif name in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         ds = load_fashion_mnist(split, root, download)
     elif name == "synthetic":
+        if split not in ("train", "test"):
+            raise DataError(f"synthetic data has the splits train and test, not {split!r}", "use --split test or train")
         ds = make_synthetic(split=split, **_synthetic_kwargs(spec, kwargs))
         ds.spec = spec
     elif Path(spec).exists():
@@ -209,10 +213,16 @@ def _synthetic_kwargs(spec: str, kwargs: dict) -> dict:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
             (kinds[k] is float or float(v).is_integer())
         lo = {"n": 1, "classes": 2, "size": 4, "seed": 0, "noise": 0}[k]
-        if not ok or v < lo:
-            raise DataError(f"{spec}: {k} must be {'an integer' if kinds[k] is int else 'a number'} >= {lo}, "
+        hi = {"n": 10 ** 7, "classes": 6, "size": 4096, "seed": 2 ** 53, "noise": 100}[k]
+        if not ok or not lo <= v <= hi:
+            raise DataError(f"{spec}: {k} must be {'an integer' if kinds[k] is int else 'a number'} in {lo}..{hi}, "
                             f"got {v!r}")
         kwargs = dict(kwargs, **{k: kinds[k](v)})
+    n, size = kwargs.get("n", 2000), kwargs.get("size", 32)
+    have = available_memory()
+    if have is not None and 40.0 * n * size * size > 0.9 * have:   # float32 patterns and noise while drawing
+        raise DataError(f"{spec}: {n:,} images of {size}×{size} pixels need about {40 * n * size * size / 2**30:,.1f} "
+                        f"GiB of memory while drawn; {have / 2**30:,.1f} GiB are available", "lower n or size")
     return kwargs
 
 

@@ -142,7 +142,12 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        for key, v, hi in (("depth", depth, 6002), ("num_classes", num_classes, 100_000),
+                           ("in_channels", in_channels, 1024), ("width", width, 4096)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise ValueError(f"{key} must be an integer in 1..{hi}, got {v!r}")
         n = (depth - 2) // 6
+        weights_fit(4 * 378 * n * width ** 2, f"a depth-{depth} CIFAR ResNet of width {width}")
         self.depth, self.preact, self.plain, self.shortcut_option = depth, preact, plain, shortcut
         block = {(False, False): BasicBlock, (False, True): PlainBlock,
                  (True, False): PreActBlock, (True, True): PreActPlainBlock}[(preact, plain)]
@@ -174,6 +179,15 @@ class CifarResNet(nn.Module):
             out = F.relu(self.bn(out))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
+
+
+def weights_fit(nbytes: float, what: str) -> None:
+    """Refuse, before allocating, a network whose weights alone cannot fit in memory."""
+    from ..io.archives import available_memory
+    have = available_memory()
+    if have is not None and nbytes > 0.5 * have:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:,.1f} GiB for its weights; {have / 2**30:,.1f} GiB "
+                         "are available")
 
 
 def cifar_resnet(depth: int = 20, shortcut: str = "A", preact: bool = False, plain: bool = False,

@@ -40,8 +40,15 @@ class MLP(nn.Module):
     def __init__(self, depth: int = 4, width: int = 200, residual: bool = True, batchnorm: bool = True,
                  in_features: int = 1, out_features: int = 1, branch_scale: float = 1.0):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+        for key, v, hi in (("depth", depth, 100_000), ("width", width, 1 << 16), ("in_features", in_features, 1 << 24),
+                           ("out_features", out_features, 1 << 24)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise ValueError(f"{key} must be an integer in 1..{hi}, got {v!r}")
+        if not math.isfinite(branch_scale):
+            raise ValueError(f"branch_scale must be finite, got {branch_scale!r}")
+        from .cifar import weights_fit
+        weights_fit(4.0 * (depth * (width + 4) * width + (in_features + out_features) * width), f"an MLP of depth {depth} "
+              f"and width {width}")
         self.stem = nn.Linear(in_features, width)
         nn.init.kaiming_normal_(self.stem.weight, nonlinearity="linear")
         self.blocks = nn.Sequential(*[MLPBlock(width, residual, batchnorm, branch_scale) for _ in range(depth)])

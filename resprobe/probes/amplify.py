@@ -58,8 +58,10 @@ class AmplifyOptions:
     power_iters: int = 10
 
     def __post_init__(self):
-        if not self.eps or any(not 0 < e < 1 for e in self.eps):
-            raise UsageError(f"--eps values must lie in (0, 1), got {list(self.eps)}")
+        # below 1e-6 a float32 perturbation is lost in rounding (float32 resolves 1.2e-7 relative)
+        if not self.eps or any(not 1e-6 <= e < 1 for e in self.eps):
+            raise UsageError(f"--eps values must lie in [1e-6, 1) (float32 cannot resolve smaller relative "
+                             f"perturbations), got {list(self.eps)}")
         if self.power_iters < 1:
             raise UsageError(f"--power-iters must be >= 1, got {self.power_iters}")
 

@@ -100,7 +100,7 @@ class LineOptions:
             raise UsageError(f"--lines must be at least 2 (statistics across lines), got {self.lines}")
         if self.points < 16:
             raise UsageError(f"--points must be at least 16 (lag-1 and spectra need a line of points), got {self.points}")
-        checks.number("--span", self.span, 0, 100, lo_open=True)
+        checks.number("--span", self.span, 1e-6, 100)   # below 1e-6 of |x0| the points differ by float32 rounding
 
     def describe(self) -> dict:
         return dict(lines=self.lines, points=self.points, line=self.mode, span=self.span, target=self.target)
@@ -252,7 +252,8 @@ def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1, n_boot: int
 
 
 def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec()) -> StudyResult:
-    require_memory(options.points * options.width * max(options.depths) * 4 * 8,
+    require_memory(options.points * options.width * max(options.depths) * 4 * 8
+                   + 4.0 * options.width * (options.width + 4) * max(options.depths),
                    f"--points {options.points} through networks of width {options.width} and depth {max(options.depths)}",
                    "lower --points, --width or --depths")
     df, grads = synthetic_sweep(options, spec)
