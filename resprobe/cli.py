@@ -310,6 +310,24 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from .io import published
+    rows = []
+    for e in published.entries().values():
+        where = Path(e.file) if e.local else published.cache_folder() / e.file
+        rows.append(dict(e.describe(), cached=where.is_file(), path=str(where)))
+    if args.json:
+        print(json.dumps(dict(cache=str(published.cache_folder()), weights=rows)))
+        return 0
+    print(f"checkpoints by name (--weights NAME; downloads go to {published.cache_folder()}, sha256-checked):")
+    for r in rows:
+        err = "" if r["error"] is None else f"published error {r['error']:.2%}"
+        jpeg = "" if r["jpeg_error"] is None else f", {r['jpeg_error']:.2%} on the JPEG copy"
+        state = "in the repository" if not r["url"] else ("cached" if r["cached"] else "not downloaded")
+        print(f"  {r['name']:<28} --model {r['model']:<18} {err}{jpeg} [{state}]")
+    return 0
+
+
 def cmd_eval(args) -> int:
     spec = _spec(args)
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
@@ -519,6 +537,10 @@ def _add_info_eval(sub, common) -> None:
     q = _sub(sub, "eval", "error and loss of a model on a data set", [common, _models(multi=False), _data()])
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_eval)
+    q = _sub(sub, "weights", "the published checkpoints resprobe fetches by name (--weights he2016:resnet56)",
+             [common])
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_weights)
 
 
 def _add_train(sub, common) -> None:

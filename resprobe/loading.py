@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .errors import NonFiniteError, UsageError
 from .io.checkpoint import CheckpointError, check_file, load_weights
+from .io import published
 from .io.data import Dataset, load_dataset
 from .models import build_model
 from .study import Subject
@@ -84,8 +85,13 @@ def load_model(spec: str, weights: Optional[str] = None, trust: bool = False, nu
     """Build ``spec``, load ``weights`` (if given) strictly, check that every weight is finite, put it in
     eval mode; return it and its provenance. ``trust_code``: allow a ``package.module:factory`` spec to
     import and run that module (see :mod:`resprobe.models`)."""
+    entry = None
+    if published.is_name(weights):
+        weights, entry = _published(spec, weights)
     model = build_model(spec, num_classes=num_classes, in_channels=in_channels, trust_code=trust_code)
     prov = {"model": spec, "weights": None, "weights_sha256": None}
+    if entry is not None:
+        prov.update(weights_name=entry.name, weights_source=entry.url or entry.source)
     if weights:
         try:
             prov.update(load_weights(model, weights, trust=trust))
@@ -99,6 +105,16 @@ def load_model(spec: str, weights: Optional[str] = None, trust: bool = False, nu
                                  "anyway and marks the results")
     model.eval()
     return model, prov
+
+
+def _published(spec: str, name: str) -> tuple[str, "published.Published"]:
+    """The local file of a named checkpoint; its model must be the spec's."""
+    from .models import parse_spec
+    path, entry = published.resolve(name)
+    if parse_spec(spec)[0] != entry.model:
+        raise UsageError(f"{name} is a {entry.model} checkpoint, but --model says {spec}",
+                         f"pass --model {entry.model}")
+    return str(path), entry
 
 
 def _class_count_mismatch(e: CheckpointError, model, num_classes, classes, weights) -> None:
@@ -152,17 +168,21 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
         if any(x is None for x in ws) and not random_init:
             raise UsageError(f"no --weights for {spec}: resprobe would probe a randomly initialised network",
                              "pass --weights FILE, or --random-init to probe one on purpose")
+        names = {}
         for pos, x in enumerate(ws):
-            if x is not None:
-                check_file(Path(x))
+            if published.is_name(x):
+                ws[pos], names[pos] = _published(spec, x)
+            if ws[pos] is not None:
+                check_file(Path(ws[pos]))
         group = label or (spec if len(ws) > 1 else None)
         for pos, x in enumerate(ws):
             rec = recorded(x)
             seed = rec.get("seed", pos) if x else pos
+            entry = names.get(pos)
             if len(ws) > 1:
                 lab = f"{group}/s{seed}"
             else:
-                lab = label or _label_for(spec, x)
+                lab = label or (entry.name.replace(":", "_") if entry and not entry.local else _label_for(spec, x))
             from .metrics.stats import stable_seed
             init_seed = stable_seed(seed, "init", spec, len(out))
             with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
@@ -172,8 +192,11 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
                                          classes=data.classes, trust_code=trust_code)
             if x is None:
                 prov = dict(prov, init_seed=init_seed)
+            if entry is not None:
+                prov = dict(prov, weights_name=entry.name, weights_source=entry.url or entry.source)
             _check_outputs(model, data, lab)
-            out.append(Subject(lab, model, normalization_for(x, normalize), prov, group=group or lab,
+            norm = normalize or (entry.normalize if entry is not None and not recorded(x) else None)
+            out.append(Subject(lab, model, normalization_for(x, norm), prov, group=group or lab,
                                seed=int(seed) if seed is not None else None, recipe=recipe_key(x, spec)))
     labs = [s.label for s in out]
     dup = sorted({x for x in labs if labs.count(x) > 1})

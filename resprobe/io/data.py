@@ -394,20 +394,59 @@ def _md5(p: Path) -> str:
     return h.hexdigest()
 
 
-def _download(url: str, dest: Path, md5: Optional[str]) -> None:
+def _download(url: str, dest: Path, md5: Optional[str], alternative: str = "") -> None:
+    """Fetch ``url`` into ``dest`` through a temporary file renamed only after its checksum is checked; a
+    partial or corrupt download is deleted."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
+    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-    except OSError as e:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise DataError(f"cannot download {url} ({reason}) into {dest.parent}",
+                            f"connect to the network{alternative}") from e
+        if md5 is not None and _md5(tmp) != md5:
+            raise DataError(f"the download of {url} failed its checksum (md5 {md5} expected); it was deleted",
+                            "run again; if it fails again, the source changed")
+        os.replace(tmp, dest)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {url} failed: {e}") from e
-    if md5 is not None and _md5(tmp) != md5:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"download of {url} failed its checksum (md5 {md5} expected)")
-    os.replace(tmp, dest)
+
+
+def _cifar10_source() -> tuple[str, str]:
+    """The archive's URL and md5: CIFAR-10's own, or a mirror's (``RESPROBE_CIFAR10_URL`` and
+    ``RESPROBE_CIFAR10_MD5``, e.g. a local copy served in tests)."""
+    return (os.environ.get("RESPROBE_CIFAR10_URL") or CIFAR10_URL,
+            os.environ.get("RESPROBE_CIFAR10_MD5") or CIFAR10_MD5)
+
+
+def _fetch_cifar10(base: Path) -> Path:
+    """Download (md5-checked) and unpack CIFAR-10 under ``base``; the folder appears only when complete."""
+    url, md5 = _cifar10_source()
+    arch = base / "cifar-10-python.tar.gz"
+    if arch.is_file() and _md5(arch) != md5:
+        arch.unlink()   # a damaged or foreign copy: fetched again
+    if not arch.is_file():
+        _download(url, arch, md5, f", or pass --data-root DIR holding cifar-10-batches-py (the folder {base} "
+                  "is where --download puts it)")
+    work = base / f".unpack{os.getpid()}"
+    try:
+        with tarfile.open(arch, "r:gz") as tf:
+            tf.extractall(work, filter="data")
+        if not (work / "cifar-10-batches-py" / "test_batch").is_file():
+            raise DataError(f"{arch} holds no cifar-10-batches-py/test_batch", "delete it and download again")
+        import shutil
+        shutil.rmtree(base / "cifar-10-batches-py", ignore_errors=True)   # a partial folder of an older run
+        os.replace(work / "cifar-10-batches-py", base / "cifar-10-batches-py")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{arch}: cannot unpack ({type(e).__name__}: {e})", "delete it and download again") from e
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    return base / "cifar-10-batches-py"
 
 
 def load_cifar10(split: str = "test", root=None, download: bool = False) -> Dataset:
@@ -426,13 +465,7 @@ def load_cifar10(split: str = "test", root=None, download: bool = False) -> Data
                 f"CIFAR-10 (python format, cifar-10-batches-py) not found under {', '.join(map(str, roots))}. "
                 "Pass --data-root DIR that holds cifar-10-batches-py, or --download to fetch it (163 MB, "
                 "md5-verified), or use imagefolder:PATH for an image folder/archive.")
-        base = roots[0]
-        arch = base / "cifar-10-python.tar.gz"
-        if not arch.is_file():
-            _download(CIFAR10_URL, arch, CIFAR10_MD5)
-        with tarfile.open(arch, "r:gz") as tf:
-            tf.extractall(base, filter="data")
-        folder = base / "cifar-10-batches-py"
+        folder = _fetch_cifar10(roots[0])
     if split == "train":
         files = [folder / f"data_batch_{i}" for i in range(1, 6)]
     elif split == "test":
