@@ -78,3 +78,46 @@ def n_boot(v, name: str = "--n-boot") -> int:
         raise UsageError(f"{name} {n} is more bootstrap resamples than resprobe allows ({MAX_BOOT:,})",
                          "1,000-10,000 resamples give stable 95% intervals")
     return n
+
+
+def fields(obj, **ranges) -> None:
+    """Check every field of an options dataclass against its declared type (the annotation, read as text):
+    ``int`` an integer (default range 1..2**31-1, or from 0 where the default is 0), ``float`` a finite number,
+    ``bool`` a bool, ``str`` a string, ``tuple`` a list or tuple whose items are of the default's item type
+    (``Optional[...]`` also allows None). ``ranges``: ``name=(lo, hi)`` overrides an integer's range. Lists are
+    stored as tuples (the options stay hashable)."""
+    import dataclasses
+    for f in dataclasses.fields(obj):
+        v, ann = getattr(obj, f.name), str(f.type).replace("typing.", "")
+        flag = "--" + f.name.replace("_", "-")
+        if v is None and ann.startswith("Optional"):
+            continue
+        base = ann.removeprefix("Optional[").removesuffix("]")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if base == "bool":
+            if not isinstance(v, bool):
+                raise UsageError(f"{flag} must be true or false, got {v!r}")
+        elif base == "int":
+            lo, hi = ranges.get(f.name, (0 if default == 0 else 1, 2 ** 31 - 1))
+            integer(flag, v, lo, hi)
+        elif base == "float":
+            number(flag, v)
+        elif base == "str":
+            if not isinstance(v, str):
+                raise UsageError(f"{flag} must be a string, got {v!r}")
+        elif base in ("tuple", "Sequence", "list"):
+            if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+                raise UsageError(f"{flag} must be a list of values, got {v!r}")
+            if f.name in ranges and not v:
+                raise UsageError(f"{flag} must name at least one value")
+            items = [x for x in (default or ()) if x is not None]
+            kind = type(items[0]) if items else None
+            for x in v:
+                if kind is int or f.name in ranges:
+                    integer(flag, x, *ranges.get(f.name, (0, 2 ** 31 - 1)))
+                elif kind is float:
+                    number(flag, x)
+                elif kind is str and not isinstance(x, str):
+                    raise UsageError(f"{flag} must be a list of names, got {v!r}")
+            if isinstance(v, list):
+                object.__setattr__(obj, f.name, tuple(v))

@@ -104,12 +104,31 @@ def test_code_blocks_hold_no_bracketed_options_or_placeholders():
     assert len(ALL) >= 15  # the README shows the main commands
 
 
+@pytest.fixture(scope="module")
+def mirrors(tmp_path_factory):
+    """What a README command fetches by name (he2016:..., --data cifar10 --download), served from ../shared by a
+    local server (tests/mirror.py): the commands run as a user's would, offline."""
+    from conftest import MODELS, TEST_ARCHIVE
+    from mirror import cifar10_python_archive, serve
+    if not TEST_ARCHIVE.is_file():
+        yield None
+        return
+    d = tmp_path_factory.mktemp("mirror")
+    md5 = cifar10_python_archive(TEST_ARCHIVE, d / "cifar-10-python.tar.gz", limit=2000)
+    with serve(d) as data_url, serve(MODELS) as weights_url:
+        yield dict(RESPROBE_CIFAR10_URL=f"{data_url}/cifar-10-python.tar.gz", RESPROBE_CIFAR10_MD5=md5,
+                   RESPROBE_WEIGHTS_URL=weights_url, TORCH_HOME=str(d / "torch"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc,cmd", ALL, ids=[f"{d}:{c[:60]}" for d, c in ALL])
-def test_documented_command_runs(doc, cmd, tmp_path):
+def test_documented_command_runs(doc, cmd, tmp_path, mirrors):
     if "../shared" in cmd:
         need_shared(SHARED)
+    fetched = "he2016:" in cmd or " cifar10 " in f"{cmd} "
+    if fetched:
+        need_shared(SHARED / "data", SHARED / "models")
     argv = adapt(cmd, tmp_path)
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", **(mirrors or {}) if fetched else {})
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, f"{cmd}\n-> {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"

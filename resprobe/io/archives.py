@@ -194,6 +194,9 @@ def _read_zip(path: Path) -> tuple[list, set]:
                     if len(data) > budget.max_member:
                         raise _over(path, f"member {info.filename}", len(data), "RESPROBE_MAX_MEMBER_BYTES")
                 files.append((parts, data))
+    except RuntimeError as e:   # zipfile's "is encrypted, password required"
+        raise DataError(f"{path}: a member is encrypted ({e})", "unpack it with its password, or pack it "
+                        "without one") from e
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise DataError(f"{path}: truncated or corrupt zip archive ({type(e).__name__}: {e})", INCOMPLETE) from e
     return files, dirs
@@ -283,6 +286,8 @@ def decode_image(data: bytes, name: str, path) -> np.ndarray:
     rounded: an 8-bit image saved as 16 bits decodes to itself); floating-point images are refused; the
     pixel count is checked from the header before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
+    if not data:
+        raise DataError(f"{path}: image {name} is an empty file", "the file is incomplete: copy it again or remove it")
     cap = limit("RESPROBE_MAX_IMAGE_PIXELS")
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit, checked below from the header, replaces PIL's
@@ -306,7 +311,8 @@ def decode_image(data: bytes, name: str, path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             MemoryError) as e:
-        raise DataError(f"{path}: cannot decode image {name} ({type(e).__name__}: {e})",
+        raise DataError(f"{path}: cannot decode image {name} ({type(e).__name__}: "
+                        f"{str(e).replace(' <_io.BytesIO object', '').split(' at 0x')[0]})",
                         "the file is corrupt or not an image") from e
     finally:
         Image.MAX_IMAGE_PIXELS = old

@@ -37,6 +37,7 @@ from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..anatomy.parts import identity
 from ..engine import PerImageStore, RunSpec, batch_generator, batches, check_finite
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
@@ -58,6 +59,7 @@ class AmplifyOptions:
     power_iters: int = 10
 
     def __post_init__(self):
+        checks.fields(self)
         # below 1e-6 a float32 perturbation is lost in rounding (float32 resolves 1.2e-7 relative)
         if not self.eps or any(not 1e-6 <= e < 1 for e in self.eps):
             raise UsageError(f"--eps values must lie in [1e-6, 1) (float32 cannot resolve smaller relative "

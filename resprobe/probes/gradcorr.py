@@ -63,6 +63,7 @@ class SyntheticOptions:
     beta: float = 0.1
 
     def __post_init__(self):
+        checks.fields(self)
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise UsageError(f"unknown kinds {bad or 'none'}; choose from {', '.join(KINDS)}")
@@ -92,6 +93,7 @@ class LineOptions:
     target: str = "loss"
 
     def __post_init__(self):
+        checks.fields(self)
         if self.mode not in ("direction", "between"):
             raise UsageError(f"line mode must be 'direction' or 'between', got {self.mode!r}")
         if self.target not in ("loss", "logit"):

@@ -87,6 +87,7 @@ class IdentityOptions:
     lesion_check: bool = False
 
     def __post_init__(self):
+        checks.fields(self)
         want = set(self.metrics)
         if want - set(METRIC_GROUPS) or not (want or self.grad):
             raise UsageError(f"metrics must be a non-empty subset of {', '.join(METRIC_GROUPS)}; got "

@@ -34,6 +34,7 @@ from .. import distributed as dist
 from .. import fmt
 from ..anatomy import AnatomyError, Edits, ResidualView, anatomy, preserved_state
 from ..engine import PerImageStore, RunSpec, batches, check_finite
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import bootstrap_proportion_ci, holm, mcnemar_exact, stable_seed
@@ -72,6 +73,7 @@ class LesionPlan:
     granularity: str = "unit"
 
     def __post_init__(self):
+        checks.fields(self, ks=(0, 10 ** 6))
         try:
             object.__setattr__(self, "mode", LesionMode(self.mode))
         except ValueError:

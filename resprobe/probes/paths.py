@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
 from ..engine import PerImageStore, RunSpec, batches, check_finite
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
@@ -62,6 +63,7 @@ class PathsOptions:
     to_image: bool = True
 
     def __post_init__(self):
+        checks.fields(self, ks=(0, 10 ** 6))
         if not 0 < self.share < 1:
             raise UsageError(f"--share must lie strictly between 0 and 1, got {self.share}")
         if self.samples < 1:

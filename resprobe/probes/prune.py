@@ -22,6 +22,7 @@ import torch
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, preserved_state
 from ..engine import PerImageStore, RunSpec, batches, check_finite
+from .. import checks
 from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.similarity import per_image_norm
@@ -42,6 +43,7 @@ class PruneOptions:
     ns: Optional[tuple] = None
 
     def __post_init__(self):
+        checks.fields(self, ns=(1, 10 ** 6))
         if self.ns is not None and (not self.ns or min(self.ns) < 1):
             raise UsageError(f"range lengths must be positive integers, got {list(self.ns)}")
 
