@@ -76,6 +76,22 @@ def env(tmp_path_factory):
             z.writestr(name, data)
     e["dotdot_zip"] = d / "dotdot.zip"
     e["good"] = _tar(d / "good.tar.gz", ok)
+    with zipfile.ZipFile(d / "enc.zip", "w") as z:
+        for name, data in ok:
+            z.writestr(name, data)
+    raw = bytearray((d / "enc.zip").read_bytes())
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):    # the "encrypted" flag on every member
+        i = raw.find(sig)
+        while i >= 0:
+            raw[i + at] |= 1
+            i = raw.find(sig, i + 4)
+    (d / "enc.zip").write_bytes(bytes(raw))
+    e["encrypted"] = d / "enc.zip"
+    (d / "emptyimg" / "ant").mkdir(parents=True)
+    (d / "emptyimg" / "bee").mkdir()
+    (d / "emptyimg" / "ant" / "0.png").write_bytes(img)
+    (d / "emptyimg" / "bee" / "0.png").write_bytes(b"")
+    e["emptyimg"] = d / "emptyimg"
     e["bomb_png"] = _tar(d / "bombpng.tar.gz", ok + [("cat/0.png", _png_header_only(20000, 20000))])
     # a real bomb: 300 MB of zeros in one member, a few hundred kB compressed
     with tarfile.open(d / "bomb.tar.gz", "w:gz") as tf:
@@ -151,6 +167,19 @@ CASES = [
     ("20000x20000 PNG", ["eval", *R8, "--data", "imagefolder:{bomb_png}"],
      ["400,000,000", "RESPROBE_MAX_IMAGE_PIXELS"]),
     ("a device as data", ["eval", *R8, "--data", "imagefolder:/dev/zero"], ["/dev/zero", "not a folder or a regular"]),
+    ("an encrypted zip", ["eval", *R8, "--data", "imagefolder:{encrypted}"], ["encrypted", "password"]),
+    ("an empty image file", ["eval", *R8, "--data", "imagefolder:{emptyimg}"], ["bee/0.png", "empty file"]),
+    ("imagefolder: without a path", ["eval", *R8, "--data", "imagefolder:"], ["names no folder"]),
+    ("synthetic data of a billion images", ["eval", *R8, "--data", "synthetic(n=1000000000)"], ["n must be"]),
+    ("a split synthetic data lacks", ["eval", *R8, *SYN, "--split", "bogus"], ["'bogus'", "train and test"]),
+    ("a 2,000,000-unit ResNet", ["info", "--model", "cifar_resnet2000000"], ["depth", "1..6002"]),
+    ("a network of zero classes", ["info", "--model", "cifar_resnet8(num_classes=0)"], ["num_classes"]),
+    ("an MLP of width 0", ["info", "--model", "mlp(width=0)"], ["width"]),
+    ("an input of 3e10 values", ["info", "--model", "cifar_resnet8", "--input-size", "3,100000,100000"],
+     ["--input-size", "67,108,864"]),
+    ("eps below float32 resolution", ["amplify", *R8, *SYN, "--eps", "1e-300", "--out", "{out}"], ["--eps", "1e-6"]),
+    ("synthetic nets too deep for memory", ["gradcorr", "synthetic", "--depths", "10000000", "--out", "{out}"],
+     ["GiB"]),
     # checkpoints
     ("integer weights", ["eval", "--model", "cifar_resnet8", "--weights", "{int}", *SYN], ["int64", "integers"]),
     ("a folder as weights", ["eval", "--model", "cifar_resnet8", "--weights", "{adir}", *SYN],
@@ -348,3 +377,25 @@ def test_api_options_use_the_same_checks():
             make()
     with pytest.raises(SpecError, match="--trust-code"):
         build_model("r3_no_such_module:make")
+
+
+def test_every_options_field_refuses_values_of_the_wrong_type_or_range():
+    """The API's options objects go through the same checks: a bad value is a UserError, never a TypeError
+    (or an accepted NaN) deep inside a probe."""
+    import dataclasses
+
+    from resprobe.errors import UserError
+    from resprobe.probes import amplify, gradcorr, identity, lesion, paths, prune
+    classes = [lesion.LesionPlan, paths.PathsOptions, amplify.AmplifyOptions, prune.PruneOptions,
+               gradcorr.SyntheticOptions, gradcorr.LineOptions, identity.IdentityOptions]
+    bad = [-1, float("nan"), float("inf"), 10 ** 30, "abc", [1.5], [float("nan")], object()]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name == "units":
+                continue   # unit names or indices: resolved (and refused) against the network
+            for v in bad:
+                try:
+                    cls(**{f.name: v})
+                except UserError:
+                    continue
+                pytest.fail(f"{cls.__name__}({f.name}={v!r}) was accepted")
