@@ -76,6 +76,11 @@ class SyntheticOptions:
         if self.width < 2:
             raise UsageError("--width must be at least 2")
         checks.number("--beta", self.beta, 0, 100)
+        # checked here, before an output folder is claimed: activations of the grid and the weights
+        require_memory(self.points * self.width * max(self.depths) * 4 * 8
+                       + 4.0 * self.width * (self.width + 4) * max(self.depths),
+                       f"--points {self.points} through networks of width {self.width} and depth {max(self.depths)}",
+                       "lower --points, --width or --depths")
 
     def describe(self) -> dict:
         return dict(kinds=list(self.kinds), depths=list(self.depths), seeds=self.seeds, width=self.width,
@@ -254,10 +259,6 @@ def fits(df: pd.DataFrame, metric: str = "lag1", floor: float = 0.1, n_boot: int
 
 
 def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec = RunSpec()) -> StudyResult:
-    require_memory(options.points * options.width * max(options.depths) * 4 * 8
-                   + 4.0 * options.width * (options.width + 4) * max(options.depths),
-                   f"--points {options.points} through networks of width {options.width} and depth {max(options.depths)}",
-                   "lower --points, --width or --depths")
     df, grads = synthetic_sweep(options, spec)
     f = {m: fits(df, m, seed=spec.seed) for m in ("lag1", "corr_far")}
     summary = dict(fits=f, paper=dict(ff_bn="2^-L (log2 slope -1 per layer)", res_bn="L^-1/2 (log-log slope -0.5)"))
