@@ -141,22 +141,34 @@ def test_cifar10_download_checksum_and_offline(cifar_mirror, tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_a_fresh_clone_without_shared_runs_the_newcomer_commands(cifar_mirror, tmp_path):
-    """git clone into a folder with no ../shared beside it; the demo and the published-network job run there."""
+    """git clone into a folder with no ../shared beside it, then the README's first-runs commands — the demo and
+    every command that fetches by name (he2016:..., zoo:..., --data cifar10 --download) — run there as
+    written (test_docs' overrides: --limit 64, one epoch), through the local mirror; offline they fail in one
+    line."""
+    from test_docs import adapt, commands
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=300)
     assert not (clone.parent / "shared").exists()
     env = dict(os.environ, **cifar_mirror, PYTHONPATH=str(clone), MPLBACKEND="Agg",
                TORCH_HOME=str(tmp_path / "torch"), RESPROBE_CACHE=str(tmp_path / "cache"))
     env.pop("RESPROBE_SHARED", None)
-    for argv in (["demo", "--epochs", "1", "--out", "demo"],
-                 ["eval", "--model", "cifar_resnet56", "--weights", "he2016:resnet56", "--data", "cifar10",
-                  "--download", "--limit", "200"],
-                 ["lesion", "--model", "cifar_resnet20", "--weights", "zoo:cifar_resnet20", "--data", "cifar10",
-                  "--download", "--limit", "200", "--out", "zoo-lesion"]):
-        r = subprocess.run([sys.executable, "-m", "resprobe", *argv, "--quiet"], cwd=clone, env=env,
-                           capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, (argv, r.stderr[-2000:])
-        assert str(clone) in subprocess.run([sys.executable, "-c", "import resprobe; print(resprobe.__file__)"],
-                                            cwd=clone, env=env, capture_output=True, text=True).stdout
-    assert (clone / "demo" / "report.html").is_file() and (clone / "zoo-lesion" / "lesion.csv").is_file()
+    readme = commands(clone / "README.md")
+    first = [c for c in readme if c.startswith("resprobe demo") or "he2016:" in c or
+             ("zoo:" in c and " cifar10 " in f"{c} ")]
+    assert len(first) >= 4 and any("report" in c and "he2016:resnet56" in c for c in first)
+    assert any("report" in c and "zoo:cifar_plain20" in c for c in first)
+    for cmd in first:
+        argv = adapt(cmd, tmp_path / "out")
+        r = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (cmd, r.stderr[-2000:])
+    r = subprocess.run([sys.executable, "-c", "import resprobe; print(resprobe.__file__)"], cwd=clone, env=env,
+                       capture_output=True, text=True)
+    assert r.stdout.startswith(str(clone))
+    offline = dict(env, TORCH_HOME=str(tmp_path / "t2"), RESPROBE_CACHE=str(tmp_path / "c2"),
+                   RESPROBE_WEIGHTS_URL="http://127.0.0.1:9", RESPROBE_CIFAR10_URL="http://127.0.0.1:9/c.tgz")
+    for cmd in first[1:]:
+        r = subprocess.run(adapt(cmd, tmp_path / "out2"), cwd=clone, env=offline, capture_output=True, text=True,
+                           timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "127.0.0.1:9" in lines[0], (cmd, r.stderr[-500:])
     shutil.rmtree(clone, ignore_errors=True)
