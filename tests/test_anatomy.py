@@ -8,12 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resprobe.anatomy import (AnatomyError, BlockParts, Edits, Trace, UnitParts, anatomy, hook_count,
+from resprobe.anatomy import (AnatomyError, Edits, Trace, UnitParts, anatomy, hook_count,
                               preserved_state, register_block, unregister_block)
 from resprobe.models import build_model
 
 from conftest import randomize_bn
-from oracle import patched
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -121,7 +120,7 @@ def test_user_block_decomposes_automatically_and_an_adapter_overrides():
         assert torch.allclose(view[1].branch(view.unit_inputs(x)[1]),
                               0.5 * net.body[1].lin2(F.relu(net.body[1].lin1(view.unit_inputs(x)[1]))))
     calls = []
-    register_block(GatedBlock, lambda m: calls.append(1) or BlockParts(
+    register_block(GatedBlock, lambda m: calls.append(1) or UnitParts(
         branch=lambda x: 0.5 * m.lin2(F.relu(m.lin1(x))), shortcut=lambda x: x, post=torch.tanh,
         shortcut_kind="identity"))
     try:
@@ -204,7 +203,7 @@ def test_delete_matches_naive_surgery(spec, shape):
         assert torch.allclose(ours, ref, atol=1e-5, rtol=0), names
         # run from a cached block input: same result as from the image
         with torch.no_grad():
-            hs = view.block_inputs(x)
+            hs = view.unit_inputs(x)
             first = min(keep)
             assert torch.equal(view.run(hs[first], first, edits=Edits(delete=frozenset(keep))), ours)
 

@@ -5,7 +5,6 @@ parameters."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

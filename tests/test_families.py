@@ -2,11 +2,9 @@
 naive surgery, the Painters edits against explicitly written forwards, and the cache verb."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 from resprobe.anatomy import AnatomyError, Edits, anatomy
 from resprobe.models import build_model

@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["UnitParts", "BlockParts", "SHORTCUT_KINDS", "UNIT_KINDS", "register_block", "unregister_block",
+__all__ = ["UnitParts", "SHORTCUT_KINDS", "UNIT_KINDS", "register_block", "unregister_block",
            "registered_block_types", "parts_for", "register_adapter_module", "load_adapters", "identity"]
 
 SHORTCUT_KINDS = ("identity", "projection", "zeropad", "none")
@@ -107,7 +107,6 @@ class UnitParts:
         return self.post(s + f)
 
 
-BlockParts = UnitParts  # the name used before units existed
 
 PartsFn = Callable[[nn.Module], "UnitParts | Sequence[UnitParts]"]
 _REGISTRY: dict[type, PartsFn] = {}

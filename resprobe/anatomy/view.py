@@ -393,8 +393,6 @@ class ResidualView:
             x = self._unit_once(i, x, edits, decompose)
         return x
 
-    run_block = run_unit
-
     def _parallel(self, x: Tensor, first: int, last: int, mode: str, edits: Edits) -> Tensor:
         if mode not in PARALLEL_MODES:
             raise AnatomyError(f"parallel mode must be one of {PARALLEL_MODES}, got {mode!r}")
@@ -457,8 +455,6 @@ class ResidualView:
         for i in range(len(self.units)):
             hs.append(self.run_unit(i, hs[-1]))
         return hs
-
-    block_inputs = unit_inputs
 
     def walk(self, h: Tensor, start: int = 0, stop: Optional[int] = None) -> Iterator[Step]:
         """The cache verb: for each unit from ``start``, its input, shortcut S(x), branch F(x) and output
