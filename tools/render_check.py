@@ -26,7 +26,7 @@ window.addEventListener('load', () => {
   const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src.slice(0, 40));
   const out = {images: imgs.length, broken: broken, errors: window.__errors};
   const pre = document.createElement('pre'); pre.id = '__rendercheck'; pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
+  (document.body || document.documentElement).appendChild(pre);
 });
 </script>"""
 
@@ -44,7 +44,9 @@ def check(html: Path, screenshot: Path | None = None, browser: str | None = None
     if browser is None:
         raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
     text = Path(html).read_text(encoding="utf-8")
-    probe = text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE
+    # the probe goes first, so that its error listener is in place before any script of the page runs
+    m = re.search(r"<head[^>]*>|<body[^>]*>", text, re.I)
+    probe = text[:m.end()] + PROBE + text[m.end():] if m else PROBE + text
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "page.html"  # beside nothing: a self-contained report needs no other file
