@@ -56,7 +56,8 @@ CACHE_VERSION = 3  # 2: class indices from every split's classes; 3: 16-bit imag
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RESPROBE_CACHE", Path.home() / ".cache" / "resprobe"))
+    """``$RESPROBE_CACHE`` (when set and not empty), else ``~/.cache/resprobe``."""
+    return Path(os.environ.get("RESPROBE_CACHE", "").strip() or Path.home() / ".cache" / "resprobe")
 
 
 def subset_indices(n: int, limit: Optional[int], seed: int = 0) -> torch.Tensor:
