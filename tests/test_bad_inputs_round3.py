@@ -145,11 +145,14 @@ def env(tmp_path_factory):
 CASES = [
     # code from a spec
     ("torch.load through a spec", ["info", "--model", "torch:load(f='{evil}', weights_only=False)"],
-     ["torch", "not a model class"]),
+     ["'torch'", "--trust-code"]),
+    ("torch.load through a spec, consent given", ["info", "--model", "torch:load(f='{evil}', weights_only=False)",
+                                                  "--trust-code"], ["torch.serialization", "not a model class"]),
     ("torch.load through a spec, with consent", ["info", "--model", "torch.serialization:load(f='{evil}')",
                                                  "--trust-code"], ["not a model class"]),
-    ("numpy.load through a spec", ["info", "--model", "numpy:load(file='{npy}', allow_pickle=True)"],
-     ["numpy", "not a model class"]),
+    ("numpy.load through a spec", ["info", "--model", "numpy:load(file='{npy}', allow_pickle=True)",
+                                   "--trust-code"], ["numpy", "not a model class"]),
+    ("a library's class without consent", ["info", "--model", "torch.nn:Identity"], ["--trust-code"]),
     ("pickle through a spec", ["info", "--model", "pickle:loads(data=b'x')", "--trust-code"], ["standard-library"]),
     ("a user's module without consent", ["info", "--model", "r3_user_models:make"], ["--trust-code",
                                                                                       "r3_user_models"]),
@@ -399,3 +402,11 @@ def test_every_options_field_refuses_values_of_the_wrong_type_or_range():
                 except UserError:
                     continue
                 pytest.fail(f"{cls.__name__}({f.name}={v!r}) was accepted")
+
+
+def test_an_empty_cache_variable_means_the_default_cache(monkeypatch):
+    from pathlib import Path
+
+    from resprobe.io.data import cache_dir
+    monkeypatch.setenv("RESPROBE_CACHE", "")
+    assert cache_dir() == Path.home() / ".cache" / "resprobe"     # not the current folder

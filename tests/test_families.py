@@ -44,7 +44,7 @@ MORE = ["torchvision:vit_b_32(image_size=64)", "torchvision:convnext_small", "to
 
 def _model(spec):
     torch.manual_seed(0)
-    return randomize_bn(build_model(spec)).eval()
+    return randomize_bn(build_model(spec, trust_code=True)).eval()
 
 
 @pytest.mark.parametrize("spec,shape,counts", FAMILIES)
@@ -196,7 +196,7 @@ TINY_CNX = "timm:convnext_atto(patch_size=2, dims=(8, 16, 16, 16), depths=(1, 1,
 
 def _tiny(spec, double=False):
     torch.manual_seed(0)
-    m = randomize_bn(build_model(spec)).eval()
+    m = randomize_bn(build_model(spec, trust_code=True)).eval()
     if double:
         m = m.double()
     for p in m.parameters():

@@ -12,8 +12,8 @@ Spec strings (the same on the CLI and in the API):
   (CLI ``--trust-code``, Hugging Face's ``trust_remote_code`` convention), except for factories inside
   resprobe itself. Standard-library and builtin callables are refused, and of the known third-party
   libraries (torch, torchvision, timm, numpy, pickle's relatives and the like) only ``nn.Module`` classes may
-  be named (``torchvision.models.vision_transformer:VisionTransformer(...)``): their functions, such as
-  ``torch.load`` or ``numpy.load``, are never reachable through a spec, with or without consent.
+  be named, with consent (``torchvision.models.vision_transformer:VisionTransformer(...)``): their
+  functions, such as ``torch.load`` or ``numpy.load``, are never reachable through a spec.
 
 Any spec may end with ``(key=value, ...)`` keyword arguments passed to its factory (Python literals).
 """
@@ -206,8 +206,8 @@ def _user_factory(name: str, kwargs: dict, shape: tuple, spec: str, trust_code: 
         raise SpecError(f"model spec {spec!r} names {why} {mod_name!r}",
                         "a spec package.module:factory must name your own model factory (built-in models: "
                         "cifar_*, mlp(...), torchvision:NAME, timm:NAME)")
-    # a known library is imported (as resprobe itself imports torch), but only its nn.Module classes are called
-    if top != "resprobe" and not why and not trust_code:
+    # any module outside resprobe needs consent; of a known library only nn.Module classes are called, even then
+    if top != "resprobe" and not trust_code:
         raise SpecError(f"model spec {spec!r} would import the module {mod_name!r} and run its code",
                         "pass --trust-code if you trust that module (API: trust_code=True)")
     try:
@@ -226,7 +226,7 @@ def _user_factory(name: str, kwargs: dict, shape: tuple, spec: str, trust_code: 
     if (origin or why) and not isinstance(factory, type):
         where = getattr(factory, "__module__", None) or mod_name
         raise SpecError(f"{name!r} is a function of {origin or why} {where!r}, not a model class",
-                        "a spec may name a library's nn.Module classes (or your own factory, with --trust-code); "
+                        "a spec may name a library's nn.Module classes or your own factory (both with --trust-code); "
                         "built-in models: cifar_*, mlp(...), torchvision:NAME, timm:NAME")
     if num_classes is not None and "num_classes" not in kwargs and _accepts(factory, "num_classes"):
         kwargs["num_classes"] = num_classes
