@@ -10,11 +10,23 @@ from typing import Optional
 
 from .errors import UsageError
 
-__all__ = ["number", "integer", "seed", "n_boot", "MAX_SEED", "MAX_BOOT", "MAX_RANGE"]
+__all__ = ["number", "integer", "seed", "n_boot", "fields", "available_memory", "MAX_SEED", "MAX_BOOT", "MAX_RANGE"]
 
 MAX_SEED = 2 ** 63 - 1     # torch.manual_seed and numpy's SeedSequence both take any integer in 0..2**63-1
 MAX_BOOT = 100_000         # bootstrap resamples: 100x the default; each costs (resamples x columns) floats
 MAX_RANGE = 100_000        # values in one --k / --n range (a network with more units is not probed here)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _interval(lo, hi, lo_open: bool, hi_open: bool) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from . import distributed as dist
 from .anatomy.hooks import preserved_state
 from . import checks
+from .checks import available_memory
 from .errors import NonFiniteError, UsageError
 from .io.data import Dataset
 from .progress import progress
@@ -150,18 +151,6 @@ def batch_generator(spec: RunSpec, *parts) -> torch.Generator:
     choices do not depend on how batches are spread over processes."""
     from .metrics.stats import stable_seed
     return torch.Generator().manual_seed(stable_seed(spec.seed, *parts))
-
-
-def available_memory() -> Optional[int]:
-    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def require_memory(nbytes: float, what: str, fix: str) -> None:

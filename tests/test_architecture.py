@@ -76,3 +76,29 @@ def test_functions_are_short_and_probes_take_few_parameters():
                         wide.append(f"{'/'.join(parts)}:{node.name} {count} parameters")
     assert not long_, long_
     assert not wide, wide
+
+
+def _floors() -> dict[str, int]:
+    """The room → floor table of docs/architecture.md."""
+    import re
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `?([A-Za-z_]+)`? \| (\d+) \|", text, re.M)
+    return {room: int(floor) for room, floor in rows}
+
+
+def test_every_import_points_down_the_floors_of_docs_architecture():
+    floors = _floors()
+    rooms = {p.name if p.is_dir() else p.stem for p in PKG.iterdir()
+             if (p.is_dir() and (p / "__init__.py").is_file()) or (p.suffix == ".py" and p.stem != "__init__")}
+    assert rooms == set(floors), f"rooms missing from the table: {rooms - set(floors)}; gone: {set(floors) - rooms}"
+    bad = []
+    for path, parts, tree in _modules():
+        src = parts[0]
+        if src == "__init__":
+            continue
+        for node in ast.walk(tree):
+            for mod, names in _imported(parts, node):
+                target = mod.split(".")[0] if mod else (names[0] if names else "")
+                if target in floors and target != src and floors[target] >= floors[src]:
+                    bad.append(f"{'/'.join(parts)} (floor {floors[src]}) imports {target} (floor {floors[target]})")
+    assert not bad, bad

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["DataError", "limit", "read_members", "decode_image", "available_memory", "IMAGE_EXTS", "LIMITS"]
+__all__ = ["DataError", "limit", "read_members", "decode_image", "IMAGE_EXTS", "LIMITS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 LIMITS = {"RESPROBE_MAX_MEMBER_BYTES": 64 * 2 ** 20, "RESPROBE_MAX_MEMBERS": 2_000_000,
@@ -56,18 +56,6 @@ def _over(path, what: str, got: int, name: str) -> DataError:
     unit = "" if "PIXELS" in name or name.endswith("MEMBERS") else " bytes"
     return DataError(f"{path}: {what} ({got:,}{unit}) exceeds the limit of {limit(name):,}{unit}",
                      f"set {name} to raise it if the data is what you meant")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 class _Budget:

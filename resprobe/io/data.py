@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .archives import IMAGE_EXTS, DataError, available_memory, decode_image, read_members  # noqa: F401
+from ..checks import available_memory
+from .archives import IMAGE_EXTS, DataError, decode_image, read_members  # noqa: F401
 
 __all__ = ["DataError", "IMAGE_EXTS", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
 

@@ -183,7 +183,7 @@ class CifarResNet(nn.Module):
 
 def weights_fit(nbytes: float, what: str) -> None:
     """Refuse, before allocating, a network whose weights alone cannot fit in memory."""
-    from ..io.archives import available_memory
+    from ..checks import available_memory
     have = available_memory()
     if have is not None and nbytes > 0.5 * have:
         raise ValueError(f"{what} needs about {nbytes / 2**30:,.1f} GiB for its weights; {have / 2**30:,.1f} GiB "
