@@ -10,7 +10,7 @@ from typing import Optional
 
 from .errors import UsageError
 
-__all__ = ["number", "integer", "seed", "n_boot", "fields", "available_memory", "MAX_SEED", "MAX_BOOT", "MAX_RANGE"]
+__all__ = ["number", "integer", "seed", "n_boot", "fields", "available_memory", "require_memory", "MAX_SEED", "MAX_BOOT", "MAX_RANGE"]
 
 MAX_SEED = 2 ** 63 - 1     # torch.manual_seed and numpy's SeedSequence both take any integer in 0..2**63-1
 MAX_BOOT = 100_000         # bootstrap resamples: 100x the default; each costs (resamples x columns) floats
@@ -27,6 +27,15 @@ def available_memory() -> Optional[int]:
     except OSError:
         pass
     return None
+
+
+def require_memory(nbytes: float, what: str, fix: str, share: float = 0.9, error: type = UsageError) -> None:
+    """Refuse, before the work starts, settings whose arrays cannot fit in ``share`` of the memory the system
+    can still give (``what`` names them in the message; ``error``: the kind raised)."""
+    have = available_memory()
+    if have is not None and nbytes > share * have:
+        raise error(f"{what} need about {nbytes / 2**30:,.1f} GiB of memory; {have / 2**30:,.1f} GiB are available",
+                    fix)
 
 
 def _interval(lo, hi, lo_open: bool, hi_open: bool) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import distributed as dist
 from .anatomy.hooks import preserved_state
 from . import checks
-from .checks import available_memory
+from .checks import require_memory  # noqa: F401 - the probes import it from here
 from .errors import NonFiniteError, UsageError
 from .io.data import Dataset
 from .progress import progress
@@ -151,14 +151,6 @@ def batch_generator(spec: RunSpec, *parts) -> torch.Generator:
     choices do not depend on how batches are spread over processes."""
     from .metrics.stats import stable_seed
     return torch.Generator().manual_seed(stable_seed(spec.seed, *parts))
-
-
-def require_memory(nbytes: float, what: str, fix: str) -> None:
-    """Refuse, before the work starts, settings whose arrays cannot fit in memory."""
-    have = available_memory()
-    if have is not None and nbytes > 0.9 * have:
-        raise UsageError(f"{what} need about {nbytes / 2**30:,.1f} GiB of memory; {have / 2**30:,.1f} GiB are available",
-                         fix)
 
 
 def batches(data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "",

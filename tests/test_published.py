@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from conftest import MODELS, RESNET20, ROOT, TEST_ARCHIVE, need_shared
 from mirror import cifar10_python_archive, serve
 from resprobe.cli import main
 from resprobe.io import published
+from resprobe.io.checkpoint import sha256_file
 from resprobe.io.published import WeightsError
 
 
@@ -42,7 +42,7 @@ def test_registry_lists_every_he2016_net_with_url_hash_and_error():
     for name in ("he2016:resnet20", "he2016:resnet56"):
         p = published.REGISTRY[name]
         if (MODELS / p.file).is_file():
-            assert published._sha256(MODELS / p.file) == p.sha256
+            assert sha256_file(MODELS / p.file) == p.sha256
 
 
 def test_download_once_then_cache_then_damaged_cache(hub, monkeypatch):
@@ -65,7 +65,7 @@ def test_corrupt_download_is_deleted_and_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with serve(bad) as url:
         monkeypatch.setenv("RESPROBE_WEIGHTS_URL", url)
-        with pytest.raises(WeightsError, match="failed its sha256 check"):
+        with pytest.raises(WeightsError, match="failed its checksum \\(sha256 "):
             published.resolve("he2016:resnet20")
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     assert not cache.exists() or not list(cache.iterdir())

@@ -125,10 +125,8 @@ def _scan_tar(path: Path) -> None:
                 budget.add(m.name, m.size if (m.isfile() and _is_image(parts)) else 0)
     except DataError:
         raise
-    except tarfile.ReadError:
-        return  # not a tar, or cut: the verifying read says which, in its own words
     except (tarfile.TarError, lzma.LZMAError) + _STREAM_ERRORS:
-        return
+        return  # not a tar, or cut: the verifying read below says which, in its own words
 
 
 def archive_bytes(path: Path) -> bytes:

@@ -1,7 +1,6 @@
 """Checkpoints: read a state dict from the usual containers, load it with one clear error on mismatch."""
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .fetch import file_digest
 
 __all__ = ["CheckpointError", "read_state_dict", "load_weights", "sha256_file"]
 
@@ -26,12 +26,8 @@ class CheckpointError(UserError, ValueError):
         self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""):
-            h.update(b)
-    return h.hexdigest()
+def sha256_file(path) -> str:
+    return file_digest(path, "sha256")
 
 
 def _is_state_dict(obj) -> bool:

@@ -22,9 +22,9 @@ import hashlib
 import math
 import os
 import pickle
+import shutil
 import struct
 import tarfile
-import urllib.request
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from ..checks import available_memory
+from .fetch import download, file_digest
+from ..checks import require_memory
 from .archives import IMAGE_EXTS, DataError, decode_image, read_members  # noqa: F401
 
 __all__ = ["DataError", "IMAGE_EXTS", "Dataset", "NORMALIZATIONS", "load_dataset", "cache_dir", "subset_indices"]
@@ -221,10 +222,8 @@ def _synthetic_kwargs(spec: str, kwargs: dict) -> dict:
                             f"got {v!r}")
         kwargs = dict(kwargs, **{k: kinds[k](v)})
     n, size = kwargs.get("n", 2000), kwargs.get("size", 32)
-    have = available_memory()
-    if have is not None and 40.0 * n * size * size > 0.9 * have:   # float32 patterns and noise while drawing
-        raise DataError(f"{spec}: {n:,} images of {size}×{size} pixels need about {40 * n * size * size / 2**30:,.1f} "
-                        f"GiB of memory while drawn; {have / 2**30:,.1f} GiB are available", "lower n or size")
+    require_memory(40.0 * n * size * size, f"{spec}: the {n:,} images of {size}×{size} pixels being drawn",  # float32
+                   "lower n or size", error=DataError)
     return kwargs
 
 
@@ -232,11 +231,7 @@ def _synthetic_kwargs(spec: str, kwargs: dict) -> dict:
 
 def _content_key(path: Path) -> str:
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""):
-                h.update(b)
-        return h.hexdigest()
+        return file_digest(path)
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
         st = p.stat()
@@ -342,11 +337,9 @@ def load_imagefolder(path, split: str = "test", cache: bool = True, progress: bo
         arr = decode_image(data, name, path)
         if size is None:
             size = arr.shape
-            need, have = arr.nbytes * len(chosen) * 2, available_memory()  # the list, then the stacked tensor
-            if have is not None and need > 0.9 * have:
-                raise DataError(f"{path}: {len(chosen):,} images of {arr.shape[1]}×{arr.shape[0]} pixels need about "
-                                f"{need / 2**30:,.1f} GiB of memory; {have / 2**30:,.1f} GiB are available",
-                                "use a smaller split or fewer images")
+            require_memory(arr.nbytes * len(chosen) * 2,   # the list, then the stacked tensor
+                           f"{path}: {len(chosen):,} images of {arr.shape[1]}×{arr.shape[0]} pixels",
+                           "use a smaller split or fewer images", error=DataError)
         elif arr.shape != size:
             raise DataError(f"{path}: image {name} has shape {arr.shape}, others {size}",
                             "resprobe expects images of one size")
@@ -389,33 +382,11 @@ def _read_cifar_batch(p: Path) -> tuple[np.ndarray, list]:
 
 
 def _md5(p: Path) -> str:
-    h = hashlib.md5()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+    return file_digest(p, "md5")
 
 
 def _download(url: str, dest: Path, md5: Optional[str], alternative: str = "") -> None:
-    """Fetch ``url`` into ``dest`` through a temporary file renamed only after its checksum is checked; a
-    partial or corrupt download is deleted."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
-    try:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"cannot download {url} ({reason}) into {dest.parent}",
-                            f"connect to the network{alternative}") from e
-        if md5 is not None and _md5(tmp) != md5:
-            raise DataError(f"the download of {url} failed its checksum (md5 {md5} expected); it was deleted",
-                            "run again; if it fails again, the source changed")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    download(url, dest, md5, "md5", offline_fix=f"connect to the network{alternative}", error=DataError)
 
 
 def _cifar10_source() -> tuple[str, str]:
@@ -440,13 +411,11 @@ def _fetch_cifar10(base: Path) -> Path:
             tf.extractall(work, filter="data")
         if not (work / "cifar-10-batches-py" / "test_batch").is_file():
             raise DataError(f"{arch} holds no cifar-10-batches-py/test_batch", "delete it and download again")
-        import shutil
         shutil.rmtree(base / "cifar-10-batches-py", ignore_errors=True)   # a partial folder of an older run
         os.replace(work / "cifar-10-batches-py", base / "cifar-10-batches-py")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{arch}: cannot unpack ({type(e).__name__}: {e})", "delete it and download again") from e
     finally:
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
     return base / "cifar-10-batches-py"
 

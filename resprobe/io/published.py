@@ -11,15 +11,13 @@ server in tests). Offline, one line names the URL, the cache folder and ``--weig
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from .fetch import download, file_digest
 
 __all__ = ["Published", "REGISTRY", "is_name", "resolve", "lookup", "cache_folder", "WeightsError"]
 
@@ -116,16 +114,8 @@ def cache_folder() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _matches(path: Path, sha: str) -> bool:
-    return _sha256(path).startswith(sha.lower())
+    return file_digest(path).startswith(sha.lower())
 
 
 def resolve(name: str, download: bool = True) -> tuple[Path, Published]:
@@ -151,22 +141,5 @@ def resolve(name: str, download: bool = True) -> tuple[Path, Published]:
 
 
 def _fetch(p: Published, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
-    try:
-        try:
-            with urllib.request.urlopen(p.url, timeout=60) as r, open(tmp, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise WeightsError(f"cannot download {p.name} from {p.url} ({reason}) into {path.parent}",
-                               f"connect to the network, or fetch {p.file} yourself and pass --weights PATH") from e
-        got = _sha256(tmp)
-        if not got.startswith(p.sha256.lower()):
-            raise WeightsError(f"the download of {p.name} from {p.url} failed its sha256 check (expected "
-                               f"{p.sha256[:16]}..., got {got[:16]}...); the file was deleted",
-                               "run again; if it fails again, the source changed: pass --weights PATH")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    download(p.url, path, p.sha256, "sha256", what=p.name, error=WeightsError,
+             offline_fix=f"connect to the network, or fetch {p.file} yourself and pass --weights PATH")

@@ -182,12 +182,9 @@ class CifarResNet(nn.Module):
 
 
 def weights_fit(nbytes: float, what: str) -> None:
-    """Refuse, before allocating, a network whose weights alone cannot fit in memory."""
-    from ..checks import available_memory
-    have = available_memory()
-    if have is not None and nbytes > 0.5 * have:
-        raise ValueError(f"{what} needs about {nbytes / 2**30:,.1f} GiB for its weights; {have / 2**30:,.1f} GiB "
-                         "are available")
+    """Refuse, before allocating, a network whose weights alone take more than half the free memory."""
+    from ..checks import require_memory
+    require_memory(nbytes, f"the weights of {what}", "lower the depth or width", share=0.5)
 
 
 def cifar_resnet(depth: int = 20, shortcut: str = "A", preact: bool = False, plain: bool = False,
