@@ -87,7 +87,7 @@ def data(args, fast_limit: int, full_limit=None):
 def finish(out: Path, name: str, args, t0: float, result, numbers: dict | None = None) -> None:
     """Save the study, write ``summary.json`` (findings, verdicts, the command, the time) and print them."""
     from resprobe.report import save
-    from resprobe.report.tables import write_json
+    from resprobe.io.tables import write_json
     out = Path(out)
     save(result, out)
     headline = [f.replace("**", "") for f in result.findings] + [

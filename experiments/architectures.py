@@ -28,7 +28,7 @@ def main():
     t0 = time.time()
     from resprobe.loading import load_subjects
     from resprobe.probes import identity, lesion, paths
-    from resprobe.report import LesionStore
+    from resprobe.probes.lesion_store import LesionStore
     ds = data(args, 300)
     missing = [str(w) for _, w in NETS.values() if not w.is_file()]
     if missing:
@@ -50,13 +50,13 @@ def main():
                                 LesionStore(out / "lesion_blocks"))
             finish(out / "lesion_blocks", NAME, args, t0, blocks)
     result = lesion.run(subjects, ds, run_spec, lesion.LesionPlan("single"), store)
-    roles = result.extras["roles"]
+    roles = result.roles
     result.table = lesion.order_rows(store.rows())
-    result.summary = lesion.summarize(result.table, result.extras["units"])
-    result.findings = lesion.findings(result.table, result.extras["units"], roles)
+    result.summary = lesion.summarize(result.table, result.units)
+    result.findings = lesion.findings(result.table, result.units, roles)
     # one verdict per network (different recipes: the contrast is not applicable, and says so)
-    result.verdicts = lesion.verdicts(result.table, roles, result.extras["units"], result.extras["chance"],
-                                      run_spec.replace(seed=args.seed), result.extras["bits"])
+    result.verdicts = lesion.verdicts(result.table, roles, result.units, result.detail.chance,
+                                      run_spec.replace(seed=args.seed), result.detail.bits)
     finish(out / "lesion", NAME, args, t0, result)
     ident = identity.run(subjects, ds, run_spec)
     finish(out / "identity", NAME, args, t0, ident)

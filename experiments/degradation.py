@@ -221,8 +221,8 @@ def main(argv=None) -> int:
                                                 seed=args.seed, progress=False))
     res.provenance["run"] = dict(res.provenance["run"], **run)
     save(res, out)
-    print(res.extras["final"].to_string(index=False))
-    print(res.extras["comparisons"].to_string(index=False))
+    print(res.detail.final.to_string(index=False))
+    print(res.detail.comparisons.to_string(index=False))
     v = res.verdicts[0]
     print(f"verdict: {v.verdict} — {v.reason}")
     print(f"report: {out / 'report.html'}  ({time.time() - t_start:.0f} s in all)")

@@ -18,7 +18,7 @@ def main():
     args = parser(__doc__, NAME).parse_args()
     t0 = time.time()
     from resprobe.probes import lesion
-    from resprobe.report import LesionStore
+    from resprobe.probes.lesion_store import LesionStore
     ds = data(args, 500)
     subjects = networks(args, ds, ["resnet20", "plain20", "resnet56-shared", "resnet20-shared"], ["resnet20", "plain20"])
     out = out_dir(args, NAME)

@@ -19,7 +19,7 @@ def main():
     args = p.parse_args()
     t0 = time.time()
     from resprobe.probes import lesion
-    from resprobe.report import LesionStore
+    from resprobe.probes.lesion_store import LesionStore
     # 2 x 180 configurations: the full test set would take hours on 2 cores
     ds = data(args, 300, full_limit=2000)
     subjects = networks(args, ds, ["resnet56-shared"], ["resnet20"])

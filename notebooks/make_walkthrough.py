@@ -74,7 +74,7 @@ les.table.head()"""),
     new_code_cell("""paths = api.paths.run(subjects[:1], data.subset(16), SPEC.replace(batch_size=64), api.paths.PathsOptions(samples=3))
 paths.findings"""),
     new_markdown_cell("## 5. Closeness to the identity (He et al. Fig. 7, Jastrzebski et al.)"),
-    new_code_cell("""from resprobe.report.plots import response_std_plot
+    new_code_cell("""from resprobe.figures import response_std_plot
 
 ident = api.identity.run(subjects, data, SPEC)
 fig, ax = response_std_plot(ident.table)

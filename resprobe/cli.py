@@ -18,144 +18,16 @@ from typing import Optional
 from . import __version__, api
 from . import distributed as dist
 from . import checks
+from .flags import (MAX_INT, RangeSpec, float_list, fraction, int_list, int_or_all, n_boot_arg,  # noqa: F401
+                    positive_float, positive_int, seed_arg, str_list, typed)
 from .errors import UsageError, UserError
 from .outputs import check_same_settings, claim
 from .progress import note, set_quiet
+from .study import Invocation
+from .studies import studies
+from .report.full import BUDGETS
 
 __all__ = ["main", "build_parser", "RangeSpec"]
-
-
-# --- argument types: a bad value names its flag (argparse adds "argument --flag:") ------------------------
-
-def _typed(check, *a, **kw):
-    """An argparse type from a :mod:`resprobe.checks` validator (the message names the flag's value)."""
-    def parse(text: str):
-        try:
-            return check("value", text, *a, **kw)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(e.message.replace("value ", "", 1)) from None
-    parse.__name__ = getattr(check, "__name__", "value")
-    return parse
-
-
-MAX_INT = 2 ** 31 - 1   # counts (images, epochs, points, samples): beyond this torch's int32 indexing fails
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    if v > MAX_INT:
-        raise argparse.ArgumentTypeError(f"expected a positive integer up to {MAX_INT:,}, got {text[:30]}")
-    return v
-
-
-seed_arg = _typed(lambda name, t: checks.seed(t, name))
-n_boot_arg = _typed(lambda name, t: checks.n_boot(t, name))
-def _cka_images(text: str):
-    """--cka-images: a positive integer, or 'all' (None)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {v}")
-    return v
-
-
-def fraction(text: str) -> float:
-    v = positive_float(text)
-    if not v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {v}")
-    return v
-
-
-def float_list(text: str) -> tuple:
-    try:
-        vals = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    if not all(map(math.isfinite, vals)):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
-    return vals
-
-
-def int_list(text: str) -> tuple:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1 or max(vals) > MAX_INT:
-        raise argparse.ArgumentTypeError(f"expected positive integers (up to {MAX_INT:,}), got {text[:60]!r}")
-    return vals
-
-
-def str_list(text: str) -> tuple:
-    vals = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not vals:
-        raise argparse.ArgumentTypeError("expected comma-separated names")
-    return vals
-
-
-class RangeSpec:
-    """``K``, ``LO:HI`` (inclusive), ``LO:HI:STEP`` or ``a,b,c``; ``n`` stands for the number of units."""
-
-    def __init__(self, text: str):
-        self.text = text.strip()
-        try:
-            self.resolve(1000, check=False)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(e.message) from None
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def resolve(self, n: int, lo: int = 0, check: bool = True) -> tuple:
-        t = self.text.replace("n", str(n))
-        how = "use K, LO:HI (inclusive), LO:HI:STEP or a,b,c"
-
-        def ints(xs):
-            try:
-                return [int(x) if x.strip() else None for x in xs]
-            except ValueError:
-                raise UsageError(f"cannot read range {self.text!r}", how) from None
-        if "," in t:
-            vals = [v for v in ints(t.split(",")) if v is not None]
-        elif ":" in t:
-            parts = ints(t.split(":"))
-            if len(parts) > 3:
-                raise UsageError(f"cannot read range {self.text!r}", how)
-            a = parts[0] if parts[0] is not None else lo
-            b = parts[1] if len(parts) > 1 and parts[1] is not None else n
-            step = parts[2] if len(parts) > 2 and parts[2] is not None else 1
-            if step < 1:
-                raise UsageError(f"range {self.text!r}: the step must be a positive integer, got {step}")
-            if check and not (lo <= a <= n and lo <= b <= n):
-                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {a}..{b}")
-            if (b - a) // step + 1 > checks.MAX_RANGE:
-                raise UsageError(f"range {self.text!r} holds more than {checks.MAX_RANGE:,} values", how)
-            vals = list(range(a, b + 1, step))
-        else:
-            vals = ints([t]) if t.strip() else []
-        if check:
-            bad = [v for v in vals if not lo <= v <= n]
-            if bad or not vals:
-                raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {bad[:5] or 'nothing'}")
-        return tuple(vals)
 
 
 # --- shared options --------------------------------------------------------------------------------------
@@ -170,25 +42,26 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _data() -> argparse.ArgumentParser:
+def _data(required: bool = True, dtype: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
+    g.add_argument("--data", required=required, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
     g.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
     g.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
     g.add_argument("--split", default="test", help="split to use (folders without split folders: all images)")
     g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images (not the first N)")
     g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
+    if dtype:
+        g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                       help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
     g.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples for CIs (100-100,000)")
     return p
 
 
-def _models(multi: bool = True) -> argparse.ArgumentParser:
+def _models(multi: bool = True, required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("networks")
-    g.add_argument("--model", action="append" if multi else None, required=True,
+    g.add_argument("--model", action="append" if multi else None, required=required,
                    help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, timm:NAME(...), or "
                         "package.module:factory (imports and runs your code)" + (" (repeat to compare)" if multi else ""))
     g.add_argument("--weights", action="append" if multi else None,
@@ -238,7 +111,7 @@ def _load(args):
     return data, subjects
 
 
-_NOT_SETTINGS = ("func", "quiet", "debug", "out", "device", "cmd", "batch_size")  # results do not depend on these
+_NOT_SETTINGS = ("func", "study", "quiet", "debug", "out", "device", "cmd", "batch_size")  # results do not depend on these
 
 
 def _settings(args) -> dict:
@@ -342,7 +215,7 @@ def cmd_eval(args) -> int:
                data=args.data, split=data.split, normalize=s.normalize, limit=args.limit, device=spec.device,
                seconds=round(time.time() - t0, 3))
     if args.json:
-        from .report.tables import clean
+        from .io.tables import clean
         print(json.dumps(clean(out), allow_nan=False))
     else:
         print(f"{args.model} on {args.data} [{data.split}], {res['n_images']} images: error {res['error']:.4%} "
@@ -380,86 +253,21 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_lesion(args) -> int:
-    from .report.store import LesionStore
+def cmd_study(args) -> int:
+    """Any declared study's subcommand: claim the folder, load on demand, run, write."""
+    study = args.study
+    cmd = study.command
     t0 = time.time()
     spec = _spec(args)
-    with _output(args.out) as out:
-        data, subjects = _load(args)
-        from .anatomy import anatomy
-        n = min(len(anatomy(s.model)) for s in subjects)
-        ks = args.k.resolve(10 * n if args.mode == "reorder" else n, lo=1) if args.k else None
-        plan = api.lesion.LesionPlan(args.mode, units=args.units or (), ks=ks, samples=args.samples,
-                                     exclude_downsampling=args.exclude_downsampling, granularity=args.granularity)
-        result = api.lesion.run(subjects, data, spec, plan, LesionStore(out) if dist.is_main() else None)
-        for label, n_reused in result.extras.get("reused", {}).items():
-            if n_reused:
-                note(f"{label}: resumed — {n_reused} configurations reused from {out / 'lesion.csv'}")
-        return _finish(result, out, t0)
-
-
-def cmd_identity(args) -> int:
-    t0 = time.time()
-    options = api.identity.IdentityOptions(metrics=args.metrics, grad=args.grad, cka_minibatch=args.cka_minibatch,
-                                           cka_images=args.cka_images,
-                                           threshold=args.threshold, lesion_check=args.lesion_check)
-    spec = _spec(args)
-    with _output(args.out, args, "identity") as out:
-        data, subjects = _load(args)
-        return _finish(api.identity.run(subjects, data, spec, options), out, t0, args)
-
-
-def cmd_paths(args) -> int:
-    t0 = time.time()
-    spec = _spec(args)
-    with _output(args.out, args, "paths") as out:
-        data, subjects = _load(args)
-        from .anatomy import anatomy
-        n = min(sum(u.residual for u in anatomy(s.model)) for s in subjects)
-        options = api.paths.PathsOptions(ks=args.k.resolve(n) if args.k else None, samples=args.samples,
-                                         share=args.share)
-        return _finish(api.paths.run(subjects, data, spec, options), out, t0, args)
-
-
-def cmd_amplify(args) -> int:
-    t0 = time.time()
-    options = api.amplify.AmplifyOptions(eps=args.eps, power_iters=args.power_iters)
-    spec = _spec(args)
-    with _output(args.out, args, "amplify") as out:
-        data, subjects = _load(args)
-        return _finish(api.amplify.run(subjects, data, spec, options), out, t0, args)
-
-
-def cmd_prune(args) -> int:
-    t0 = time.time()
-    options = api.prune.PruneOptions(ns=args.n)
-    spec = _spec(args)
-    with _output(args.out, args, "prune") as out:
-        data, subjects = _load(args)
-        return _finish(api.prune.run(subjects, data, spec, options), out, t0, args)
-
-
-def cmd_gradcorr(args) -> int:
-    t0 = time.time()
-    if args.target == "synthetic":
-        options = api.gradcorr.SyntheticOptions(kinds=args.kinds, depths=args.depths, seeds=args.seeds,
-                                                width=args.width, points=args.points, beta=args.beta)
-        spec = api.RunSpec(seed=args.seed, progress=not args.quiet, n_boot=args.n_boot)
-        with _output(args.out, args, "gradcorr") as out:
-            return _finish(api.gradcorr.run_synthetic(options, spec), out, t0, args)
-    if not args.model or not args.data:
-        raise UsageError("resprobe gradcorr needs 'synthetic' or --model ... --data ...",
-                         "e.g. resprobe gradcorr synthetic --out results/gc")
-    options = api.gradcorr.LineOptions(lines=args.lines, points=args.points, mode=args.line, span=args.span,
-                                       target=args.grad_target)
-    spec = _spec(args)
-    with _output(args.out, args, "gradcorr") as out:
-        data, subjects = _load(args)
-        return _finish(api.gradcorr.run(subjects, data, spec, options), out, t0, args)
+    options = cmd.options(args) if cmd.options else None
+    same = cmd.same_settings
+    with _output(args.out, args if same else None, study.stem if same else None) as out:
+        result = cmd.execute(Invocation(args, spec, out, lambda: _load(args), options))
+        return _finish(result, out, t0, args if same else None)
 
 
 def cmd_report(args) -> int:
-    from .report.full import BUDGETS
+    from .report.full import budget_details
     spec = _spec(args)
     with _output(args.out, args, "report") as out:
         data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
@@ -470,10 +278,8 @@ def cmd_report(args) -> int:
             labels.append(args.plain_label)
         subjects = api.load_subjects(specs, weights, data, labels, args.normalize, args.trust_checkpoint,
                                      args.random_init, args.allow_nonfinite, seed=args.seed, trust_code=args.trust_code)
-        b = BUDGETS[args.budget]
-        if b.images is not None and b.images < len(data):
-            note(f"budget {args.budget}: lesions and identity use {b.images} of the {len(data)} images, amplification "
-                 f"and paths {b.amplify_images} and {b.paths_images} (--budget full uses all)")
+        note(f"budget {args.budget}: {budget_details(args.budget, len(data))}"
+             + (" (--budget full uses every image)" if args.budget != "full" else ""))
         sections = api.full_report(subjects, data, spec, args.budget, out, command=_settings(args))
     if dist.is_main():
         for k, v in sections.items():
@@ -548,13 +354,13 @@ def _add_train(sub, common) -> None:
              [common, _models(multi=False), _data(), _out()])
     q.add_argument("--epochs", type=positive_int, required=True, help="number of epochs")
     q.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate")
-    q.add_argument("--momentum", type=_typed(checks.number, 0, 1, hi_open=True), default=0.9,
+    q.add_argument("--momentum", type=typed(checks.number, 0, 1, hi_open=True), default=0.9,
                    help="SGD momentum, in [0, 1)")
-    q.add_argument("--weight-decay", type=_typed(checks.number, 0), default=1e-4, help="weight decay (>= 0)")
+    q.add_argument("--weight-decay", type=typed(checks.number, 0), default=1e-4, help="weight decay (>= 0)")
     q.add_argument("--schedule", default="step", choices=["step", "cosine", "constant"],
                    help="step: lr/10 at 50%% and 75%% of the epochs (He et al.)")
     q.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="optimizer")
-    q.add_argument("--warmup-epochs", type=_typed(checks.integer, 0, MAX_INT), default=0, help="linear learning-rate warm-up over these epochs")
+    q.add_argument("--warmup-epochs", type=typed(checks.integer, 0, MAX_INT), default=0, help="linear learning-rate warm-up over these epochs")
     q.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     q.add_argument("--test-data", help="data spec of the test split when it lives elsewhere (default: --data)")
     q.add_argument("--test-limit", type=positive_int, help="evaluate on a seeded subset of the test split")
@@ -563,105 +369,29 @@ def _add_train(sub, common) -> None:
     q.set_defaults(func=cmd_train, batch_size=128)
 
 
-def _add_probes(sub, common) -> None:
-    parents = [common, _models(), _data(), _out()]
-    q = _sub(sub, "lesion", "delete, sample or reorder residual units (Veit et al. 2016)", parents)
-    q.add_argument("--mode", default="single", choices=[m.value for m in api.lesion.LesionMode],
-                   help="single: each unit alone; set: --units together; random-k: k random units; reorder: k "
-                        "random swaps of branches; prune-by-similarity: the most similar range of k units vs random k")
-    q.add_argument("--units", "--blocks", type=str_list, help="mode set: unit or block names, comma separated")
-    q.add_argument("--k", type=RangeSpec, help="random-k/prune: numbers of deleted units; reorder: numbers of swaps. "
-                                               "K, LO:HI (inclusive), LO:HI:STEP or a,b,c; n = number of units "
-                                               "(default: 1:n)")
-    q.add_argument("--samples", type=positive_int, default=20, help="random subsets or orders per k")
-    q.add_argument("--exclude-downsampling", action="store_true", help="random-k: never delete downsampling units")
-    q.add_argument("--granularity", default="unit", choices=["unit", "block"],
-                   help="delete units, or whole blocks (a transformer block's attention and MLP together)")
-    q.set_defaults(func=cmd_lesion)
-    q = _sub(sub, "identity", "per-unit distance to the identity (He et al. Fig. 7, Jastrzebski et al.)", parents)
-    q.add_argument("--grad", action="store_true", help="also cos(F(x), dL/dx) (one backward pass per batch)")
-    q.add_argument("--threshold", type=_typed(checks.number, 0, 1, lo_open=True), default=0.3,
-                   help="near identity: the 95%% CI of ||F||/||S|| below it; active: above it")
-    q.add_argument("--lesion-check", action="store_true", help="also the error with every near-identity unit deleted")
-    q.add_argument("--cka-minibatch", type=positive_int, default=32, help="images per CKA minibatch (unbiased HSIC)")
-    q.add_argument("--cka-images", type=_cka_images, default=api.identity.CKA_IMAGES,
-                   help="images in CKA's seeded subset, or 'all'")
-    q.add_argument("--metrics", type=str_list, default=api.identity.METRIC_GROUPS,
-                   help="metric groups: norms (ratios, cosines, block influence), cka, response_std")
-    q.set_defaults(func=cmd_identity)
-    q = _sub(sub, "paths", "path lengths and the gradient per path length (Veit et al. 2016 Fig. 6)", parents)
-    q.add_argument("--samples", type=positive_int, default=20, help="routings sampled per path length k")
-    q.add_argument("--k", type=RangeSpec, help="path lengths (K, LO:HI, a,b,c; n = number of residual units); "
-                                               "default: every length 0:n")
-    q.add_argument("--share", type=fraction, default=0.9, help="gradient share of the effective range (80%%, 90%% "
-                                                               "and 95%% are reported too)")
-    q.set_defaults(func=cmd_paths, batch_size=64)
-    q = _sub(sub, "amplify", "perturbation gains per unit: is a residual unit a differential amplifier?", parents)
-    q.add_argument("--eps", type=float_list, default=(1e-4, 1e-3, 1e-2), help="relative perturbation sizes")
-    q.add_argument("--power-iters", type=positive_int, default=10, help="power iterations for Jacobian spectral norms")
-    q.set_defaults(func=cmd_amplify, batch_size=64)
-    q = _sub(sub, "prune", "angular distance between unit ranges and block influence (Gromov et al.; ShortGPT)",
-             parents)
-    q.add_argument("--n", type=int_list, default=None, help="range lengths (default: 1,2,4, those that fit the network)")
-    q.set_defaults(func=cmd_prune)
-
-
-def _add_gradcorr(sub, common) -> None:
-    q = _sub(sub, "gradcorr", "shattered gradients (Balduzzi et al. 2017): 'synthetic' at initialisation, or "
-                              "trained networks (--model, --data)", [common, _out()])
-    q.add_argument("target", nargs="?", choices=["synthetic"], help="'synthetic': f: R -> R networks at "
-                                                                    "initialisation; omit it for trained networks")
-    g = q.add_argument_group("trained networks")
-    for flag, kw in (("--model", dict(action="append", help="model spec (repeat to compare)")),
-                     ("--weights", dict(action="append", help="checkpoint(s) of each --model")),
-                     ("--label", dict(action="append", help="display name of each --model")),
-                     ("--random-init", dict(action="store_true", help="allow models without --weights")),
-                     ("--trust-checkpoint", dict(action="store_true", help="allow full unpickling of checkpoints")),
-                     ("--trust-code", dict(action="store_true", help="allow a package.module:factory spec to run "
-                                                                     "its module's code")),
-                     ("--normalize", dict(choices=["imagenet", "cifar10", "none"], help="input normalization")),
-                     ("--allow-nonfinite", dict(action="store_true", help="mark non-finite rows instead of stopping")),
-                     ("--data", dict(help="data spec the lines start from")), ("--data-root", dict(help="data folder")),
-                     ("--download", dict(action="store_true", help="allow downloading the data set")),
-                     ("--split", dict(default="test", help="split to use")),
-                     ("--limit", dict(type=positive_int, help="seeded subset of the data")),
-                     ("--batch-size", dict(type=positive_int, default=64,
-                                           help="points per backward pass (memory follows it; results do not)")),
-                     ("--lines", dict(type=positive_int, default=8, help="number of lines (at least 2)")),
-                     ("--line", dict(default="direction", choices=["direction", "between"],
-                                     help="x0 + t*u (random unit u) or the segment between two images")),
-                     ("--span", dict(type=positive_float, default=0.1, help="direction lines: t in [-span, span)*|x0|")),
-                     ("--grad-target", dict(default="loss", choices=["loss", "logit"], help="what is differentiated"))):
-        g.add_argument(flag, **kw)
-    g = q.add_argument_group("synthetic")
-    g.add_argument("--kinds", type=str_list, default=api.gradcorr.KINDS, help="ff, ff-bn, res, res-bn, ff-ll")
-    g.add_argument("--depths", type=int_list, default=(1, 2, 4, 8, 16, 24, 32, 50), help="depths")
-    g.add_argument("--seeds", type=positive_int, default=20, help="random initialisations per (kind, depth)")
-    g.add_argument("--width", type=positive_int, default=200, help="units per layer")
-    g.add_argument("--beta", type=_typed(checks.number, 0, 100), default=0.1,
-                   help="branch scale of the 'res' kind (no BN), in [0, 100]")
-    q.add_argument("--points", type=positive_int, default=256, help="points per line (synthetic: on [-2, 2))")
-    q.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples (100-100,000)")
-    q.set_defaults(func=cmd_gradcorr, dtype="float32")
+def _add_studies(sub, common) -> None:
+    """One subcommand per declared study with a command (:mod:`resprobe.studies`)."""
+    for study in studies():
+        cmd = study.command
+        if cmd is None:
+            continue
+        required = cmd.inputs == "required"
+        q = _sub(sub, study.name, cmd.help, [common, _models(required=required), _data(required, dtype=required),
+                                             _out()])
+        cmd.add_arguments(q)
+        q.set_defaults(func=cmd_study, study=study, batch_size=cmd.batch_size,
+                       **({} if required else {"dtype": "float32"}))
 
 
 def _add_report(sub, common) -> None:
-    q = _sub(sub, "report", "every study, one page with a verdict per conjecture", [common, _data(), _out()])
-    g = q.add_argument_group("networks")
-    g.add_argument("--model", required=True, help="model spec of the residual network")
-    g.add_argument("--weights", help="its checkpoint; several comma-separated files are seeds")
-    g.add_argument("--label", help="display name of the model")
+    q = _sub(sub, "report", "every study, one page with a verdict per conjecture",
+             [common, _models(multi=False), _data(), _out()])
+    g = q.add_argument_group("plain twin")
     g.add_argument("--plain", help="spec of the plain twin, trained with the same recipe (the comparative verdicts "
                                    "need it)")
     g.add_argument("--plain-weights", help="its checkpoint(s), comma separated, seeds paired with --weights")
     g.add_argument("--plain-label", help="display name of the plain twin")
-    g.add_argument("--random-init", action="store_true", help="allow networks without weights")
-    g.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of checkpoints")
-    g.add_argument("--trust-code", action="store_true",
-                   help="allow a package.module:factory spec to import that module and run its code")
-    g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"], help="input normalization")
-    g.add_argument("--allow-nonfinite", action="store_true", help="mark non-finite rows instead of stopping")
-    q.add_argument("--budget", default="fast", choices=["fast", "full"],
+    q.add_argument("--budget", default="fast", choices=list(BUDGETS),
                    help="fast: 500 images for lesions and identity, 64 for amplification and paths, small sweeps "
                         "(minutes on a CPU); full: every image and the papers' sample counts")
     q.set_defaults(func=cmd_report)
@@ -680,8 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     _add_info_eval(sub, common)
     _add_train(sub, common)
-    _add_probes(sub, common)
-    _add_gradcorr(sub, common)
+    _add_studies(sub, common)
     _add_report(sub, common)
     return p
 

@@ -37,7 +37,7 @@ def test_study_matches_independent_evaluations(runs):
     dirs, tr, te, root = runs
     r = run(dirs, tr, te, SPEC)
     save(r, root / "out")
-    final, comps = r.extras["final"], r.extras["comparisons"]
+    final, comps = r.detail.final, r.detail.comparisons
     for d in dirs:
         spec = d.name
         model = build_model(spec, num_classes=4)
@@ -56,7 +56,7 @@ def test_study_matches_independent_evaluations(runs):
     assert set(zip(comps.shallower, comps.deeper)) == {("cifar_plain8", "cifar_plain14"),
                                                       ("cifar_resnet8", "cifar_resnet14")}
     # curves are the metrics files, epochs counted from 1
-    curves = r.extras["curves"]
+    curves = r.detail.curves
     m = pd.read_csv(dirs[1] / "metrics.csv")
     c = curves[(curves.model == "cifar_plain14") & (curves.split == "train")].sort_values("epoch")
     assert c.epoch.tolist() == [1, 2] and np.allclose(c.error, m.train_error)
@@ -74,8 +74,8 @@ def test_study_matches_independent_evaluations(runs):
 
 def test_same_inputs_same_numbers(runs):
     dirs, tr, te, _ = runs
-    a = run(dirs[:2], tr, te, SPEC.replace(seed=3)).extras["comparisons"]
-    b = run(dirs[:2], tr, te, SPEC.replace(seed=3)).extras["comparisons"]
+    a = run(dirs[:2], tr, te, SPEC.replace(seed=3)).detail.comparisons
+    b = run(dirs[:2], tr, te, SPEC.replace(seed=3)).detail.comparisons
     pd.testing.assert_frame_equal(a, b)
 
 

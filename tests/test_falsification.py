@@ -95,7 +95,7 @@ def _studies(subjects, data):
     les = lesion.run(subjects, data, SPEC, lesion.LesionPlan("single"))
     out = list(les.verdicts)
     ident = identity.run(subjects, data, SPEC)
-    out += ident.verdicts + identity.refinement_verdicts(ident.table, les.table, ident.extras["roles"], 200)
+    out += ident.verdicts + identity.refinement_verdicts(ident.table, les.table, ident.roles, 200)
     res = [s for s in subjects if s.label.split("/")[0] != "cifar_plain20"]
     out += paths.run(res, data.subset(16), SPEC.replace(batch_size=16), paths.PathsOptions(samples=2)).verdicts
     out += amplify.run(subjects, data.subset(32), SPEC.replace(batch_size=32),

@@ -225,7 +225,7 @@ def test_trained_profile_rows_hygiene_and_verdict():
     assert set(df["layer"]) == {"input", "layer1.0", "layer2.0", "layer3.0"}
     agg = df[(df["seed"] == "all") & (df["metric"] == "lag1")]
     assert len(agg) == 4 and (agg["ci_low"] <= agg["value"]).all() and (agg["value"] <= agg["ci_high"]).all()
-    assert r.extras["traces"]["m"].shape == (32,)
+    assert r.detail.traces["m"].shape == (32,)
     assert m.training and hook_count(m) == 0 and all(p.requires_grad for p in m.parameters())
     pd.testing.assert_frame_equal(df, G.run([Subject("m", m, "none")], data, spec, opts).table)
     # a random-init network is measured but never judged: the verdict is not applicable (competence gate)

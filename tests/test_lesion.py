@@ -18,7 +18,8 @@ from resprobe.engine import RunSpec
 from resprobe.errors import OutputError, UsageError
 from resprobe.io.data import load_dataset
 from resprobe.models import build_model
-from resprobe.report import LesionStore, save
+from resprobe.probes.lesion_store import LesionStore
+from resprobe.report import save
 from resprobe.study import Subject
 
 from conftest import RESNET20, TEST_ARCHIVE, need_shared, randomize_bn, role
@@ -161,7 +162,7 @@ def test_rows_columns_counts_and_mcnemar(data):
     base = df.iloc[0]
     # discordant pairs against the intact network: wrong(config) - wrong(intact) = broken - fixed
     assert ((df["n_wrong"] - base["n_wrong"]) == (df["n_broken"] - df["n_fixed"])).all()
-    bits = r.extras["bits"]["r20"]
+    bits = r.detail.bits["r20"]
     for _, row in df.iterrows():
         key = f"{row['mode']}|{row['deleted']}|{row['order']}"
         assert int(np.unpackbits(bits[key], count=len(data)).sum()) == row["n_wrong"]
@@ -201,7 +202,7 @@ def test_interrupt_and_resume(data, tmp_path, monkeypatch):
     seen.update(calls=0, configs=0)
     resumed = L.run(subj, data, spec, plan, LesionStore(tmp_path / "cut"), chunk=4)
     assert seen["configs"] == len(full) - 8  # finished rows are not recomputed
-    assert resumed.extras["reused"]["r20"] == 8
+    assert resumed.detail.reused["r20"] == 8
     pd.testing.assert_frame_equal(resumed.table, full)
     # a rerun with other settings into the same folder is refused, naming what differs
     with pytest.raises(OutputError, match="samples: 3 then, 5 now"):

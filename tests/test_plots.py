@@ -13,8 +13,8 @@ from resprobe.engine import RunSpec  # noqa: E402
 from resprobe.io.data import load_dataset  # noqa: E402
 from resprobe.models import build_model  # noqa: E402
 from resprobe.probes import amplify, gradcorr, identity, lesion, paths, prune  # noqa: E402
-from resprobe.report import plots  # noqa: E402
-from resprobe.report.save import FIGURES  # noqa: E402
+from resprobe import figures as plots  # noqa: E402
+from resprobe.studies import studies  # noqa: E402
 from resprobe.study import Subject  # noqa: E402
 
 from conftest import randomize_bn  # noqa: E402
@@ -69,14 +69,14 @@ def _labels(fig) -> str:
     return " | ".join(texts)
 
 
-@pytest.mark.parametrize("study", list(FIGURES))
+@pytest.mark.parametrize("study", [s.name for s in studies() if s.figures])
 def test_every_figure_of_every_study(results, study):
     if study not in results:
         pytest.skip("degradation: see test_training_curves")
     r = results[study]
     drawn = 0
-    for stem, fn, caption in FIGURES[study]:
-        made = fn(r)
+    for f in next(s for s in studies() if s.name == study).figures:
+        made, caption = f.draw(r), f.caption
         if made is None:
             continue
         fig = _axes_checked(made[0])
@@ -88,7 +88,7 @@ def test_every_figure_of_every_study(results, study):
 
 def test_no_series_silently_disappears(results):
     r = results["lesion"]
-    fig, ax = plots.lesion_single_plot(r.table, r.extras["units"])
+    fig, ax = plots.lesion_single_plot(r.table, r.units)
     text = _labels(fig)
     for m in ("res14", "plain14", "res8"):
         assert f"{m}: one unit deleted" in text and f"{m}: intact" in text
@@ -100,13 +100,13 @@ def test_no_series_silently_disappears(results):
     assert all(float(t).is_integer() for t in ax.get_xticks())
     plt.close(fig)
     a = results["amplify"]
-    fig, ax = plots.amplify_kappa_plot(a.table, a.extras["units"])
+    fig, ax = plots.amplify_kappa_plot(a.table, a.units)
     text = _labels(fig)
     for m in ("res14", "plain14", "res8"):
         assert f"{m}: κ, random" in text and f"{m}: κ, worst-case" in text
     plt.close(fig)
     i = results["identity"]
-    fig, ax = plots.identity_metric_plot(i.table, "branch_ratio", i.extras["units"])
+    fig, ax = plots.identity_metric_plot(i.table, "branch_ratio", i.units)
     # networks of different depths line up by stage: the stage ticks are at the same place for both
     assert [t.get_text() for t in ax.get_xticklabels()] == ["stage 1", "stage 2", "stage 3"]
     plt.close(fig)

@@ -47,11 +47,17 @@ from ..verdict import Role, pairs_by_seed
 from . import common
 from .amplify_verdicts import AMPLIFIER_LOG_RATIO, amplifier_verdicts
 
-__all__ = ["AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdicts",
+__all__ = ['AmplifyDetail', "AmplifyOptions", "COLUMNS", "power_iteration", "spectral_norms", "profile", "run", "amplifier_verdicts",
            "AMPLIFIER_LOG_RATIO"]
 
 COLUMNS = ["model", "unit", "metric", "eps", "value", "ci_low", "ci_high", "n_images"]
 
+
+@dataclass(frozen=True)
+class AmplifyDetail:
+    """Seconds spent per network and part of the measurement (written to the JSON)."""
+
+    timing: dict
 
 @dataclass(frozen=True)
 class AmplifyOptions:
@@ -446,8 +452,8 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
     verdicts = amplifier_verdicts(table, roles, per_image, min(options.eps), spec.n_boot, spec.seed)
     return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=verdicts,
                        findings=findings(table, roles), provenance=common.provenance(subjects, data, spec),
-                       settings=options.describe(), extras=dict(timing=timings, roles=roles,
-                                                                 units={lab: v.table() for lab, v in views.items()}))
+                       settings=options.describe(), roles=roles,
+                       units={lab: v.table() for lab, v in views.items()}, detail=AmplifyDetail(timings))
 
 
 def summarize(table: pd.DataFrame, roles: dict[str, Role]) -> dict:

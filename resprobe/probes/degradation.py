@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,11 +27,22 @@ from ..study import StudyResult
 from ..verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict, decide, seed_ci
 from . import common
 
-__all__ = ["read_runs", "family_and_depth", "run", "degradation_verdict", "MARGIN"]
+__all__ = ["DegradationDetail", "read_runs", "family_and_depth", "run", "degradation_verdict", "MARGIN"]
 
 # Equivalence margin on the training error, fixed before measuring: He et al.'s Fig. 1/6 show plain-56 training
 # several points above plain-20 and ResNet-56 below ResNet-20; a difference within one percentage point is no
 # degradation, beyond it (with its whole CI) it is.
+
+@dataclass(frozen=True)
+class DegradationDetail:
+    """The training curves (long DataFrame), final errors, deeper − shallower comparisons and each run's
+    configuration, for the figure."""
+
+    curves: pd.DataFrame
+    final: pd.DataFrame
+    comparisons: pd.DataFrame
+    configs: dict
+
 MARGIN = 0.01
 
 
@@ -156,7 +168,7 @@ def run(run_dirs: Sequence[str | Path], train_data: Dataset, test_data: Dataset,
                        verdicts=[verdict], findings=[verdict.reason],
                        provenance=dict(models=provs, data=dict(train=train_data.describe(), test=test_data.describe()),
                                        run=spec.describe(), versions=common.versions()),
-                       extras=dict(curves=curves, final=final, comparisons=comparisons, configs=configs))
+                       detail=DegradationDetail(curves, final, comparisons, configs))
 
 
 def _comparisons(configs: dict, wrong: dict, spec: RunSpec) -> pd.DataFrame:

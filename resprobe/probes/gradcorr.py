@@ -44,7 +44,7 @@ from ..study import StudyResult, Subject
 from . import common
 from .gradcorr_verdicts import NOT_SHATTERED, shattering_verdicts, synthetic_verdicts
 
-__all__ = ["KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
+__all__ = ["SyntheticDetail", "LinesDetail", "KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
            "fits", "run_synthetic", "run", "make_lines", "line_gradients", "trained_profile", "COLUMNS",
            "TRAINED_COLUMNS", "shattering_verdicts", "synthetic_verdicts", "NOT_SHATTERED"]
 
@@ -52,6 +52,21 @@ KINDS = ("ff", "ff-bn", "res", "res-bn", "ff-ll")
 COLUMNS = ["kind", "depth", "seed", "metric", "value", "ci_low", "ci_high"]
 TRAINED_COLUMNS = ["model", "layer", "seed", "metric", "value", "ci_low", "ci_high"]
 
+
+@dataclass(frozen=True)
+class SyntheticDetail:
+    """The raw input gradients of the synthetic sweep, ``(kind, depth) -> (seeds, points)``, for its figures."""
+
+    gradients: dict
+    points: int
+
+
+@dataclass(frozen=True)
+class LinesDetail:
+    """One gradient trace per network along the first line (None where not measured), for its figure."""
+
+    traces: dict
+    points: int
 
 @dataclass(frozen=True)
 class SyntheticOptions:
@@ -266,7 +281,7 @@ def run_synthetic(options: SyntheticOptions = SyntheticOptions(), spec: RunSpec 
     return StudyResult("gradcorr-synthetic", df, summary=summary, verdicts=synthetic_verdicts(f["lag1"]), findings=find,
                        provenance=dict(probe="gradcorr synthetic", **options.describe(), seed=spec.seed,
                                        versions=common.versions()),
-                       settings=options.describe(), extras=dict(gradients=grads, points=options.points))
+                       settings=options.describe(), detail=SyntheticDetail(grads, options.points))
 
 
 def _synthetic_findings(df: pd.DataFrame, f: dict) -> list[str]:
@@ -434,7 +449,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                        findings=trained_findings(table), provenance=common.provenance(
                            subjects, data, spec, statistic="lag-1 autocorrelation of the gradient vectors along each "
                            "line: sum_t <d_t, d_t+1> / sum_t |d_t|^2, d_t = g_t - mean_t g"),
-                       settings=options.describe(), extras=dict(traces=traces, points=options.points, units=units))
+                       settings=options.describe(), units=units, roles=roles, detail=LinesDetail(traces, options.points))
 
 
 def trained_findings(df: pd.DataFrame) -> list[str]:

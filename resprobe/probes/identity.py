@@ -592,9 +592,10 @@ def _response_rows(view, label, layers, resp: dict, ci) -> list[dict]:
 
 
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
-        options: IdentityOptions = IdentityOptions()) -> StudyResult:
+        options: IdentityOptions = IdentityOptions(), lesions: Optional[StudyResult] = None) -> StudyResult:
     """Identity metrics of every subject (long table ``COLUMNS``), effective depth, stage summaries,
-    findings and the He Fig. 7 verdict (with a plain twin)."""
+    findings and the He Fig. 7 verdict (with a plain twin); given the lesion study's result of the same
+    networks, also Jastrzebski et al.'s refinement verdict (are near-identity units the cheap ones to delete?)."""
     common.check_labels(subjects)
     frames, responses, views = [], {}, {}
     for s in subjects:
@@ -610,6 +611,8 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
     eff = effective_depth(table, options.threshold)
     verdicts = (near_identity_verdicts(table, roles)
                 + response_std_verdicts(table, roles, responses, spec.n_boot, spec.seed))
+    if lesions is not None:
+        verdicts += refinement_verdicts(table, lesions.table, roles, spec.n_boot, spec.seed)
     return StudyResult("identity", table, summary=dict(effective_depth=eff, lesion_check=lesion,
                                                        overview=overview(table),
                                                        stage_summary=stage_summary(table).to_dict("records")),
@@ -617,7 +620,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                        provenance=dict(common.provenance(subjects, data, spec), sums="torch operations",
                                        bootstrap=BOOTSTRAP),
                        settings=options.describe(),
-                       extras=dict(roles=roles, units={lab: v.table() for lab, v in views.items()}))
+                       roles=roles, units={lab: v.table() for lab, v in views.items()})
 
 
 def _lesion_check(subjects, data, spec, table, threshold) -> dict:

@@ -39,7 +39,7 @@ from ..study import StudyResult, Subject
 from ..verdict import Claim, Margin, Verdict, residual_groups, seed_interval
 from . import common
 
-__all__ = ["PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
+__all__ = ['PathsDetail', "PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
            "effective_range", "weighted_length", "short_paths_verdicts", "COLUMNS", "SHARES", "SHORT_PATHS"]
 
 COLUMNS = ["model", "k", "n_paths", "grad_per_path", "ci_low", "ci_high", "total_grad", "total_ci_low",
@@ -50,6 +50,12 @@ SHORT_PATHS = Margin(0.75, (
     "blocks, a gradient-weighted length of about 11, 0.4 of the typical; 0.75 leaves room for shallower nets, whose "
     "path-length distribution is narrower"))
 
+
+@dataclass(frozen=True)
+class PathsDetail:
+    """What the writer needs beyond the table: each network's unraveled graph (networkx)."""
+
+    graphs: dict
 
 @dataclass(frozen=True)
 class PathsOptions:
@@ -370,7 +376,22 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         return StudyResult("paths", pd.DataFrame(columns=COLUMNS))
     table = pd.concat(frames, ignore_index=True)
     summary = summarize(table, boots, options.share, n_units)
-    verdicts = short_paths_verdicts(summary, common.roles(residual, views, data, spec), len(data))
+    roles = common.roles(residual, views, data, spec)
+    verdicts = short_paths_verdicts(summary, roles, len(data))
+    units = {lab: v.table() for lab, v in views.items()}
+    find = findings(summary, skipped)
+    return StudyResult("paths", table, summary=summary, verdicts=verdicts, findings=find,
+                       provenance=common.provenance(subjects, data, spec,
+                                                    magnitude="mean over images of the L2 norm of dL/dh at the first "
+                                                              "unit's input (L = summed cross-entropy)",
+                                                    path_length="number of residual branches on the path; shortcuts "
+                                                                "of any kind count 0"),
+                       settings=options.describe(), units=units, roles=roles,
+                       detail=PathsDetail(graphs))
+
+
+def findings(summary: dict, skipped: Sequence[str] = ()) -> list[str]:
+    """Sentences from the summary: each network's effective range, weighted length and peak."""
     find = [f"{lab}: no residual unit, so no path-length analysis (every path has the same length)."
             for lab in skipped]
     for m, s in summary.items():
@@ -385,10 +406,4 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
             find.append(f"{m}: the range for 80% / 90% / 95% of the gradient: "
                         + ", ".join(f"{r['range'][0]}–{r['range'][1]}" for sh, r in s["ranges"].items()
                                     if float(sh) in SHARES) + ".")
-    return StudyResult("paths", table, summary=summary, verdicts=verdicts, findings=find,
-                       provenance=common.provenance(subjects, data, spec,
-                                                    magnitude="mean over images of the L2 norm of dL/dh at the first "
-                                                              "unit's input (L = summed cross-entropy)",
-                                                    path_length="number of residual branches on the path; shortcuts "
-                                                                "of any kind count 0"),
-                       settings=options.describe(), extras=dict(graphs=graphs))
+    return find

@@ -157,4 +157,4 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
                         + ", ".join(f"{r['first']} {r['value']:.4f}" for _, r in bi.head(3).iterrows()) + ".")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     return StudyResult("prune", table, findings=find, provenance=common.provenance(subjects, data, spec),
-                       settings=options.describe(), extras=dict(units=units))
+                       settings=options.describe(), units=units)

@@ -1,6 +1,6 @@
-"""Writers: CSV, strict JSON with provenance, figures, Markdown/HTML documents, the resumable lesion store,
-and the one-page report. Nothing here measures: every number comes from a :class:`~resprobe.study.StudyResult`."""
+"""Writers: CSV, strict JSON with provenance, figures, Markdown/HTML documents, and the one-page report. Nothing
+here measures: every number comes from a :class:`~resprobe.study.StudyResult`, and what each study adds comes
+from its declaration in :mod:`resprobe.studies`."""
 from .save import save
-from .store import LesionStore
 
-__all__ = ["save", "LesionStore"]
+__all__ = ["save"]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..errors import OutputError
 from ..io.atomic import write_bytes
-from .tables import read_json, write_json, write_table
+from ..io.tables import read_json, write_json, write_table
 
 __all__ = ["LesionStore"]
 
@@ -47,7 +47,7 @@ class LesionStore:
 
     # --- reading ------------------------------------------------------------------------------------
     def rows(self) -> pd.DataFrame:
-        from ..probes.lesion import COLUMNS, typed
+        from .lesion import COLUMNS, typed
         if not self.csv.is_file():
             return typed(pd.DataFrame(columns=COLUMNS))
         try:
@@ -103,7 +103,7 @@ class LesionStore:
 
     def add(self, rows: list[dict], bits: dict[str, np.ndarray]) -> None:
         """Append finished rows (and their per-image bits) atomically."""
-        from ..probes.lesion import COLUMNS, typed
+        from .lesion import COLUMNS, typed
         if not rows:
             return
         old = self.rows()

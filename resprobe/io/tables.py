@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io.atomic import atomic_path, write_text
+from .atomic import atomic_path, write_text
 
 __all__ = ["write_table", "write_json", "clean", "read_json"]
 

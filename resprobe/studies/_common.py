@@ -1,0 +1,18 @@
+"""What several study declarations share: the wording of budgets and the presence test of figures."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..study import StudyResult
+
+__all__ = ["has", "used"]
+
+
+def has(r: StudyResult, col: str, value) -> bool:
+    """Whether the result's table has a row with ``col == value``."""
+    return not r.table.empty and col in r.table and (r.table[col] == value).any()
+
+
+def used(k: Optional[int], n: Optional[int]) -> str:
+    """``all N`` when a cap of ``k`` items takes every one of ``n``, else ``k``."""
+    return f"all {n}" if k is None or (n is not None and k >= n) else f"{k}"
