@@ -39,7 +39,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def cifar10_python_archive(jpeg_archive: Path, dest: Path, limit: int | None = None) -> str:
     """Write ``dest`` (cifar-10-python.tar.gz layout: cifar-10-batches-py/test_batch and batches.meta) from the
     test split of the JPEG ImageFolder archive; returns its md5."""
-    from resprobe.io.data import CIFAR10_CLASSES, load_dataset
+    from resprobe.io.data import load_dataset
+    from resprobe.io.named import CIFAR10_CLASSES
     ds = load_dataset(f"imagefolder:{jpeg_archive}", "test")
     assert list(ds.classes) == CIFAR10_CLASSES
     n = len(ds) if limit is None else limit

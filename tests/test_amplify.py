@@ -14,6 +14,7 @@ from resprobe.io.data import load_dataset
 from resprobe.models import build_model
 from resprobe.engine import RunSpec
 from resprobe.probes import amplify as A
+from resprobe.probes import amplify_jacobian as AJ
 from resprobe.probes.amplify import power_iteration, spectral_norms, unit_spectral_norms
 from resprobe.report import save
 from resprobe.study import Subject
@@ -191,11 +192,11 @@ def test_closed_form_maps_equal_the_linearization(spec, shape):
     for i, u in enumerate(view):
         fns = [u.branch] + ([u.shortcut] if u.residual and u.shortcut_kind == "projection" else [])
         for fn in fns:
-            got = A._chain_linear(fn, hs[i])
+            got = AJ.chain_linear(fn, hs[i])
             assert got is not None, (spec, u.name)
             out, jv, jtu = got
             with torch.enable_grad():
-                ref_out, rjv, rjtu = A._linear(fn, hs[i])
+                ref_out, rjv, rjtu = AJ.linear_maps(fn, hs[i])
             v, w = torch.randn_like(hs[i]), torch.randn_like(out)
             assert torch.allclose(out, ref_out)
             assert torch.allclose(jv(v), rjv(v), rtol=1e-9, atol=1e-12)
@@ -203,5 +204,5 @@ def test_closed_form_maps_equal_the_linearization(spec, shape):
             closed += 1
     assert closed >= len(view)
     conv = torch.nn.Conv2d(3, 3, 3, padding=1).double()
-    assert A._chain_linear(lambda t: torch.nn.functional.gelu(conv(t)), x) is None  # not a ReLU: linearized
-    assert A._chain_linear(lambda t: conv(t) * 2, x) is None  # an operation between no modules: linearized
+    assert AJ.chain_linear(lambda t: torch.nn.functional.gelu(conv(t)), x) is None  # not a ReLU: linearized
+    assert AJ.chain_linear(lambda t: conv(t) * 2, x) is None  # an operation between no modules: linearized

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from resprobe.io import data as D
+from resprobe.io import named as N
 from resprobe.io.data import DataError, load_dataset, subset_indices
 
 from conftest import TEST_ARCHIVE, need_shared
@@ -131,7 +132,7 @@ def _write_cifar(root, n_per_batch=6):
             pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
         batches[name] = (data, labels)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES]}, f)
+        pickle.dump({b"label_names": [c.encode() for c in N.CIFAR10_CLASSES]}, f)
     return batches
 
 
@@ -178,7 +179,7 @@ def test_fashion_mnist_idx(tmp_path):
 
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(N, "FASHION_DEBIAN", tmp_path / "none")
     with pytest.raises(DataError, match="--download"):
         load_dataset("fashion-mnist", "train", root=tmp_path)
 

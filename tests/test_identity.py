@@ -292,7 +292,8 @@ def test_hygiene_on_exception_mid_probe(data, monkeypatch):
     flags = [p.requires_grad for p in m.parameters()]
     before = {k: v.clone() for k, v in m.state_dict().items()}
     calls = {"n": 0}
-    orig = I._norm_metrics
+    from resprobe.probes import identity_measure as IM
+    orig = IM._norm_metrics
 
     def boom(*a, **k):
         calls["n"] += 1
@@ -300,7 +301,7 @@ def test_hygiene_on_exception_mid_probe(data, monkeypatch):
             raise RuntimeError("mid-probe")
         return orig(*a, **k)
 
-    monkeypatch.setattr(I, "_norm_metrics", boom)
+    monkeypatch.setattr(IM, "_norm_metrics", boom)
     with pytest.raises(RuntimeError, match="mid-probe"):
         _profile(m, data, batch_size=16, grad=True)
     assert hook_count(m) == 0 and m.training and all(x.training for x in m.modules())
