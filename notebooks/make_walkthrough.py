@@ -38,13 +38,13 @@ if test_set.is_file():
     weights = [[str(ROOT / "zoo" / "cifar_resnet20" / "model.pt")], [str(ROOT / "zoo" / "cifar_plain20" / "model.pt")]]
     specs = ["cifar_resnet20", "cifar_plain20"]
 else:
-    from resprobe.training import Recipe, train
+    from resprobe.training import Recipe, TrainRun, train
     tr, data = api.load_data("synthetic(n=2000)", "train"), api.load_data("synthetic(n=500)", "test")
     specs, weights = ["cifar_resnet14", "cifar_plain14"], []
     for name, spec in zip(("resnet", "plain"), specs):
         model, _ = api.load_model(spec, num_classes=tr.num_classes)
-        train(model, tr, data, Recipe(4, lr=0.05, schedule="cosine"), OUT / name, overwrite=True, progress_bar=False,
-              config=dict(model=spec))
+        train(model, tr, data, Recipe(4, lr=0.05, schedule="cosine"), OUT / name,
+              TrainRun(overwrite=True, progress_bar=False, config=dict(model=spec)))
         weights.append([str(OUT / name / "model.pt")])
 subjects = api.load_subjects(specs, weights, data, labels=["resnet", "plain"])
 print(data.describe()["spec"], len(data), "images;", [(s.label, s.normalize, s.recipe) for s in subjects])

@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 from .engine import RunSpec, evaluate, predict, resolve_device
-from .loading import default_input_shape, load_data, load_model, load_subjects, normalization_for
+from .loading import Access, default_input_shape, load_data, load_model, load_subjects, normalization_for
 from .probes import amplify, degradation, gradcorr, identity, lesion, paths, prune
 from .probes.common import versions
 from .report import save
 from .report.full import full_report
 from .study import StudyResult, Subject
 
-__all__ = ["RunSpec", "Subject", "StudyResult", "load_data", "load_model", "load_subjects", "normalization_for",
+__all__ = ["Access", "RunSpec", "Subject", "StudyResult", "load_data", "load_model", "load_subjects", "normalization_for",
            "default_input_shape", "evaluate", "predict", "resolve_device", "save", "full_report", "versions",
            "lesion", "identity", "paths", "amplify", "gradcorr", "prune", "degradation"]

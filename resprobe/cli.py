@@ -103,11 +103,16 @@ def _weights_lists(args) -> list:
     return [w.split(",") for w in ws] if ws else [None] * len(args.model)
 
 
+def _access(args) -> api.Access:
+    """What the flags allow a load to do (see :class:`resprobe.loading.Access`)."""
+    return api.Access(trust=getattr(args, "trust_checkpoint", False), trust_code=getattr(args, "trust_code", False),
+                      random_init=getattr(args, "random_init", False),
+                      allow_nonfinite=getattr(args, "allow_nonfinite", False), seed=getattr(args, "seed", 0))
+
+
 def _load(args):
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
-    subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize,
-                                 args.trust_checkpoint, args.random_init, getattr(args, "allow_nonfinite", False),
-                                 seed=args.seed, trust_code=args.trust_code)
+    subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize, _access(args))
     return data, subjects
 
 
@@ -159,7 +164,7 @@ def cmd_info(args) -> int:
     from .anatomy import anatomy
     if not args.weights and not args.random_init:
         args.random_init = True  # the structure does not depend on the weights
-    model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint, trust_code=args.trust_code)
+    model, prov = api.load_model(args.model, args.weights, _access(args))
     shape = tuple(args.input_size) if args.input_size else api.default_input_shape(model)
     if math.prod(shape) > 2 ** 26:
         raise UsageError(f"--input-size {','.join(map(str, shape))} is {math.prod(shape):,} values per input",
@@ -204,8 +209,7 @@ def cmd_weights(args) -> int:
 def cmd_eval(args) -> int:
     spec = _spec(args)
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
-    [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, args.trust_checkpoint,
-                            args.random_init, args.allow_nonfinite, seed=args.seed, trust_code=args.trust_code)
+    [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, _access(args))
     s.model.to(spec.torch_device)
     t0 = time.time()
     res = api.evaluate(s.model, data, spec, s.normalize)
@@ -227,7 +231,7 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from .training import Recipe, train
+    from .training import Recipe, TrainRun, train
     recipe = Recipe(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                     batch_size=args.batch_size, schedule=args.schedule, optimizer=args.optimizer,
                     warmup_epochs=args.warmup_epochs, normalize=args.normalize or "imagenet",
@@ -241,12 +245,13 @@ def cmd_train(args) -> int:
                 train_data.split == test_data.split:
             raise UsageError(f"the training and test images are the same ({train_data.spec} has no train/test split "
                              "folders)", "pass --test-data with held-out images")
-        model, prov = api.load_model(args.model, args.weights, args.trust_checkpoint,
-                                     num_classes=train_data.num_classes, in_channels=train_data.input_shape[0],
-                                     trust_code=args.trust_code)
+        model, prov = api.load_model(args.model, args.weights, _access(args), num_classes=train_data.num_classes,
+                                     in_channels=train_data.input_shape[0])
         cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
                    versions=api.versions(), device=str(dev))
-        df = train(model, train_data, test_data, recipe, args.out, dev, args.resume, args.overwrite, not args.quiet, cfg)
+        df = train(model, train_data, test_data, recipe, args.out,
+                   TrainRun(device=dev, resume=args.resume, overwrite=args.overwrite, progress_bar=not args.quiet,
+                            config=cfg))
     last = df.iloc[-1]
     print(f"trained {args.model}: final train error {last.train_error:.4f}, test error {last.test_error:.4f}; "
           f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
@@ -276,8 +281,7 @@ def cmd_report(args) -> int:
             specs.append(args.plain)
             weights.append(args.plain_weights.split(",") if args.plain_weights else None)
             labels.append(args.plain_label)
-        subjects = api.load_subjects(specs, weights, data, labels, args.normalize, args.trust_checkpoint,
-                                     args.random_init, args.allow_nonfinite, seed=args.seed, trust_code=args.trust_code)
+        subjects = api.load_subjects(specs, weights, data, labels, args.normalize, _access(args))
         note(f"budget {args.budget}: {budget_details(args.budget, len(data))}"
              + (" (--budget full uses every image)" if args.budget != "full" else ""))
         sections = api.full_report(subjects, data, spec, args.budget, out, command=_settings(args))
@@ -291,7 +295,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     import torch
 
-    from .training import Recipe, train
+    from .training import Recipe, TrainRun, train
     out = Path(args.out)
     with claim(out):
         train_data = api.load_data("synthetic(n=2000)", "train")
@@ -303,8 +307,8 @@ def cmd_demo(args) -> int:
             note(f"training {spec_name} on {train_data.spec} for {args.epochs} epochs ...")
             folder = out / "models" / spec_name
             train(model, train_data, test_data, Recipe(args.epochs, lr=0.05, schedule="cosine", seed=args.seed),
-                  folder, overwrite=True, progress_bar=not args.quiet,
-                  config=dict(model=spec_name, command="resprobe demo"))
+                  folder, TrainRun(overwrite=True, progress_bar=not args.quiet,
+                                   config=dict(model=spec_name, command="resprobe demo")))
             weights = folder / "model.pt"
             subjects += api.load_subjects([spec_name], [[str(weights)]], test_data, [spec_name], "none")
         sections = api.full_report(subjects, test_data, api.RunSpec(seed=args.seed, progress=not args.quiet),

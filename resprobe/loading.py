@@ -13,6 +13,8 @@ One rule for each choice, used by the CLI, the report, the experiments and the n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +29,7 @@ from .io.data import Dataset, load_dataset
 from .models import build_model
 from .study import Subject
 
-__all__ = ["load_model", "load_data", "load_subjects", "normalization_for", "recorded", "default_input_shape",
+__all__ = ["Access", "load_model", "load_data", "load_subjects", "normalization_for", "recorded", "default_input_shape",
            "DEFAULT_NORMALIZATION"]
 
 DEFAULT_NORMALIZATION = "imagenet"
@@ -79,12 +81,25 @@ def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
     return None
 
 
-def load_model(spec: str, weights: Optional[str] = None, trust: bool = False, num_classes: Optional[int] = None,
-               in_channels: Optional[int] = None, allow_nonfinite: bool = False,
-               classes: Optional[Sequence[str]] = None, trust_code: bool = False) -> tuple[nn.Module, dict]:
+@dataclass(frozen=True)
+class Access:
+    """What a load may do beyond the safe default: unpickle checkpoints fully (``trust``: can run a file's
+    code), import and run a ``package.module:factory`` spec's module (``trust_code``, see :mod:`resprobe.models`),
+    build networks without weights (``random_init``, initialised from ``seed``), and accept NaN or infinite
+    weights (``allow_nonfinite``)."""
+
+    trust: bool = False
+    trust_code: bool = False
+    random_init: bool = False
+    allow_nonfinite: bool = False
+    seed: int = 0
+
+
+def load_model(spec: str, weights: Optional[str] = None, access: Access = Access(), num_classes: Optional[int] = None,
+               in_channels: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> tuple[nn.Module, dict]:
     """Build ``spec``, load ``weights`` (if given) strictly, check that every weight is finite, put it in
-    eval mode; return it and its provenance. ``trust_code``: allow a ``package.module:factory`` spec to
-    import and run that module (see :mod:`resprobe.models`)."""
+    eval mode; return it and its provenance (see :class:`Access` for what the load may do)."""
+    trust, trust_code, allow_nonfinite = access.trust, access.trust_code, access.allow_nonfinite
     entry = None
     if published.is_name(weights):
         weights, entry = _published(spec, weights)
@@ -146,11 +161,12 @@ def _label_for(spec: str, weights: Optional[str]) -> str:
 
 def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str] | str]], data: Dataset,
                   labels: Optional[Sequence[Optional[str]]] = None, normalize: Optional[str] = None,
-                  trust: bool = False, random_init: bool = False, allow_nonfinite: bool = False,
-                  seed: int = 0, trust_code: bool = False) -> list[Subject]:
+                  access: Access = Access()) -> list[Subject]:
     """One :class:`Subject` per (spec, weights); ``weights[i]`` may list several checkpoints (seeds of one
     group). See the module docstring for labels, normalization, seeds and missing weights. A network without
-    weights is initialised from ``seed`` (and its position), so a rerun gives the same network."""
+    weights (``access.random_init``) is initialised from ``access.seed`` (and its position), so a rerun gives
+    the same network."""
+    random_init = access.random_init
     if len(weights) != len(specs):
         raise UsageError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights)",
                          "use --random-init for randomly initialised networks")
@@ -184,12 +200,11 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
             else:
                 lab = label or (entry.name.replace(":", "_") if entry and not entry.local else _label_for(spec, x))
             from .metrics.stats import stable_seed
-            init_seed = stable_seed(seed, "init", spec, len(out))
+            init_seed = stable_seed(seed, "init", spec, len(out), *([access.seed] if access.seed else []))
             with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
                 torch.manual_seed(init_seed)
-                model, prov = load_model(spec, x, trust, num_classes=data.num_classes,
-                                         in_channels=data.input_shape[0], allow_nonfinite=allow_nonfinite,
-                                         classes=data.classes, trust_code=trust_code)
+                model, prov = load_model(spec, x, access, num_classes=data.num_classes,
+                                         in_channels=data.input_shape[0], classes=data.classes)
             if x is None:
                 prov = dict(prov, init_seed=init_seed)
             if entry is not None:

@@ -21,7 +21,7 @@ from .io.atomic import atomic_path, write_text
 from .io.data import Dataset
 from .progress import note, progress
 
-__all__ = ["Recipe", "train", "RUN_FILES"]
+__all__ = ["TrainRun", "Recipe", "train", "RUN_FILES"]
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "seconds"]
 RUN_FILES = ("model.pt", "last.pt", "metrics.csv", "config.json")
@@ -110,13 +110,26 @@ def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """How a training run is carried out (not what it learns, which is the :class:`Recipe`): the device,
+    whether to continue the run in ``out`` (``resume``) or replace it (``overwrite``), a progress bar, and
+    extra ``config`` recorded in ``config.json``."""
+
+    device: str = "cpu"
+    resume: bool = False
+    overwrite: bool = False
+    progress_bar: bool = True
+    config: Optional[dict] = None
+
+
 def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], recipe: Recipe, out: str | Path,
-          device="cpu", resume: bool = False, overwrite: bool = False, progress_bar: bool = True,
-          config: Optional[dict] = None) -> pd.DataFrame:
+          run: TrainRun = TrainRun()) -> pd.DataFrame:
     """Train ``model`` in place; write ``last.pt`` (resumable), ``model.pt`` (weights) and ``metrics.csv``.
 
     The data order and augmentation of epoch e come from a generator seeded with (seed, e), so a
     resumed run continues exactly as an uninterrupted one would."""
+    device, resume, overwrite, progress_bar, config = run.device, run.resume, run.overwrite, run.progress_bar, run.config
     out = Path(out)
     _check_out(out, resume, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +159,7 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
     write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
     eval_spec = RunSpec(batch_size=max(recipe.batch_size, 256), device=str(dev), progress=False, allow_nonfinite=True)
     for epoch in range(start, recipe.epochs):
-        row = _epoch(model, opt, train_data, recipe, epoch, dev, progress_bar)
+        row = _epoch(model, opt, train_data, recipe, epoch, progress_bar)
         if test_data is not None:
             ev = evaluate(model, test_data, eval_spec, recipe.normalize)
             if not math.isfinite(ev["loss"]):
@@ -168,8 +181,9 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
-def _epoch(model, opt, train_data: Dataset, r: Recipe, epoch: int, dev, progress_bar: bool) -> dict:
+def _epoch(model, opt, train_data: Dataset, r: Recipe, epoch: int, progress_bar: bool) -> dict:
     import time
+    dev = next(model.parameters()).device
     t0 = time.time()
     cur_lr = r.lr * r.lr_factor(epoch)
     for group in opt.param_groups:

@@ -15,7 +15,7 @@ from resprobe.io.data import load_dataset
 from resprobe.models import build_model
 from resprobe.probes.degradation import MARGIN, degradation_verdict, family_and_depth, read_runs, run
 from resprobe.report import save
-from resprobe.training import Recipe, train
+from resprobe.training import Recipe, TrainRun, train
 
 SPEC = RunSpec(batch_size=512, n_boot=200, progress=False)
 
@@ -27,8 +27,7 @@ def runs(tmp_path_factory):
     dirs = []
     for spec in ("cifar_plain8", "cifar_plain14", "cifar_resnet8", "cifar_resnet14"):
         torch.manual_seed(0)
-        train(build_model(spec, num_classes=4), tr, te, Recipe(2, lr=0.05, schedule="cosine"), root / spec,
-              progress_bar=False, config=dict(model=spec))
+        train(build_model(spec, num_classes=4), tr, te, Recipe(2, lr=0.05, schedule="cosine"), root / spec, TrainRun(progress_bar=False, config=dict(model=spec)))
         dirs.append(root / spec)
     return dirs, tr, te, root
 
