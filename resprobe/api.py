@@ -14,7 +14,7 @@ from __future__ import annotations
 from .engine import RunSpec, evaluate, predict, resolve_device
 from .loading import Access, default_input_shape, load_data, load_model, load_subjects, normalization_for
 from .probes import amplify, degradation, gradcorr, identity, lesion, paths, prune
-from .probes.common import versions
+from .study import versions
 from .report import save
 from .report.full import full_report
 from .study import StudyResult, Subject

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .verdict import Competence, Role, Verdict
 
-__all__ = ["Subject", "StudyResult", "roles_of", "Study", "Figure", "Command", "ReportRun", "Invocation"]
+__all__ = ["Subject", "StudyResult", "roles_of", "Study", "Figure", "Command", "ReportRun", "Invocation", "versions"]
 
 
 @dataclass
@@ -176,3 +176,23 @@ class Study:
 
     def figure(self, stem: str) -> Optional[Figure]:
         return next((f for f in self.figures if f.stem == stem), None)
+
+
+def versions() -> dict:
+    import platform
+    import sys
+
+    import numpy
+    import pandas
+    import torch
+
+    from . import __version__
+    out = dict(resprobe=__version__, python=sys.version.split()[0], torch=torch.__version__, numpy=numpy.__version__,
+               pandas=pandas.__version__, platform=platform.platform())
+    from importlib import metadata
+    for pkg in ("torchvision", "timm"):  # from the installed metadata: importing them costs seconds of start-up
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

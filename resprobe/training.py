@@ -196,7 +196,7 @@ def _epoch(model, opt, train_data: Dataset, r: Recipe, epoch: int, progress_bar:
     tot_n = 0
     steps = -(-len(train_data) // r.batch_size)
     warm = r.warmup_epochs * steps
-    it = train_data.batches(r.batch_size, r.normalize, dev, augment=r.augment, shuffle=True, generator=g)
+    it = train_data.batches(r.batch_size, r.normalize, dev, augment=r.augment, order=g)
     with progress(steps, f"epoch {epoch + 1}/{r.epochs}", "steps", enabled=progress_bar) as bar:
         for step, (x, y, _) in enumerate(it):
             k = epoch * steps + step

@@ -137,6 +137,6 @@ def test_diverging_run_stops_with_a_clear_error(tmp_path):
 def test_data_on_another_device_gives_the_same_batches():
     tr, _ = _data()
     moved = tr.to("cpu")
-    a = list(tr.batches(64, "cifar10", augment=True, shuffle=True, generator=torch.Generator().manual_seed(3)))
-    b = list(moved.batches(64, "cifar10", augment=True, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    a = list(tr.batches(64, "cifar10", augment=True, order=torch.Generator().manual_seed(3)))
+    b = list(moved.batches(64, "cifar10", augment=True, order=torch.Generator().manual_seed(3)))
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1, _), (x2, y2, _) in zip(a, b))

@@ -108,19 +108,19 @@ class Dataset:
                     input_shape=list(self.input_shape), **self.source)
 
     def batches(self, batch_size: int = 256, normalize: str = "none", device="cpu", augment: bool = False,
-                shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                start: int = 0, only=None, order: Optional[torch.Tensor] = None
+                only=None, order: Optional[torch.Tensor | torch.Generator] = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y, idx)``: float images scaled to [0, 1] and normalized, labels, indices (the last
         batch holds the remainder). ``only``: the batch numbers to yield (the others are skipped unread);
-        ``order``: a permutation of the images to read them in (default: data order, or a random one with
-        ``shuffle``)."""
+        ``order``: a permutation of the images to read them in, or a ``torch.Generator`` to draw a random one
+        from (which then also draws the random crops and flips of ``augment``); default: data order."""
         if batch_size <= 0:
             raise DataError(f"batch size must be positive, got {batch_size}")
-        if order is None:
-            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        generator = order if isinstance(order, torch.Generator) else None
+        if order is None or generator is not None:
+            order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         mean, std = _norm_tensors(normalize, self.images.shape[1])
-        for b, s in enumerate(range(start, len(self), batch_size)):
+        for b, s in enumerate(range(0, len(self), batch_size)):
             if only is not None and b not in only:
                 continue
             idx = order[s:s + batch_size]

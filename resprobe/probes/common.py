@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import sys
 from typing import Optional, Sequence
 
 from ..errors import UsageError
 from ..io.data import Dataset
-from ..study import Subject, roles_of
+from ..study import Subject, roles_of, versions
 from ..verdict import Competence, Role
 
 __all__ = ["check_labels", "data_key", "settings_key", "provenance", "versions", "locate_nonfinite", "competence",
@@ -48,23 +46,6 @@ def data_key(data: Dataset) -> dict:
 
 def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def versions() -> dict:
-    import numpy
-    import pandas
-    import torch
-
-    from .. import __version__
-    out = dict(resprobe=__version__, python=sys.version.split()[0], torch=torch.__version__, numpy=numpy.__version__,
-               pandas=pandas.__version__, platform=platform.platform())
-    from importlib import metadata
-    for pkg in ("torchvision", "timm"):  # from the installed metadata: importing them costs seconds of start-up
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def provenance(subjects: Sequence[Subject], data: Dataset, spec, **extra) -> dict:

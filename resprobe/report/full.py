@@ -15,9 +15,8 @@ from .. import distributed as dist
 from ..engine import RunSpec
 from ..io.data import Dataset
 from ..io.tables import write_json, write_table
-from ..probes.common import versions
 from ..progress import note
-from ..study import ReportRun, Study, StudyResult, Subject, roles_of
+from ..study import ReportRun, Study, StudyResult, Subject, roles_of, versions
 from ..studies import studies
 from ..verdict import Verdict
 from .document import Document
