@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, api
-from . import distributed as dist
 from . import checks
-from .flags import (MAX_INT, RangeSpec, float_list, fraction, int_list, int_or_all, n_boot_arg,  # noqa: F401
-                    positive_float, positive_int, seed_arg, str_list, typed)
+from . import distributed as dist
+from .flags import (MAX_INT, RangeSpec, data_flags, float_list, fraction, int_list, int_or_all,  # noqa: F401
+                    model_flags, n_boot_arg, out_flags, positive_float, positive_int, run_flags, seed_arg, str_list,
+                    typed)
 from .errors import UsageError, UserError
+from .fmt import num
 from .outputs import check_same_settings, claim
 from .progress import note, set_quiet
 from .study import Invocation
@@ -28,64 +30,6 @@ from .studies import studies
 from .report.full import BUDGETS
 
 __all__ = ["main", "build_parser", "RangeSpec"]
-
-
-# --- shared options --------------------------------------------------------------------------------------
-
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("run")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    g.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (subsets, directions, bootstrap)")
-    g.add_argument("--quiet", action="store_true", help="no progress output")
-    g.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
-    return p
-
-
-def _data(required: bool = True, dtype: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
-    g.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
-    g.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
-    g.add_argument("--split", default="test", help="split to use (folders without split folders: all images)")
-    g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images (not the first N)")
-    g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
-    if dtype:
-        g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                       help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
-    g.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples for CIs (100-100,000)")
-    return p
-
-
-def _models(multi: bool = True, required: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("networks")
-    g.add_argument("--model", action="append" if multi else None, required=required,
-                   help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, timm:NAME(...), or "
-                        "package.module:factory (imports and runs your code)" + (" (repeat to compare)" if multi else ""))
-    g.add_argument("--weights", action="append" if multi else None,
-                   help="checkpoint of each --model, in order; several comma-separated files are seeds of one network")
-    g.add_argument("--label", action="append" if multi else None,
-                   help="display name of each --model (default: the weights' folder or file name)")
-    g.add_argument("--random-init", action="store_true",
-                   help="allow models without --weights (randomly initialised: for tests and demos)")
-    g.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full unpickling of checkpoints (can run arbitrary code: only for files you trust)")
-    g.add_argument("--trust-code", action="store_true",
-                   help="allow a package.module:factory spec to import that module and run its code")
-    g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"],
-                   help="input normalization (default: recorded by resprobe train beside the weights, else imagenet, "
-                        "which the He et al. checkpoints need)")
-    g.add_argument("--allow-nonfinite", action="store_true",
-                   help="probe networks with NaN/inf weights or activations, marking the affected rows")
-    return p
-
-
-def _out(required: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--out", required=required, help="output folder (checked and locked before the work starts)")
-    return p
 
 
 def _spec(args, **over) -> api.RunSpec:
@@ -111,7 +55,7 @@ def _access(args) -> api.Access:
 
 
 def _load(args):
-    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize, _access(args))
     return data, subjects
 
@@ -147,15 +91,10 @@ def _finish(result, out, t0: float, args=None) -> int:
             print(line.replace("**", ""))
         for v in result.verdicts:
             print(f"verdict: {v.verdict} — {v.conjecture} ({v.statistic_name} = "
-                  f"{_num(v.statistic)} [{_num(v.ci_low)}, {_num(v.ci_high)}], {v.scope})"
+                  f"{num(v.statistic)} [{num(v.ci_low)}, {num(v.ci_high)}], {v.scope})"
                   + (f"; {v.reason}" if v.reason else ""))
         print(f"{len(files)} files in {out} ({time.time() - t0:.0f} s); report: {Path(out) / 'report.html'}")
     return 0
-
-
-def _num(v) -> str:
-    from .fmt import num
-    return num(v)
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -208,7 +147,7 @@ def cmd_weights(args) -> int:
 
 def cmd_eval(args) -> int:
     spec = _spec(args)
-    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, _access(args))
     s.model.to(spec.torch_device)
     t0 = time.time()
@@ -239,8 +178,8 @@ def cmd_train(args) -> int:
     dev = api.resolve_device(args.device)
     with claim(args.out):
         torch.manual_seed(args.seed)
-        train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
-        test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
+        train_data = api.loaddata_flags(args.data, "train", args.data_root, args.download, args.limit)
+        test_data = api.loaddata_flags(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
         if train_data.describe().get("content_sha256") == test_data.describe().get("content_sha256") and \
                 train_data.split == test_data.split:
             raise UsageError(f"the training and test images are the same ({train_data.spec} has no train/test split "
@@ -275,7 +214,7 @@ def cmd_report(args) -> int:
     from .report.full import budget_details
     spec = _spec(args)
     with _output(args.out, args, "report") as out:
-        data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+        data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
         specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
         if args.plain:
             specs.append(args.plain)
@@ -298,8 +237,8 @@ def cmd_demo(args) -> int:
     from .training import Recipe, TrainRun, train
     out = Path(args.out)
     with claim(out):
-        train_data = api.load_data("synthetic(n=2000)", "train")
-        test_data = api.load_data("synthetic(n=500)", "test")
+        train_data = api.loaddata_flags("synthetic(n=2000)", "train")
+        test_data = api.loaddata_flags("synthetic(n=500)", "test")
         subjects = []
         for spec_name in (args.model, args.plain):
             torch.manual_seed(args.seed)
@@ -339,12 +278,12 @@ def _sub(sub, name: str, help_: str, parents=(), **kw) -> argparse.ArgumentParse
 
 def _add_info_eval(sub, common) -> None:
     q = _sub(sub, "info", "the residual units of a model: name, kind, stage, shapes, shortcut, parameters",
-             [common, _models(multi=False)])
+             [common, model_flags(multi=False)])
     q.add_argument("--input-size", type=int_list, help="C,H,W (default: the model's own, else 3,32,32; 3,224,224 "
                                                        "for torchvision)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_info)
-    q = _sub(sub, "eval", "error and loss of a model on a data set", [common, _models(multi=False), _data()])
+    q = _sub(sub, "eval", "error and loss of a model on a data set", [common, model_flags(multi=False), data_flags()])
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_eval)
     q = _sub(sub, "weights", "the published checkpoints resprobe fetches by name (--weights he2016:resnet56)",
@@ -355,7 +294,7 @@ def _add_info_eval(sub, common) -> None:
 
 def _add_train(sub, common) -> None:
     q = _sub(sub, "train", "train a model (He et al. recipe by default) into --out",
-             [common, _models(multi=False), _data(), _out()])
+             [common, model_flags(multi=False), data_flags(), out_flags()])
     q.add_argument("--epochs", type=positive_int, required=True, help="number of epochs")
     q.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate")
     q.add_argument("--momentum", type=typed(checks.number, 0, 1, hi_open=True), default=0.9,
@@ -380,8 +319,8 @@ def _add_studies(sub, common) -> None:
         if cmd is None:
             continue
         required = cmd.inputs == "required"
-        q = _sub(sub, study.name, cmd.help, [common, _models(required=required), _data(required, dtype=required),
-                                             _out()])
+        q = _sub(sub, study.name, cmd.help, [common, model_flags(required=required), data_flags(required, dtype=required),
+                                             out_flags()])
         cmd.add_arguments(q)
         q.set_defaults(func=cmd_study, study=study, batch_size=cmd.batch_size,
                        **({} if required else {"dtype": "float32"}))
@@ -389,7 +328,7 @@ def _add_studies(sub, common) -> None:
 
 def _add_report(sub, common) -> None:
     q = _sub(sub, "report", "every study, one page with a verdict per conjecture",
-             [common, _models(multi=False), _data(), _out()])
+             [common, model_flags(multi=False), data_flags(), out_flags()])
     g = q.add_argument_group("plain twin")
     g.add_argument("--plain", help="spec of the plain twin, trained with the same recipe (the comparative verdicts "
                                    "need it)")
@@ -400,7 +339,7 @@ def _add_report(sub, common) -> None:
                         "(minutes on a CPU); full: every image and the papers' sample counts")
     q.set_defaults(func=cmd_report)
     q = _sub(sub, "demo", "offline: train a small ResNet and its plain twin on procedural images, then the report",
-             [common, _out()])
+             [common, out_flags()])
     q.add_argument("--model", default="cifar_resnet14", help="residual network to train")
     q.add_argument("--plain", default="cifar_plain14", help="its plain twin")
     q.add_argument("--epochs", type=positive_int, default=6, help="training epochs of each")
@@ -411,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="resprobe", description="Probe why residual networks work.", formatter_class=_Formatter)
     p.add_argument("--version", action="version", version=f"resprobe {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    common = _common()
+    common = run_flags()
     _add_info_eval(sub, common)
     _add_train(sub, common)
     _add_studies(sub, common)

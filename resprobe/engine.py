@@ -219,12 +219,11 @@ def per_image(logits: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.nda
     return pred.cpu().numpy(), loss.cpu().numpy(), top5
 
 
-def predict(model: nn.Module, data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "eval",
-            module: Optional[nn.Module] = None, forward: Optional[Callable] = None) -> Optional[Predictions]:
-    """Run ``model`` (or ``forward``, a callable on image batches) over ``data`` in eval mode; per-image
-    results in data order (on rank 0 of a distributed run; None on the others)."""
-    mod = module if module is not None else model
-    fn = forward or model
+def predict(model: nn.Module, data: Dataset, spec: RunSpec, normalize: str = "none", desc: str = "eval"
+            ) -> Optional[Predictions]:
+    """Run ``model`` over ``data`` in eval mode; per-image results in data order (on rank 0 of a distributed
+    run; None on the others)."""
+    mod = fn = model
     store = PerImageStore(len(data))
     with torch.no_grad(), preserved_state(mod), spec.autocast():
         mod.eval()

@@ -10,7 +10,8 @@ from . import checks
 from .errors import UsageError
 
 __all__ = ["typed", "MAX_INT", "positive_int", "seed_arg", "n_boot_arg", "positive_float", "fraction", "float_list",
-           "int_list", "str_list", "RangeSpec", "int_or_all"]
+           "int_list", "str_list", "RangeSpec", "int_or_all", "run_flags", "data_flags", "model_flags",
+           "out_flags"]
 
 
 def typed(check, *a, **kw):
@@ -144,3 +145,61 @@ class RangeSpec:
             if bad or not vals:
                 raise UsageError(f"range {self.text!r} must lie in {lo}..{n}; got {bad[:5] or 'nothing'}")
         return tuple(vals)
+
+
+# --- the shared flags: parent parsers of the subcommands ----------------------------------------------------
+
+def run_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seed of every random choice (subsets, directions, bootstrap)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    g.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    return p
+
+
+def data_flags(required: bool = True, dtype: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
+    g.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
+    g.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
+    g.add_argument("--split", default="test", help="split to use (folders without split folders: all images)")
+    g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images (not the first N)")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
+    if dtype:
+        g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                       help="bfloat16: mixed precision for sweeps (opt-in; predictions may change)")
+    g.add_argument("--n-boot", type=n_boot_arg, default=1000, help="bootstrap resamples for CIs (100-100,000)")
+    return p
+
+
+def model_flags(multi: bool = True, required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("networks")
+    g.add_argument("--model", action="append" if multi else None, required=required,
+                   help="model spec: cifar_resnet56, cifar_plain20, torchvision:resnet50, timm:NAME(...), or "
+                        "package.module:factory (imports and runs your code)" + (" (repeat to compare)" if multi else ""))
+    g.add_argument("--weights", action="append" if multi else None,
+                   help="checkpoint of each --model, in order; several comma-separated files are seeds of one network")
+    g.add_argument("--label", action="append" if multi else None,
+                   help="display name of each --model (default: the weights' folder or file name)")
+    g.add_argument("--random-init", action="store_true",
+                   help="allow models without --weights (randomly initialised: for tests and demos)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of checkpoints (can run arbitrary code: only for files you trust)")
+    g.add_argument("--trust-code", action="store_true",
+                   help="allow a package.module:factory spec to import that module and run its code")
+    g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"],
+                   help="input normalization (default: recorded by resprobe train beside the weights, else imagenet, "
+                        "which the He et al. checkpoints need)")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="probe networks with NaN/inf weights or activations, marking the affected rows")
+    return p
+
+
+def out_flags(required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out", required=required, help="output folder (checked and locked before the work starts)")
+    return p

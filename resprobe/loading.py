@@ -149,7 +149,7 @@ def _class_count_mismatch(e: CheckpointError, model, num_classes, classes, weigh
 
 def load_data(spec: str, split: str = "test", root=None, download: bool = False, limit: Optional[int] = None,
               subset_seed: int = 0) -> Dataset:
-    return load_dataset(spec, split=split, root=root, download=download, limit=limit, subset_seed=subset_seed)
+    return load_dataset(spec, split=split, root=root, download=download).subset(limit, subset_seed)
 
 
 def _label_for(spec: str, weights: Optional[str]) -> str:

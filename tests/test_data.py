@@ -109,7 +109,7 @@ def test_limit_is_seeded_subset_not_prefix():
 
 
 def test_batches_independent_of_batch_size():
-    ds = load_dataset("synthetic", "test", limit=100)
+    ds = load_dataset("synthetic", "test").subset(100)
     a = torch.cat([x for x, _, _ in ds.batches(7, "cifar10")])
     b = torch.cat([x for x, _, _ in ds.batches(64, "cifar10")])
     assert torch.equal(a, b)

@@ -441,7 +441,7 @@ def test_shared_residual_ratio_matches_straightforward_computation(weights, spec
     """On the real checkpoints: ‖F‖/‖S‖ per block agrees with hooks on the model's own forward (1e-4 rel)."""
     need_shared(weights, TEST_ARCHIVE)
     from resprobe.loading import load_model
-    data = load_dataset(f"imagefolder:{TEST_ARCHIVE}", "test", limit=500)
+    data = load_dataset(f"imagefolder:{TEST_ARCHIVE}", "test").subset(500)
     m, _ = load_model(spec, str(weights))
     df = _profile(m, data, spec, batch_size=250, normalize="imagenet")
     names = [b for b in df["unit"].unique() if b.startswith("layer") and b.count(".") == 1]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from resprobe.verdict import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, Competence, Margin, Verdict,
-                              competence_gate, contrasts, decide, decide_within, judge, pairs_by_seed,
+                              competence_gate, contrasts, decide, decide_within, Claim, pairs_by_seed,
                               primary_residual, residual_groups, seed_ci, seed_interval, unpaired_reason)
 
 from conftest import role
@@ -96,9 +96,9 @@ def test_seed_interval_never_narrower_than_the_images_allow():
 def test_judge_and_verdict_outcomes():
     m = Margin(0.25, "a source")
     iv = seed_interval([0.1], [(0.05, 0.15)])
-    v = judge("k", "claim", "crit", "s", m, "below", iv, "this network")
+    v = Claim("k", "claim", "crit", "s", m, "below").judge(iv, "this network")
     assert v.verdict == SUPPORTED and v.margin_source == "a source" and v.threshold == 0.25 and v.key == "k"
-    v = judge("k", "claim", "crit", "s", m, "below", seed_interval([0.1]), "this network")
+    v = Claim("k", "claim", "crit", "s", m, "below").judge(seed_interval([0.1]), "this network")
     assert v.verdict == INCONCLUSIVE and "no CI" in v.reason
     with pytest.raises(ValueError):
         Verdict("c", "maybe", "crit", "s", 0.0, 0.0, 0.0, 0.0, "this network")

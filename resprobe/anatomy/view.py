@@ -15,179 +15,18 @@ identity), given another unit's branch (reordering), scaled, replaced, run in pa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
-from .decompose import SplitError, auto_units, split_model
+from .decompose import auto_units
+from .split import SplitError, split_model
 from .parts import UnitParts, load_adapters, parts_for, registered_block_types
+from .units import NO_EDITS, PARALLEL_MODES, AnatomyError, BlockInfo, Edits, Step, Tensor, Unit
 
 __all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Step", "ResidualView", "anatomy", "register_model",
            "PARALLEL_MODES"]
-
-Tensor = torch.Tensor
-PARALLEL_MODES = ("sum", "mean")
-
-
-class AnatomyError(UserError, ValueError):
-    """The model cannot be seen as stem -> residual units -> head, or an edit is invalid."""
-
-
-@dataclass
-class Unit:
-    """One unit of the chain: a residual unit, a plain unit (a plain twin's block) or a transition."""
-
-    name: str
-    index: int
-    block: str               # the block (module path) the unit belongs to; the transition's name for one
-    block_index: int
-    part: str                # the unit's part within its block ("" when the block is one unit)
-    stage: int
-    index_in_stage: int      # the block's position within its stage
-    parts: UnitParts
-    module: nn.Module        # the block module (a transition: its GraphModule)
-    in_shape: Optional[tuple] = None
-    out_shape: Optional[tuple] = None
-
-    @property
-    def kind(self) -> str:
-        return self.parts.kind
-
-    @property
-    def shortcut_kind(self) -> str:
-        return self.parts.shortcut_kind
-
-    @property
-    def residual(self) -> bool:
-        return self.parts.residual
-
-    @property
-    def downsample(self) -> bool:
-        """True when the unit changes the tensor's shape (or has a non-identity shortcut)."""
-        if self.in_shape is not None and self.out_shape is not None:
-            return tuple(self.in_shape) != tuple(self.out_shape)
-        return self.shortcut_kind in ("projection", "zeropad") or self.kind == "transition"
-
-    def branch(self, x: Tensor) -> Tensor:
-        return self.parts.branch(x)
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        if self.parts.shortcut is None:
-            raise AnatomyError(f"unit {self.name} is a {self.kind} unit: it has no shortcut")
-        return self.parts.shortcut(x)
-
-    def post(self, t: Tensor) -> Tensor:
-        return self.parts.post(t)
-
-    def decomposed(self, x: Tensor) -> Tensor:
-        """``post(S(x) + F(x))`` (``post(F(x))`` without a shortcut), computed from the parts."""
-        return self.parts.output(x)
-
-    def params(self) -> list[nn.Parameter]:
-        mods = self.parts.modules or (self.module,)
-        seen, out = set(), []
-        for m in mods:
-            for p in m.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        return out
-
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.params())
-
-
-@dataclass
-class BlockInfo:
-    """A block (module) and the units it holds, in order."""
-
-    name: str
-    index: int
-    stage: int
-    index_in_stage: int
-    units: list[int]
-    module: nn.Module
-    kind: str  # "block" | "transition"
-
-
-@dataclass(frozen=True)
-class Edits:
-    """A modification of the network, by unit index.
-
-    - ``delete``: drop the residual branch (keep shortcut and post); plain units become the identity
-      (only shape-preserving ones); transitions cannot be deleted;
-    - ``branch_from``: ``{i: j}`` unit ``i`` uses the residual branch of unit ``j`` (reordering); a
-      plain unit ``i`` is replaced by unit ``j`` whole;
-    - ``scale``: ``{i: s}`` multiply unit ``i``'s residual branch by ``s``;
-    - ``replace``: ``{i: callable}`` replace unit ``i`` entirely;
-    - ``parallel``: ``((first, last, mode), ...)``: residual units ``first..last`` (inclusive) all read the
-      same input x and their branches are combined: ``post_last(x + Σ F_k(x))`` (``mode="sum"``) or
-      ``post_last(x + mean_k F_k(x))`` (``"mean"``) — Painters' parallel layers; identity shortcuts only;
-    - ``repeat``: ``{i: n}`` unit ``i`` applied ``n`` times in a row (Painters' looped layers).
-
-    ``Edits.skip(first, last)`` deletes the units ``first..last`` (a skipped range).
-    """
-
-    delete: frozenset = frozenset()
-    branch_from: Mapping[int, int] = field(default_factory=dict)
-    scale: Mapping[int, float] = field(default_factory=dict)
-    replace: Mapping[int, Callable[[Tensor], Tensor]] = field(default_factory=dict)
-    parallel: tuple = ()
-    repeat: Mapping[int, int] = field(default_factory=dict)
-
-    @staticmethod
-    def skip(first: int, last: int) -> "Edits":
-        return Edits(delete=frozenset(range(first, last + 1)))
-
-    def touched(self) -> set[int]:
-        moved = {i for i, j in self.branch_from.items() if i != j}
-        par = {i for a, b, _ in self.parallel for i in range(a, b + 1)}
-        reps = {i for i, n in self.repeat.items() if n != 1}
-        return set(self.delete) | moved | set(self.scale) | set(self.replace) | par | reps
-
-    def first(self) -> Optional[int]:
-        t = self.touched()
-        return min(t) if t else None
-
-    def is_empty(self) -> bool:
-        return not self.touched()
-
-    def code(self, i: int) -> tuple:
-        """A sortable code of what happens to unit ``i`` (configurations sorted by their codes share
-        the longest prefixes)."""
-        for a, b, mode in self.parallel:
-            if a <= i <= b:
-                return (4, a, b, PARALLEL_MODES.index(mode))
-        if i in self.replace:
-            return (5, id(self.replace[i]))
-        if i in self.delete:
-            return (1,)
-        c: tuple = (0,)
-        j = self.branch_from.get(i, i)
-        if j != i:
-            c = (2, j)
-        if i in self.scale:
-            c = c + (3, float(self.scale[i]))
-        if self.repeat.get(i, 1) != 1:
-            c = c + (6, int(self.repeat[i]))
-        return c
-
-
-NO_EDITS = Edits()
-
-
-class Step(NamedTuple):
-    """One unit as the cache verb sees it: input x, shortcut s (None without one), branch f, output y."""
-
-    index: int
-    unit: Unit
-    x: Tensor
-    s: Optional[Tensor]
-    f: Tensor
-    y: Tensor
 
 
 # model class -> (stem(model, x), head(model, h)) for models that torch.fx cannot split
@@ -408,9 +247,10 @@ class ResidualView:
         return units[-1].post(x + total)
 
     def run(self, h: Tensor, start: int = 0, stop: Optional[int] = None, edits: Edits = NO_EDITS,
-            head: bool = True, decompose: bool = False,
-            observe: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
-        """Run from the input ``h`` of unit ``start`` through unit ``stop - 1`` (then the head).
+            decompose: bool = False, observe: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
+        """Run from the input ``h`` of unit ``start`` through unit ``stop - 1``, then the head when the run
+        reaches the last unit (``stop`` None or the number of units); an earlier ``stop`` returns that unit's
+        input.
 
         ``start=0`` with an image batch: pass ``view.stem(x)`` as ``h``, or use :meth:`forward`.
         ``observe(i, x_in, x_out)`` is called after each unit (after a parallel range, with its last
@@ -441,7 +281,7 @@ class ResidualView:
                 observe(last, h, out)
             h = out
             i = last + 1
-        return self.head(h) if head and stop == n else h
+        return self.head(h) if stop == n else h
 
     def forward(self, x: Tensor, edits: Edits = NO_EDITS, decompose: bool = False) -> Tensor:
         """Image -> logits through stem, units (with ``edits``) and head."""

@@ -165,9 +165,9 @@ def _augment(x: torch.Tensor, g: Optional[torch.Generator], pad: int = 4) -> tor
 
 # --- specs ------------------------------------------------------------------------------------------
 
-def load_dataset(spec: str, split: str = "test", root=None, download: bool = False, limit: Optional[int] = None,
-                 subset_seed: int = 0, cache: bool = True, progress: bool = False) -> Dataset:
-    """Load the data set named by ``spec`` (see the module docstring)."""
+def load_dataset(spec: str, split: str = "test", root=None, download: bool = False, cache: bool = True) -> Dataset:
+    """Load the data set named by ``spec`` (see the module docstring); ``.subset(n, seed)`` takes a seeded
+    random subset of it."""
     from ..models import SpecError, parse_spec  # spec kwargs syntax shared with models
     try:
         name, kwargs = parse_spec(spec) if spec.startswith("synthetic") else (spec, {})
@@ -176,7 +176,7 @@ def load_dataset(spec: str, split: str = "test", root=None, download: bool = Fal
     if name.startswith("imagefolder:"):
         if not name.split(":", 1)[1].strip():
             raise DataError("--data imagefolder: names no folder or archive", "write imagefolder:PATH")
-        ds = load_imagefolder(name.split(":", 1)[1], split, cache=cache, progress=progress)
+        ds = load_imagefolder(name.split(":", 1)[1], split, cache=cache)
     elif name == "cifar10":
         from .named import load_cifar10
         ds = load_cifar10(split, root, download)
@@ -192,7 +192,7 @@ def load_dataset(spec: str, split: str = "test", root=None, download: bool = Fal
         raise DataError(f"--data {spec!r} is a path without its kind", f"write imagefolder:{spec}")
     else:
         raise DataError(f"unknown data spec {spec!r}; use cifar10, imagefolder:PATH, fashion-mnist or synthetic")
-    return ds.subset(limit, subset_seed)
+    return ds
 
 
 def _synthetic_kwargs(spec: str, kwargs: dict) -> dict:

@@ -8,12 +8,12 @@ import hashlib
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import UserError
 from .atomic import atomic_path
 
-__all__ = ["file_digest", "download"]
+__all__ = ["file_digest", "download", "Failure"]
 
 
 def file_digest(path, algo: str = "sha256") -> str:
@@ -25,10 +25,20 @@ def file_digest(path, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, expected: Optional[str], algo: str = "sha256", *, what: str = "",
-             offline_fix: str = "connect to the network", error: type = UserError) -> None:
+class Failure(NamedTuple):
+    """How a failed download is reported: ``what`` names it, ``fix`` is the hint when the network is out of
+    reach, ``kind`` the UserError kind raised."""
+
+    what: str = ""
+    fix: str = "connect to the network"
+    kind: type = UserError
+
+
+def download(url: str, dest: Path, expected: Optional[str], algo: str = "sha256", failure: Failure = Failure()
+             ) -> None:
     """Fetch ``url`` into ``dest``; ``expected``: the digest (or its leading hex digits) the file must have
-    (None: unchecked). ``what`` names the download in messages; ``error`` is the UserError kind raised."""
+    (None: unchecked); ``failure``: how a failure is reported."""
+    what, offline_fix, error = failure
     name = f"{what} from {url}" if what else url
     with atomic_path(dest) as tmp:
         try:

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .fetch import download, file_digest
+from .fetch import Failure, download, file_digest
 from .archives import IMAGE_EXTS, DataError, decode_image, read_members  # noqa: F401
 
 from .data import Dataset, cache_dir
@@ -57,7 +57,7 @@ def _md5(p: Path) -> str:
 
 
 def _download(url: str, dest: Path, md5: Optional[str], alternative: str = "") -> None:
-    download(url, dest, md5, "md5", offline_fix=f"connect to the network{alternative}", error=DataError)
+    download(url, dest, md5, "md5", Failure("", f"connect to the network{alternative}", DataError))
 
 
 def _cifar10_source() -> tuple[str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from .fetch import download, file_digest
+from .fetch import Failure, download, file_digest
 
 __all__ = ["Published", "REGISTRY", "is_name", "resolve", "lookup", "cache_folder", "WeightsError"]
 
@@ -141,5 +141,5 @@ def resolve(name: str, download: bool = True) -> tuple[Path, Published]:
 
 
 def _fetch(p: Published, path: Path) -> None:
-    download(p.url, path, p.sha256, "sha256", what=p.name, error=WeightsError,
-             offline_fix=f"connect to the network, or fetch {p.file} yourself and pass --weights PATH")
+    download(p.url, path, p.sha256, "sha256", Failure(p.name, f"connect to the network, or fetch {p.file} yourself "
+                                                       "and pass --weights PATH", WeightsError))

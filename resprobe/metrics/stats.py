@@ -153,8 +153,7 @@ def pooled_std_stat(s1, s2, per_image):
     return lambda idx, counts: pooled_std_from_counts(counts, s1, s2, per_image)
 
 
-def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                            chunk: int = 100):
+def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
     """Percentile bootstrap CI over images of the std over all elements, for L layers at once.
 
     ``s1``, ``s2``: (n, L) per-image sums Σr and Σr²; ``per_image``: (L,) elements per image. Each
@@ -165,7 +164,7 @@ def bootstrap_pooled_std_ci(s1, s2, per_image, n_boot: int = 1000, level: float 
     n, L = s1.shape
     if n == 0:
         return np.full(L, np.nan), np.full(L, np.nan)
-    return percentile_ci(bootstrap_stats(n, [pooled_std_stat(s1, s2, per_image)], n_boot, seed, chunk)[0], level)
+    return percentile_ci(bootstrap_stats(n, [pooled_std_stat(s1, s2, per_image)], n_boot, seed)[0], level)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..verdict import (Claim, Margin, Verdict, contrasts, decide_within, not_applicable, pair_names, residual_groups,
+from ..verdict import (Claim, Margin, Verdict, contrasts, decide_within, pair_names, residual_groups,
                        seed_interval, unpaired_reason)
 
 __all__ = ["synthetic_verdicts", "shattering_verdicts", "NOT_SHATTERED", "LESS_SHATTERED", "RATES"]
@@ -41,9 +41,9 @@ def synthetic_verdicts(fitted: dict, metric: str = "lag1") -> list[Verdict]:
                 f"inconclusive otherwise. These are random networks, not the user's")
         f = fitted.get(kind, {}).get(fit)
         if f is None or not np.isfinite(f.get("slope", np.nan)):
-            out.append(not_applicable("gradcorr-synthetic", claim, crit, name, Margin(expected, _RATE_SOURCE),
-                                      f"no fit for {kind}: the sweep needs this kind and two depths above the noise "
-                                      "floor", "synthetic"))
+            c = Claim("gradcorr-synthetic", claim, crit, name, Margin(expected, _RATE_SOURCE), "within")
+            out.append(c.not_applicable(f"no fit for {kind}: the sweep needs this kind and two depths above the noise "
+                                        "floor", "synthetic"))
             continue
         lo, hi = f.get("ci_low", np.nan), f.get("ci_high", np.nan)
         outcome = decide_within(lo, hi, expected - half, expected + half)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as dist
-from ..anatomy import ResidualView, preserved_state
+from ..anatomy import Op, ResidualView, preserved_state
 from ..engine import PerImageStore, RunSpec, batches, check_finite
 from ..io.data import Dataset
 from . import common
@@ -35,7 +35,7 @@ def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionC
     ``clean_logits``: the intact network's unit inputs and logits, when already computed."""
     n = len(view)
     hs = list(hs) if hs is not None else view.unit_inputs(x)
-    prev_sig = tuple((0,) for _ in range(n))
+    prev_sig = tuple((Op.KEEP,) for _ in range(n))  # the intact network
     prev_logits = clean_logits
     for ci in order:
         c = configs[ci]
