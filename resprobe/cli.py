@@ -55,7 +55,7 @@ def _access(args) -> api.Access:
 
 
 def _load(args):
-    data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize, _access(args))
     return data, subjects
 
@@ -147,7 +147,7 @@ def cmd_weights(args) -> int:
 
 def cmd_eval(args) -> int:
     spec = _spec(args)
-    data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+    data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, _access(args))
     s.model.to(spec.torch_device)
     t0 = time.time()
@@ -178,8 +178,8 @@ def cmd_train(args) -> int:
     dev = api.resolve_device(args.device)
     with claim(args.out):
         torch.manual_seed(args.seed)
-        train_data = api.loaddata_flags(args.data, "train", args.data_root, args.download, args.limit)
-        test_data = api.loaddata_flags(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
+        train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
+        test_data = api.load_data(args.test_data or args.data, "test", args.data_root, args.download, args.test_limit)
         if train_data.describe().get("content_sha256") == test_data.describe().get("content_sha256") and \
                 train_data.split == test_data.split:
             raise UsageError(f"the training and test images are the same ({train_data.spec} has no train/test split "
@@ -214,7 +214,7 @@ def cmd_report(args) -> int:
     from .report.full import budget_details
     spec = _spec(args)
     with _output(args.out, args, "report") as out:
-        data = api.loaddata_flags(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+        data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
         specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
         if args.plain:
             specs.append(args.plain)
@@ -237,8 +237,8 @@ def cmd_demo(args) -> int:
     from .training import Recipe, TrainRun, train
     out = Path(args.out)
     with claim(out):
-        train_data = api.loaddata_flags("synthetic(n=2000)", "train")
-        test_data = api.loaddata_flags("synthetic(n=500)", "test")
+        train_data = api.load_data("synthetic(n=2000)", "train")
+        test_data = api.load_data("synthetic(n=500)", "test")
         subjects = []
         for spec_name in (args.model, args.plain):
             torch.manual_seed(args.seed)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hooktrace import Trace
 from resprobe.anatomy import (AnatomyError, Edits, UnitParts, anatomy, hook_count,
                               preserved_state, register_block, unregister_block)
 from resprobe.models import build_model
@@ -303,3 +304,44 @@ def test_frozen_eval_restores_on_exception():
             assert not m.training and not any(p.requires_grad for p in m.parameters())
             raise ValueError("inside")
     assert m.training and [p.requires_grad for p in m.parameters()] == flags
+
+
+# --- the test oracle tests/hooktrace.py (hooks on named submodules) ----------------------------------------
+
+def test_trace_clones_through_inplace_add():
+    """torchvision's BasicBlock does ``out = bn2(...); out += identity``: a captured bn2 output must be a clone."""
+    m = _model("torchvision:resnet18")
+    view = anatomy(m, (3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with Trace(m, ["layer1.0", "layer1.0.bn2"], input=True, output=True) as tr:
+            m(x)
+        f = view["layer1.0"].branch(tr["layer1.0"].input)
+    assert torch.allclose(tr["layer1.0.bn2"].output, f, atol=1e-6)
+    assert hook_count(m) == 0
+
+
+def test_trace_grad_uses_tensor_hooks():
+    m = _model("cifar_resnet20")
+    x = torch.randn(2, 3, 32, 32)
+    with Trace(m, ["layer2.0"], output=True, grad=True, detach=False, clone=False) as tr:
+        loss = m(x).sum()
+        out = tr["layer2.0"].output
+        (g_ref,) = torch.autograd.grad(loss, out, retain_graph=True)
+        loss.backward()
+    assert torch.allclose(tr["layer2.0"].grad, g_ref)
+    assert all(len(mod._backward_hooks) == 0 for mod in m.modules())
+    assert hook_count(m) == 0
+
+
+def test_trace_stop_early_and_bad_name():
+    m = _model("cifar_resnet20")
+    with pytest.raises(KeyError):
+        Trace(m, ["nope"])
+    calls = []
+    h = m.linear.register_forward_hook(lambda *a: calls.append(1))  # a hook the toolkit did not add
+    with torch.no_grad(), Trace(m, ["layer1.1"], stop=True) as tr:
+        m(torch.randn(1, 3, 32, 32))
+    assert tr["layer1.1"].output.shape == (1, 16, 32, 32) and not calls  # stopped before the head
+    assert hook_count(m) == 1  # ours removed, the user's kept
+    h.remove()

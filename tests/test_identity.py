@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resprobe.anatomy import Trace, hook_count
+from resprobe.anatomy import hook_count
+from hooktrace import Trace
 from resprobe.io.data import load_dataset
 from resprobe.metrics.similarity import (MinibatchCKA, PerImageMoments, cka_linear, cka_unbiased_full, cosine,
                                          hsic_unbiased, linear_gram, norm_ratio)
