@@ -1,11 +1,26 @@
 """Figures: every function returns ``(fig, ax)`` (``ax`` may be an array) and shows nothing; :func:`save_figure`
-writes PNG and SVG. One module per study's figures; :mod:`.base` holds the shared kit and conventions."""
-from .base import METRIC_LABELS, save_figure, unit_positions
-from .lesion import lesion_single_plot, lesion_random_k_plot, lesion_reorder_plot
-from .identity import identity_metric_plot, response_std_plot
-from .paths import paths_plots
-from .gradients import gradient_traces_plot, correlation_heatmaps_plot, lag1_vs_depth_plot, block_profile_plot, spectra_plot
-from .amplify import amplify_kappa_plot, amplify_gains_plot, amplify_cumulative_plot, amplify_arithmetic_plot
-from .training import training_curves_plot, prune_plot
+writes PNG and SVG. One module per study's figures; :mod:`.base` holds the shared kit and conventions.
 
-__all__ = ['METRIC_LABELS', 'save_figure', 'unit_positions', 'lesion_single_plot', 'lesion_random_k_plot', 'lesion_reorder_plot', 'identity_metric_plot', 'response_std_plot', 'paths_plots', 'gradient_traces_plot', 'correlation_heatmaps_plot', 'lag1_vs_depth_plot', 'block_profile_plot', 'spectra_plot', 'amplify_kappa_plot', 'amplify_gains_plot', 'amplify_cumulative_plot', 'amplify_arithmetic_plot', 'training_curves_plot', 'prune_plot']
+The names are resolved on first use (PEP 562), so a command that draws nothing never imports matplotlib or
+seaborn (about a second of start-up)."""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"METRIC_LABELS": "base", "save_figure": "base", "unit_positions": "base", "lesion_single_plot": "lesion",
+          "lesion_random_k_plot": "lesion", "lesion_reorder_plot": "lesion", "identity_metric_plot": "identity",
+          "response_std_plot": "identity", "paths_plots": "paths", "gradient_traces_plot": "gradients",
+          "correlation_heatmaps_plot": "gradients", "lag1_vs_depth_plot": "gradients", "block_profile_plot":
+          "gradients", "spectra_plot": "gradients", "amplify_kappa_plot": "amplify", "amplify_gains_plot":
+          "amplify", "amplify_cumulative_plot": "amplify", "amplify_arithmetic_plot": "amplify",
+          "training_curves_plot": "training", "prune_plot": "training"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

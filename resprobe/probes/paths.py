@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
@@ -39,6 +38,9 @@ from ..study import StudyResult, Subject
 from ..verdict import Claim, Margin, Verdict, residual_groups, seed_interval
 from . import common
 from .paths_findings import findings
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ['PathsDetail', "PathsOptions", "unraveled_graph", "path_length_distribution", "RoutedBackward", "run", "profile",
            "effective_range", "weighted_length", "short_paths_verdicts", "COLUMNS", "SHARES", "SHORT_PATHS"]
@@ -85,6 +87,7 @@ def unraveled_graph(view: ResidualView) -> nx.DiGraph:
     """The unit-level computation: ``input -> stem -> h0``; per unit ``h_i -> F_i -> h_{i+1}`` (branch) and
     ``h_i -> h_{i+1}`` (shortcut, if any); ``h_n -> head -> output``. Edge attribute ``length`` is 1 on
     edges entering a branch node of a residual or plain unit, 0 elsewhere (transitions)."""
+    import networkx as nx  # imported when used: a second of start-up otherwise
     g = nx.DiGraph(name="unraveled residual network")
     g.add_node("input", kind="input")
     g.add_node("h0", kind="state", unit_input="" if not len(view) else view[0].name)
@@ -106,6 +109,7 @@ def unraveled_graph(view: ResidualView) -> nx.DiGraph:
 def path_length_distribution(g: nx.DiGraph, source: str = "input", target: str = "output") -> list[int]:
     """Number of source→target paths of each length, by dynamic programming over the DAG (exact
     integers; never by enumerating paths)."""
+    import networkx as nx
     counts: dict[str, list[int]] = {source: [1]}
     for node in nx.topological_sort(g):
         if node not in counts:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import networkx as nx
 
 from .. import figures
 from ..anatomy import anatomy
@@ -31,6 +30,7 @@ def budget(name: str, n: int) -> str:
 
 def files(result: StudyResult, out: Path) -> list[Path]:
     """Each network's unraveled graph, as GraphML and node-link JSON."""
+    import networkx as nx
     written = []
     for label, g in (result.detail.graphs if result.detail else {}).items():
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
