@@ -24,8 +24,10 @@ import torch.nn as nn
 
 from .errors import NonFiniteError, UsageError
 from .io.checkpoint import CheckpointError, check_file, load_weights
+from .io.fetch import file_digest
 from .io import published
 from .io.data import Dataset, load_dataset
+from .models.lm import carries_weights
 from .models import build_model
 from .study import Subject
 
@@ -103,8 +105,9 @@ def load_model(spec: str, weights: Optional[str] = None, access: Access = Access
     entry = None
     if published.is_name(weights):
         weights, entry = _published(spec, weights)
-    model = build_model(spec, num_classes=num_classes, in_channels=in_channels, trust_code=trust_code)
-    prov = {"model": spec, "weights": None, "weights_sha256": None}
+    built, named = _named_lm(spec)
+    model = build_model(built, num_classes=num_classes, in_channels=in_channels, trust_code=trust_code)
+    prov = {"model": spec, "weights": None, "weights_sha256": None, **named}
     if entry is not None:
         prov.update(weights_name=entry.name, weights_source=entry.url or entry.source)
     if weights:
@@ -120,6 +123,24 @@ def load_model(spec: str, weights: Optional[str] = None, access: Access = Access
                                  "anyway and marks the results")
     model.eval()
     return model, prov
+
+
+def _named_lm(spec: str) -> tuple[str, dict]:
+    """A language model known by name (``smollm2-135m``) as the ``hf:`` folder of its cached copy, with the
+    provenance of its weights; other specs unchanged."""
+    from .models.lm import SMOLLM2, carries_weights
+    if spec.strip() == SMOLLM2:
+        from .io.lm_weights import smollm2_folder, smollm2_gguf
+        folder = smollm2_folder()
+        w = folder / "model.safetensors"
+        return f"hf:{folder}", dict(weights=str(w), weights_sha256=json.loads((folder / "resprobe.json").read_text())
+                                    ["sha256"], weights_name=SMOLLM2, weights_source=str(smollm2_gguf()))
+    if carries_weights(spec.strip()):
+        from .models import parse_spec
+        where = Path(parse_spec(spec)[0].split(":", 1)[1]).expanduser()
+        files = [where] if where.suffix == ".gguf" else sorted(where.glob("*.safetensors")) if where.is_dir() else []
+        return spec, dict(weights=str(files[0]), weights_sha256=file_digest(files[0])) if files else {}
+    return spec, {}
 
 
 def _published(spec: str, name: str) -> tuple[str, "published.Published"]:
@@ -181,7 +202,7 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
     for spec, w, label in zip(specs, weights, labels):
         ws = [w] if isinstance(w, (str, type(None))) else list(w)
         ws = [None if (x or "").lower() in ("", "none") else x for x in ws] or [None]
-        if any(x is None for x in ws) and not random_init:
+        if any(x is None for x in ws) and not random_init and not carries_weights(spec):
             raise UsageError(f"no --weights for {spec}: resprobe would probe a randomly initialised network",
                              "pass --weights FILE, or --random-init to probe one on purpose")
         names = {}

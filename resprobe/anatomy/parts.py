@@ -111,7 +111,8 @@ class UnitParts:
 PartsFn = Callable[[nn.Module], "UnitParts | Sequence[UnitParts]"]
 _REGISTRY: dict[type, PartsFn] = {}
 # top-level package of a model's modules -> module that registers that package's block types
-_ADAPTER_MODULES: dict[str, str] = {"torchvision": "resprobe.adapters.torchvision"}
+_ADAPTER_MODULES: dict[str, str] = {"torchvision": "resprobe.adapters.torchvision",
+                                    "transformers": "resprobe.adapters.transformers"}
 _LOADED: set[str] = set()
 
 

@@ -20,60 +20,13 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .decompose import auto_units
 from .split import SplitError, split_model
-from .parts import UnitParts, load_adapters, parts_for, registered_block_types
+from .parts import UnitParts
 from .units import NO_EDITS, PARALLEL_MODES, AnatomyError, BlockInfo, Edits, Step, Tensor, Unit
+from .blocks import MODEL_ADAPTERS, find_blocks, no_blocks_error, register_model  # noqa: F401
 
 __all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Step", "ResidualView", "anatomy", "register_model",
            "PARALLEL_MODES"]
-
-
-# model class -> (stem(model, x), head(model, h)) for models that torch.fx cannot split
-_MODEL_ADAPTERS: dict[type, tuple[Callable, Callable]] = {}
-
-
-def register_model(cls: type, stem: Callable[[nn.Module, Tensor], Tensor],
-                   head: Callable[[nn.Module, Tensor], Tensor]) -> None:
-    """Give the stem and head of a model class explicitly (for models ``torch.fx`` cannot trace);
-    its blocks must then be called one after the other in registration order."""
-    _MODEL_ADAPTERS[cls] = (stem, head)
-
-
-def _is_container(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
-
-
-def _is_torch_leaf(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("torch.nn") and not _is_container(m)
-
-
-def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module, list[UnitParts], bool]]:
-    """``(name, module, units, automatic)`` for every block, outermost first, in module order."""
-    load_adapters(model)
-    found, skip = [], []
-    for name, mod in model.named_modules():
-        if not name or any(name.startswith(p + ".") for p in skip):
-            continue
-        units = parts_for(mod)
-        auto = False
-        if units is None and not _is_container(mod) and not _is_torch_leaf(mod):
-            units = auto_units(mod)
-            auto = units is not None
-        if units:
-            found.append((name, mod, units, auto))
-            skip.append(name)
-    return found
-
-
-def _no_blocks_error(model: nn.Module) -> AnatomyError:
-    types = sorted({type(m).__name__ for m in model.modules()})
-    known = ", ".join(sorted(t.__module__.split(".")[0] + "." + t.__name__ for t in registered_block_types()))
-    return AnatomyError(
-        f"no residual block found in {type(model).__name__}: no module adds its input to a branch of its own. "
-        f"Module types in the model: {', '.join(types)}. Registered block types: {known}",
-        "if the model has residual blocks, register their class with "
-        "resprobe.anatomy.register_block(YourBlock, parts_fn) (see resprobe/anatomy/parts.py)")
 
 
 class _Transition(nn.Module):
@@ -94,12 +47,14 @@ class ResidualView:
         self.model = model
         found = find_blocks(model)
         if not found:
-            raise _no_blocks_error(model)
+            raise no_blocks_error(model)
         by_name = {n: (m, u, a) for n, m, u, a in found}
         self._auto = {n for n, _, _, a in found if a}
-        adapter = next((v for c, v in _MODEL_ADAPTERS.items() if isinstance(model, c)), None)
+        adapter = next((v for c, v in MODEL_ADAPTERS.items() if isinstance(model, c)), None)
+        self._sample, self._reference = adapter[2:] if adapter is not None else (None, None)
+        self._block_forward = adapter is None  # a registered model's blocks may need more than their input
         if adapter is not None:
-            stem_fn, head_fn = adapter
+            stem_fn, head_fn = adapter[:2]
             self._stem = lambda x: stem_fn(model, x)
             self._head = lambda h: head_fn(model, h)
             items = [("block", n, None) for n, _, _, _ in found]
@@ -211,7 +166,7 @@ class ResidualView:
         src = edits.branch_from.get(i, i)
         scale = edits.scale.get(i)
         if not deleted and src == i and scale is None:
-            if decompose or len(self.blocks[u.block_index].units) > 1:
+            if decompose or not self._block_forward or len(self.blocks[u.block_index].units) > 1:
                 return u.decomposed(x)
             return u.module(x)
         if u.kind == "transition":
@@ -220,7 +175,8 @@ class ResidualView:
             raise AnatomyError(f"plain unit {u.name} changes shape {u.in_shape} -> {u.out_shape}: "
                                "it cannot be deleted (replaced by the identity)")
         if not u.residual and not deleted and src != i:
-            y = self.units[src].module(x) if len(self.block_of(src).units) == 1 else self.units[src].decomposed(x)
+            whole = len(self.block_of(src).units) == 1 and self._block_forward
+            y = self.units[src].module(x) if whole else self.units[src].decomposed(x)
             return y if scale is None else y * scale
         return u.parts.output(x, branch=None if src == i else self.units[src].branch, scale=scale, deleted=deleted)
 
@@ -272,7 +228,8 @@ class ResidualView:
             else:
                 blk = self.blocks[self.units[i].block_index]
                 multi = len(blk.units) > 1
-                if (multi and not decompose and observe is None and i == blk.units[0] and blk.units[-1] < stop
+                if (multi and self._block_forward and not decompose and observe is None and i == blk.units[0]
+                        and blk.units[-1] < stop
                         and not (edits.touched() & set(blk.units))):
                     out, last = blk.module(h), blk.units[-1]  # the block's own forward, all its units at once
                 else:
@@ -330,13 +287,15 @@ class ResidualView:
             g = torch.Generator().manual_seed(0)
             with preserved_state(self.model), torch.no_grad():
                 self.model.eval()
-                x = torch.randn((2, *key), generator=g).to(device=dev, dtype=dtype)
+                x = (self._sample(self.model, key).to(dev) if self._sample is not None
+                     else torch.randn((2, *key), generator=g).to(device=dev, dtype=dtype))
                 try:
                     h = self.stem(x)
                 except Exception as e:  # noqa: BLE001 - a wrong input shape is the user's to fix
                     raise AnatomyError(f"the model does not accept inputs of shape {key} ({type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''})",
                                        "check the data's image size or pass --input-size C,H,W") from e
+                self._check_reference(x, h)
                 for b in self.blocks:
                     x_in = h
                     for i in b.units:
@@ -354,6 +313,19 @@ class ResidualView:
                                 "parts_fn)")
             self._shape_key = key
         return [(u.in_shape, u.out_shape) for u in self.units]
+
+    def _check_reference(self, x: Tensor, h: Tensor) -> None:
+        """A registered model's decomposed run must reproduce the model's own output."""
+        if self._reference is None:
+            return
+        ref = self._reference(self.model, x)
+        got = self.run(h, 0, decompose=True)
+        err = float((ref - got).abs().max()) / max(float(ref.abs().max()), 1e-12)
+        if not err <= 1e-4:
+            kinds = sorted({type(b.module).__name__ for b in self.blocks})
+            raise AnatomyError(f"the decomposition of {type(self.model).__name__} ({', '.join(kinds)}) does not "
+                               f"reproduce its output (relative max |Δ| = {err:.2e})",
+                               f"register the layer's parts: resprobe.anatomy.register_block({kinds[0]}, parts_fn)")
 
     def shape_preserving(self, i: int) -> bool:
         u = self.units[i]

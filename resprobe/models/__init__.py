@@ -7,6 +7,8 @@ Spec strings (the same on the CLI and in the API):
 - ``mlp(depth=24,width=200,residual=true,batchnorm=true)``;
 - ``torchvision:resnet50``, ``timm:vit_tiny_patch16_224(img_size=32, patch_size=4)`` (random init; weights
   come from ``--weights``);
+- ``hf-config:FAMILY(...)``, ``hf:PATH``, ``hf:DIR/FILE.gguf``, ``smollm2-135m``: causal language models
+  (the ``lm`` extra; see :mod:`.lm`);
 - ``package.module:factory`` (a user's factory returning an ``nn.Module``): resprobe imports the module
   and calls the factory, which runs its code, like running a script. That needs consent: ``trust_code=True``
   (CLI ``--trust-code``, Hugging Face's ``trust_remote_code`` convention), except for factories inside
@@ -33,6 +35,7 @@ import torch.nn as nn
 from ..errors import UserError
 
 from .cifar import CifarResNet, cifar_resnet
+from .lm import build_lm, is_lm_spec
 from .mlp import MLP, mlp
 
 __all__ = ["build_model", "parse_spec", "CifarResNet", "cifar_resnet", "MLP", "mlp", "SpecError"]
@@ -119,11 +122,14 @@ def build_model(spec: str, num_classes: int | None = None, in_channels: int | No
         return _torchvision(name.split(":", 1)[1], kwargs, num_classes, spec)
     if name.startswith("timm:"):
         return _timm(name.split(":", 1)[1], kwargs, num_classes, in_channels, spec)
+    if is_lm_spec(name):
+        return build_lm(name, kwargs)
     if ":" in name:
         return _user_factory(name, kwargs, (num_classes, in_channels), spec, trust_code)
     raise SpecError(f"unknown model spec {spec!r}",
                     "use cifar_resnet<6n+2> / cifar_plain<d> / cifar_preresnet<d> (optionally _b), mlp(...), "
-                    "torchvision:<name>, timm:<name> or package.module:factory")
+                    "torchvision:<name>, timm:<name>, hf-config:<family>(...), hf:<folder>, smollm2-135m or "
+                    "package.module:factory")
 
 
 def _call(factory, kwargs: dict, spec: str) -> nn.Module:
