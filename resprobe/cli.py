@@ -23,6 +23,7 @@ from .flags import (MAX_INT, RangeSpec, data_flags, float_list, fraction, int_li
                     typed)
 from .errors import UsageError, UserError
 from .fmt import num
+from .io.atomic import machine_error
 from .outputs import check_same_settings, claim
 from .progress import note, set_quiet
 from .study import Invocation
@@ -147,6 +148,9 @@ def cmd_weights(args) -> int:
 
 def cmd_eval(args) -> int:
     spec = _spec(args)
+    if args.data.startswith("text:"):
+        from .lm import eval_text_command
+        return eval_text_command(args, spec, _access(args))
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     [s] = api.load_subjects([args.model], [args.weights], data, [args.label], args.normalize, _access(args))
     s.model.to(spec.torch_device)
@@ -285,6 +289,7 @@ def _add_info_eval(sub, common) -> None:
     q.set_defaults(func=cmd_info)
     q = _sub(sub, "eval", "error and loss of a model on a data set", [common, model_flags(multi=False), data_flags()])
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--seq-len", type=positive_int, default=128, help="text: tokens per window")
     q.set_defaults(func=cmd_eval)
     q = _sub(sub, "weights", "the published checkpoints resprobe fetches by name (--weights he2016:resnet56)",
              [common])
@@ -358,16 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _machine_error(e: BaseException) -> Optional[UserError]:
-    """A full disk, a name too long, no permission or no memory, as the one line the user can act on."""
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
-                                                                       or "out of memory" in str(e).lower())):
-        return UserError("out of memory", "use fewer images (--limit), a smaller --batch-size or fewer bootstrap "
-                         "resamples (--n-boot)")
-    from .io.atomic import os_error
-    return os_error(e, e.filename or "a file") if isinstance(e, OSError) else None
-
-
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
@@ -383,7 +378,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"resprobe: error: {e.one_line()}", file=sys.stderr)
         return 2
     except (MemoryError, OSError, RuntimeError) as e:  # the machine's limits: one line, not a traceback
-        err = _machine_error(e)
+        err = machine_error(e)
         if err is None or args.debug:
             raise
         print(f"resprobe: error: {err.one_line()}", file=sys.stderr)

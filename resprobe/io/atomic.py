@@ -8,11 +8,11 @@ import contextlib
 import errno
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-from ..errors import OutputError
+from ..errors import OutputError, UserError
 
-__all__ = ["atomic_path", "write_text", "write_bytes", "os_error", "FIXES"]
+__all__ = ["atomic_path", "write_text", "write_bytes", "os_error", "machine_error", "FIXES"]
 
 FIXES = {
     errno.ENOSPC: ("the disk is full", "free space there or choose another --out"),
@@ -74,3 +74,13 @@ def write_bytes(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def machine_error(e: BaseException) -> Optional[UserError]:
+    """A full disk, a name too long, no permission or no memory, as the one line the user can act on (None:
+    not the machine's limits)."""
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                                                       or "out of memory" in str(e).lower())):
+        return UserError("out of memory", "use fewer images (--limit), a smaller --batch-size or fewer bootstrap "
+                         "resamples (--n-boot)")
+    return os_error(e, e.filename or "a file") if isinstance(e, OSError) else None

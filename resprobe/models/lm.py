@@ -38,7 +38,9 @@ def is_lm_spec(name: str) -> bool:
 
 def _transformers():
     try:
-        import transformers  # noqa: F401
+        import transformers
+        transformers.utils.logging.disable_progress_bar()   # resprobe reports its own progress
+        transformers.utils.logging.set_verbosity_error()
     except ImportError as e:
         raise LMError("language models need the lm extra (transformers, accelerate, gguf, safetensors)",
                       "pip install 'resprobe[lm]'") from e
