@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed as dist
-from .engine import RunSpec
+from .engine import RunSpec, check_finite
 from .errors import UsageError
 from .io.text import TextData, load_text
 from .metrics.lm import document_ratio_ci, per_document, window_sums
@@ -50,6 +50,7 @@ def evaluate_text(model: nn.Module, data: TextData, spec: RunSpec) -> dict:
         for s in range(0, len(data), spec.batch_size):
             x, y = data.inputs_and_targets(slice(s, s + spec.batch_size))
             logits = model(input_ids=x.to(spec.torch_device), use_cache=False).logits
+            check_finite(logits, f"the logits of windows {s}..{s + len(x) - 1}", spec)
             rows.append(window_sums(logits, y.to(spec.torch_device)))
             bar.update(len(x))
     sums = torch.cat(rows).numpy()

@@ -53,3 +53,17 @@ def test_eval_on_text_user_errors(capsys):
     assert "not a file" in capsys.readouterr().err
     m = build_model(SPEC)
     assert m.get_input_embeddings().num_embeddings == 256
+
+
+def test_non_finite_logits_are_one_line_not_a_nan_loss(capsys):
+    from resprobe.engine import RunSpec
+    from resprobe.errors import UserError
+    from resprobe.io.text import TextData
+    from resprobe.lm import evaluate_text
+    model = build_model(SPEC)
+    with torch.no_grad():
+        model.lm_head.weight[3, 0] = float("nan")
+    data = load_text("text:pydoc", 8)
+    small = TextData(data.ids[:4], data.docs[:4], data.names, "text:pydoc", "bytes")
+    with pytest.raises(UserError, match="not finite|non-finite|NaN"):
+        evaluate_text(model, small, RunSpec(progress=False))

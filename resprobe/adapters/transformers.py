@@ -94,7 +94,8 @@ def _stand_ins(layers: nn.ModuleList, output: Optional[Callable[[int, Tensor], T
                         extra.update(v)
                     elif k != first:
                         extra[k] = v
-                extra.update(cache=None, use_cache=False) if "cache" in extra or "use_cache" in extra else None
+                if "cache" in extra or "use_cache" in extra:   # probes never use a KV cache
+                    extra.update(cache=None, use_cache=False)
                 _ARGS[id(_layer)] = extra
                 h = bound[first]
                 return output(_i, h) if output is not None else h
