@@ -18,7 +18,7 @@ from typing import Optional
 from . import __version__, api
 from . import checks
 from . import distributed as dist
-from .flags import (MAX_INT, RangeSpec, data_flags, float_list, fraction, int_list, int_or_all,  # noqa: F401
+from .flags import (MAX_INT, is_text, weights_lists, RangeSpec, data_flags, float_list, fraction, int_list, int_or_all,  # noqa: F401
                     model_flags, n_boot_arg, out_flags, positive_float, positive_int, run_flags, seed_arg, str_list,
                     typed)
 from .errors import UsageError, UserError
@@ -40,14 +40,6 @@ def _spec(args, **over) -> api.RunSpec:
                        **over)
 
 
-def _weights_lists(args) -> list:
-    ws = args.weights or []
-    if ws and len(ws) != len(args.model):
-        raise UsageError(f"give one --weights per --model ({len(args.model)} models, {len(ws)} weights)",
-                         "several seeds of one model go in one --weights, comma separated")
-    return [w.split(",") for w in ws] if ws else [None] * len(args.model)
-
-
 def _access(args) -> api.Access:
     """What the flags allow a load to do (see :class:`resprobe.loading.Access`)."""
     return api.Access(trust=getattr(args, "trust_checkpoint", False), trust_code=getattr(args, "trust_code", False),
@@ -56,8 +48,12 @@ def _access(args) -> api.Access:
 
 
 def _load(args):
+    if is_text(args):
+        from .lm import TextRequest, load_text_subjects
+        return load_text_subjects(args.model, args.label, args.weights, _access(args),
+                                  TextRequest(args.data, args.seq_len or 128, args.limit))
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
-    subjects = api.load_subjects(args.model, _weights_lists(args), data, args.label, args.normalize, _access(args))
+    subjects = api.load_subjects(args.model, weights_lists(args), data, args.label, args.normalize, _access(args))
     return data, subjects
 
 
@@ -148,7 +144,7 @@ def cmd_weights(args) -> int:
 
 def cmd_eval(args) -> int:
     spec = _spec(args)
-    if args.data.startswith("text:"):
+    if is_text(args):
         from .lm import eval_text_command
         return eval_text_command(args, spec, _access(args))
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
@@ -175,6 +171,8 @@ def cmd_train(args) -> int:
     import torch
 
     from .training import Recipe, TrainRun, train
+    if is_text(args):
+        raise UsageError("resprobe train does not train language models yet", "train on images (--data cifar10, ...)")
     recipe = Recipe(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                     batch_size=args.batch_size, schedule=args.schedule, optimizer=args.optimizer,
                     warmup_epochs=args.warmup_epochs, normalize=args.normalize or "imagenet",
@@ -207,6 +205,9 @@ def cmd_study(args) -> int:
     cmd = study.command
     t0 = time.time()
     spec = _spec(args)
+    if is_text(args) and not study.text:
+        raise UsageError(f"resprobe {study.name} does not run on language models yet",
+                         "on --data text:... run resprobe lesion or resprobe eval")
     options = cmd.options(args) if cmd.options else None
     same = cmd.same_settings
     with _output(args.out, args if same else None, study.stem if same else None) as out:
@@ -217,6 +218,9 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from .report.full import budget_details
     spec = _spec(args)
+    if is_text(args):
+        raise UsageError("resprobe report does not run on language models yet",
+                         "on --data text:... run resprobe lesion or resprobe eval")
     with _output(args.out, args, "report") as out:
         data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
         specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
@@ -289,7 +293,6 @@ def _add_info_eval(sub, common) -> None:
     q.set_defaults(func=cmd_info)
     q = _sub(sub, "eval", "error and loss of a model on a data set", [common, model_flags(multi=False), data_flags()])
     q.add_argument("--json", action="store_true", help="print one JSON object")
-    q.add_argument("--seq-len", type=positive_int, default=128, help="text: tokens per window")
     q.set_defaults(func=cmd_eval)
     q = _sub(sub, "weights", "the published checkpoints resprobe fetches by name (--weights he2016:resnet56)",
              [common])

@@ -9,7 +9,7 @@ import math
 from . import checks
 from .errors import UsageError
 
-__all__ = ["typed", "MAX_INT", "positive_int", "seed_arg", "n_boot_arg", "positive_float", "fraction", "float_list",
+__all__ = ["is_text", "weights_lists", "typed", "MAX_INT", "positive_int", "seed_arg", "n_boot_arg", "positive_float", "fraction", "float_list",
            "int_list", "str_list", "RangeSpec", "int_or_all", "run_flags", "data_flags", "model_flags",
            "out_flags"]
 
@@ -162,11 +162,13 @@ def run_flags() -> argparse.ArgumentParser:
 def data_flags(required: bool = True, dtype: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...)")
+    g.add_argument("--data", required=required, help="cifar10 | imagefolder:PATH | fashion-mnist | synthetic(...) | "
+                                                     "text:pydoc | text:PATH (language models)")
+    g.add_argument("--seq-len", type=positive_int, help="text: tokens per window (default 128)")
     g.add_argument("--data-root", help="folder holding the data set (cifar10, fashion-mnist)")
     g.add_argument("--download", action="store_true", help="allow downloading the data set (checksum verified)")
     g.add_argument("--split", default="test", help="split to use (folders without split folders: all images)")
-    g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images (not the first N)")
+    g.add_argument("--limit", type=positive_int, help="a seeded random subset of N images or text windows (not the first N)")
     g.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (results do not depend on it)")
     if dtype:
         g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -203,3 +205,19 @@ def out_flags(required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out", required=required, help="output folder (checked and locked before the work starts)")
     return p
+
+
+def weights_lists(args) -> list:
+    ws = args.weights or []
+    if ws and len(ws) != len(args.model):
+        raise UsageError(f"give one --weights per --model ({len(args.model)} models, {len(ws)} weights)",
+                         "several seeds of one model go in one --weights, comma separated")
+    return [w.split(",") for w in ws] if ws else [None] * len(args.model)
+
+
+def is_text(args) -> bool:
+    """Whether ``--data`` is text (``--seq-len`` is refused for anything else)."""
+    text = (getattr(args, "data", None) or "").startswith("text:")
+    if not text and getattr(args, "seq_len", None) is not None:
+        raise UsageError("--seq-len applies to text data (--data text:...) only", "drop --seq-len for images")
+    return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -17,7 +18,9 @@ from .io.text import TextData, load_text
 from .metrics.lm import document_ratio_ci, per_document, window_sums
 from .progress import progress
 
-__all__ = ["tokenizer_for", "text_for", "evaluate_text", "eval_text_command"]
+DEFAULT_SEQ_LEN = 128
+
+__all__ = ["TextRequest", "DEFAULT_SEQ_LEN", "tokenizer_for", "text_for", "evaluate_text", "eval_text_command", "load_text_subjects", "subset_windows"]
 
 
 def tokenizer_for(prov: dict):
@@ -60,21 +63,78 @@ def evaluate_text(model: nn.Module, data: TextData, spec: RunSpec) -> dict:
                 float(np.exp(hi))], **data.describe(), ci="95% percentile bootstrap over documents")
 
 
+def subset_windows(data: TextData, limit, seed: int) -> TextData:
+    """A seeded random subset of ``limit`` windows (in window order); all of them when ``limit`` is None."""
+    if not limit or limit >= len(data):
+        return data
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return TextData(data.ids[keep], data.docs[keep], data.names, data.spec, data.tokenizer,
+                    dict(data.source, limit=limit, subset_seed=seed))
+
+
+def _check_weights(spec: str, weights, access) -> None:
+    from .models.lm import carries_weights
+    if weights and any(w for w in weights):
+        raise UsageError("--weights does not apply to language models", "name the weights in the spec (hf:FOLDER)")
+    if not carries_weights(spec) and not access.random_init:
+        raise UsageError(f"{spec} has no weights: resprobe would probe a randomly initialised model",
+                         "pass --random-init to probe one on purpose, or name weights (hf:FOLDER, smollm2-135m)")
+
+
+class TextRequest(NamedTuple):
+    """Which windows: the ``text:`` spec, tokens per window, and a seeded subset of ``limit`` windows."""
+
+    spec: str
+    seq_len: int = DEFAULT_SEQ_LEN
+    limit: Optional[int] = None
+
+
+def _short(spec: str) -> str:
+    """A display label: ``hf-config:llama(...)`` -> ``llama``; ``hf:PATH`` -> the folder's or file's name."""
+    if spec.startswith("hf-config:"):
+        return spec.split(":", 1)[1].split("(", 1)[0].strip()
+    if spec.startswith("hf:"):
+        return Path(spec[3:].rstrip("/")).name or spec
+    return spec
+
+
+def load_text_subjects(specs, labels, weights, access, text: TextRequest):
+    """``(TextData, [Subject])`` for language models on ``text:`` data: each model loaded (a random one from
+    ``access.seed``), the windows of ``text`` cut with the first model's tokenizer (every model must give the
+    same token ids: one tokenizer for all, checked), a seeded subset of ``text.limit`` windows."""
+    data_spec, seq_len, limit = text
+    from .loading import load_model
+    from .metrics.stats import stable_seed
+    from .study import Subject
+    labels = list(labels or [None] * len(specs))
+    if len(labels) != len(specs):
+        raise UsageError(f"give one --label per --model ({len(specs)} models, {len(labels)} labels)")
+    for spec, w in zip(specs, weights or [None] * len(specs)):
+        _check_weights(spec, w, access)
+    subjects, data, first = [], None, None
+    for pos, (spec, label) in enumerate(zip(specs, labels)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stable_seed(access.seed, "init", spec, pos))
+            model, prov = load_model(spec, None, access)
+        ids = text_for(model, prov, data_spec, seq_len)
+        if data is None:
+            data, first = ids, spec
+        elif ids.ids.shape != data.ids.shape or not torch.equal(ids.ids, data.ids):
+            raise UsageError(f"{spec} tokenizes {data_spec} differently from {first}: their windows cannot be "
+                             "compared", "probe models with different tokenizers in separate runs")
+        subjects.append(Subject(label or _short(spec), model.eval(), "none", prov))
+    labs = [s.label for s in subjects]
+    if len(set(labs)) < len(labs):
+        raise UsageError("two language models would share a label", "give each --model its own --label")
+    return subset_windows(data, limit, access.seed), subjects
+
+
 def eval_text_command(args, spec: RunSpec, access) -> int:
     """``resprobe eval --data text:...``: the model's loss on the windows (``--limit``: a seeded subset)."""
     from .loading import load_model
-    from .models.lm import carries_weights
-    if args.weights:
-        raise UsageError("--weights does not apply to language models", "name the weights in the spec (hf:FOLDER)")
-    if not carries_weights(args.model) and not access.random_init:
-        raise UsageError(f"{args.model} has no weights: resprobe would evaluate a randomly initialised model",
-                         "pass --random-init to evaluate one on purpose, or name weights (hf:FOLDER, smollm2-135m)")
+    _check_weights(args.model, [args.weights], access)
     model, prov = load_model(args.model, None, access)
-    data = text_for(model, prov, args.data, args.seq_len)
-    if args.limit and args.limit < len(data):
-        keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.limit].sort().values
-        data = TextData(data.ids[keep], data.docs[keep], data.names, data.spec, data.tokenizer,
-                        dict(limit=args.limit, subset_seed=args.seed))
+    data = subset_windows(text_for(model, prov, args.data, args.seq_len or DEFAULT_SEQ_LEN), args.limit, args.seed)
     t0 = time.time()
     res = evaluate_text(model.to(spec.torch_device), data, spec)
     if not dist.is_main():

@@ -150,7 +150,8 @@ class Study:
     ``needs`` names the studies whose results it reads from ``ReportRun.results``; ``command`` is its
     subcommand (None: none). Writer hooks: ``file_stem`` (the files' name when it is not the study's),
     ``merge(result, out)`` (rows already in the folder), ``files(result, out)`` (extra files), ``json(result)``
-    (extra keys of its JSON) and ``tables(result)`` (``(title, DataFrame)`` shown in its document)."""
+    (extra keys of its JSON) and ``tables(result)`` (``(title, DataFrame)`` shown in its document). ``text``: its
+    command also runs on language models over ``--data text:...``."""
 
     name: str
     title: str
@@ -169,6 +170,7 @@ class Study:
     files: Optional[Callable[[StudyResult, Path], list[Path]]] = None
     json: Optional[Callable[[StudyResult], dict]] = None
     tables: Optional[Callable[[StudyResult], list[tuple[str, pd.DataFrame]]]] = None
+    text: bool = False   # whether its command runs on language models over text (--data text:...)
 
     @property
     def stem(self) -> str:

@@ -53,6 +53,17 @@ def hook_count(model: nn.Module) -> int:
 _RUN_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
+def _inert(hook) -> bool:
+    """transformers' own output-capturing hooks (installed once ``output_hidden_states`` is asked for): they
+    record nothing unless the model's forward opens a collector, which a probe running the parts never does."""
+    return getattr(hook, "__name__", "") == "output_capturing_hook" and \
+        getattr(hook, "__module__", "").startswith("transformers.")
+
+
+def _hooks(m: nn.Module, attr: str) -> bool:
+    return any(not _inert(h) for h in (getattr(m, attr, None) or {}).values())
+
+
 def user_hooks(model: nn.Module) -> list[str]:
     """Where ``model`` runs code of its user's besides its own forward: the names of modules with forward or
     backward hooks, or with a ``forward`` replaced on the instance, and the global module hooks of torch.
@@ -63,7 +74,7 @@ def user_hooks(model: nn.Module) -> list[str]:
                                           "_global_backward_hooks", "_global_backward_pre_hooks")
            if getattr(mm, k, None)]
     for name, m in model.named_modules():
-        kinds = [a[1:].replace("_hooks", "") for a in _RUN_HOOKS if getattr(m, a, None)]
+        kinds = [a[1:].replace("_hooks", "") for a in _RUN_HOOKS if _hooks(m, a)]
         if "forward" in vars(m):
             kinds.append("forward replaced")
         if kinds:

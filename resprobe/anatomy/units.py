@@ -12,13 +12,22 @@ import torch.nn as nn
 from ..errors import UserError
 from .parts import UnitParts
 
-__all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Op", "NO_EDITS", "Step", "PARALLEL_MODES", "Tensor"]
+__all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Op", "NO_EDITS", "Step", "PARALLEL_MODES", "PARALLEL_BY",
+           "parallel_entry", "Tensor"]
 
 
 Tensor = torch.Tensor
 
 
 PARALLEL_MODES = ("sum", "mean")
+PARALLEL_BY = ("unit", "block")
+
+
+def parallel_entry(g: tuple) -> tuple:
+    """``(first, last, mode, by)`` of an ``Edits.parallel`` entry (``by`` defaults to ``"unit"``)."""
+    if len(g) not in (3, 4) or (len(g) == 4 and g[3] not in PARALLEL_BY):
+        raise AnatomyError(f"a parallel entry is (first, last, mode[, by]) with by in {PARALLEL_BY}, got {g!r}")
+    return (g[0], g[1], g[2], g[3] if len(g) == 4 else "unit")
 
 
 class AnatomyError(UserError, ValueError):
@@ -126,7 +135,10 @@ class Edits:
     - ``replace``: ``{i: callable}`` replace unit ``i`` entirely;
     - ``parallel``: ``((first, last, mode), ...)``: residual units ``first..last`` (inclusive) all read the
       same input x and their branches are combined: ``post_last(x + Σ F_k(x))`` (``mode="sum"``) or
-      ``post_last(x + mean_k F_k(x))`` (``"mean"``) — Painters' parallel layers; identity shortcuts only;
+      ``post_last(x + mean_k F_k(x))`` (``"mean"``); identity shortcuts only. ``(first, last, mode, "block")``:
+      the blocks spanning units ``first..last`` each run whole on x (their units in sequence) and give
+      ``x + Σ_b (block_b(x) − x)`` (``"sum"``) or the mean of their outputs (``"mean"``) — Painters' parallel
+      layers of a transformer;
     - ``repeat``: ``{i: n}`` unit ``i`` applied ``n`` times in a row (Painters' looped layers).
 
     ``Edits.skip(first, last)`` deletes the units ``first..last`` (a skipped range).
@@ -145,7 +157,7 @@ class Edits:
 
     def touched(self) -> set[int]:
         moved = {i for i, j in self.branch_from.items() if i != j}
-        par = {i for a, b, _ in self.parallel for i in range(a, b + 1)}
+        par = {i for a, b, *_ in self.parallel for i in range(a, b + 1)}
         reps = {i for i, n in self.repeat.items() if n != 1}
         return set(self.delete) | moved | set(self.scale) | set(self.replace) | par | reps
 
@@ -159,9 +171,10 @@ class Edits:
     def code(self, i: int) -> tuple:
         """A sortable code of what happens to unit ``i``: an :class:`Op` and its arguments (configurations
         sorted by their codes share the longest prefixes; the unmodified unit sorts first)."""
-        for a, b, mode in self.parallel:
+        for g in self.parallel:
+            a, b, mode, by = parallel_entry(g)
             if a <= i <= b:
-                return (Op.PARALLEL, a, b, PARALLEL_MODES.index(mode))
+                return (Op.PARALLEL, a, b, PARALLEL_MODES.index(mode), PARALLEL_BY.index(by))
         if i in self.replace:
             return (Op.REPLACE, id(self.replace[i]))
         if i in self.delete:

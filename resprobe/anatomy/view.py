@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .split import SplitError, split_model
 from .parts import UnitParts
-from .units import NO_EDITS, PARALLEL_MODES, AnatomyError, BlockInfo, Edits, Step, Tensor, Unit
+from .units import NO_EDITS, PARALLEL_MODES, AnatomyError, BlockInfo, Edits, Step, Tensor, Unit, parallel_entry
 from .blocks import MODEL_ADAPTERS, find_blocks, no_blocks_error, register_model  # noqa: F401
 
 __all__ = ["AnatomyError", "Unit", "BlockInfo", "Edits", "Step", "ResidualView", "anatomy", "register_model",
@@ -188,9 +188,12 @@ class ResidualView:
             x = self._unit_once(i, x, edits, decompose)
         return x
 
-    def _parallel(self, x: Tensor, first: int, last: int, mode: str, edits: Edits) -> Tensor:
+    def _parallel(self, x: Tensor, group: tuple, edits: Edits) -> Tensor:
+        first, last, mode, by = parallel_entry(group)
         if mode not in PARALLEL_MODES:
             raise AnatomyError(f"parallel mode must be one of {PARALLEL_MODES}, got {mode!r}")
+        if by == "block":
+            return self._parallel_blocks(x, first, last, mode, edits)
         units = self.units[first:last + 1]
         bad = [u.name for u in units if u.shortcut_kind != "identity"]
         if bad:
@@ -201,6 +204,35 @@ class ResidualView:
         if mode == "mean" and fs:
             total = total / len(fs)
         return units[-1].post(x + total)
+
+    def _parallel_blocks(self, x: Tensor, first: int, last: int, mode: str, edits: Edits) -> Tensor:
+        """Blocks ``first..last`` (unit indices on block boundaries) each run on ``x`` (their units in sequence,
+        with the other edits); ``x + Σ (block(x) − x)``, or the mean of the blocks' outputs."""
+        blocks = [b for b in self.blocks if first <= b.units[0] and b.units[-1] <= last]
+        if not blocks or blocks[0].units[0] != first or blocks[-1].units[-1] != last or \
+                sum(len(b.units) for b in blocks) != last - first + 1:
+            raise AnatomyError(f"units {first}..{last} do not span whole blocks: they cannot run as parallel blocks")
+        bad = [b.name for b in blocks if not all(self.shape_preserving(i) for i in b.units)]
+        if bad:
+            raise AnatomyError(f"blocks {', '.join(bad)} change the shape: they cannot run in parallel")
+        total = torch.zeros_like(x)
+        for b in blocks:
+            h = x
+            for i in b.units:
+                h = self.run_unit(i, h, edits)
+            total = total + (h - x)
+        return x + (total / len(blocks) if mode == "mean" else total)
+
+    def step(self, i: int, h: Tensor, edits: Edits = NO_EDITS) -> tuple[Tensor, int]:
+        """Unit ``i`` on its input ``h`` with ``edits``, or the parallel range that starts at ``i``:
+        ``(output, index of the last unit run)``."""
+        for g in edits.parallel:
+            a, b = g[0], g[1]
+            if a == i:
+                return self._parallel(h, g, edits), b
+            if a < i <= b:
+                raise AnatomyError(f"unit {i} lies inside the parallel range {a}..{b}: start at {a}")
+        return self.run_unit(i, h, edits), i
 
     def run(self, h: Tensor, start: int = 0, stop: Optional[int] = None, edits: Edits = NO_EDITS,
             decompose: bool = False, observe: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> Tensor:
@@ -213,8 +245,8 @@ class ResidualView:
         unit's index)."""
         n = len(self.units)
         stop = n if stop is None else stop
-        groups = {a: (a, b, mode) for a, b, mode in edits.parallel}
-        for a, b, _ in edits.parallel:
+        groups = {g[0]: g for g in edits.parallel}
+        for a, b, *_ in edits.parallel:
             if not (0 <= a <= b < n):
                 raise AnatomyError(f"parallel range {a}..{b} out of range 0..{n - 1}")
             if a < start <= b:
@@ -222,9 +254,7 @@ class ResidualView:
         i = start
         while i < stop:
             if i in groups:
-                a, b, mode = groups[i]
-                out = self._parallel(h, a, b, mode, edits)
-                last = b
+                out, last = self._parallel(h, groups[i], edits), groups[i][1]
             else:
                 blk = self.blocks[self.units[i].block_index]
                 multi = len(blk.units) > 1

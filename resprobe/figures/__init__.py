@@ -13,7 +13,8 @@ _WHERE = {"METRIC_LABELS": "base", "save_figure": "base", "unit_positions": "bas
           "correlation_heatmaps_plot": "gradients", "lag1_vs_depth_plot": "gradients", "block_profile_plot":
           "gradients", "spectra_plot": "gradients", "amplify_kappa_plot": "amplify", "amplify_gains_plot":
           "amplify", "amplify_cumulative_plot": "amplify", "amplify_arithmetic_plot": "amplify",
-          "training_curves_plot": "training", "prune_plot": "training"}
+          "training_curves_plot": "training", "prune_plot": "training", "lm_single_plot": "lm",
+          "lm_painters_plot": "lm", "lm_random_k_plot": "lm", "lm_prune_plot": "lm"}
 
 __all__ = sorted(_WHERE)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .stats import bootstrap_stats, percentile_ci
 
-__all__ = ["window_sums", "per_document", "document_ratio_ci", "WINDOW_COLUMNS"]
+__all__ = ["window_sums", "per_document", "document_ratio_ci", "sign_flip_p", "document_spearman_ci", "WINDOW_COLUMNS"]
 
 WINDOW_COLUMNS = ("nll", "tokens", "agree", "kl")
 
@@ -68,4 +68,51 @@ def document_ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, leve
 
     boots = bootstrap_stats(len(num), [ratio], n_boot, seed)[0]
     lo, hi = percentile_ci(boots, level)
+    return value, float(lo[0]), float(hi[0])
+
+
+def sign_flip_p(diffs: np.ndarray, n_perm: int = 1000, seed: int = 0) -> float:
+    """Two-sided p-value of a paired sign-flip test over documents: ``diffs`` holds one summed difference per
+    document (edited minus intact, e.g. of the summed loss); under the null the two labels are exchangeable
+    within a document, so each difference's sign is flipped at random. ``(1 + #|Σ±d| ≥ |Σd|) / (1 + n_perm)``."""
+    d = np.asarray(diffs, np.float64)
+    if len(d) == 0 or not np.isfinite(d).all():
+        return float("nan")
+    observed = abs(d.sum())
+    if observed == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for s in range(0, n_perm, 256):
+        signs = rng.integers(0, 2, size=(min(256, n_perm - s), len(d))) * 2 - 1
+        hits += int((np.abs(signs @ d) >= observed * (1 - 1e-12)).sum())
+    return float((1 + hits) / (1 + n_perm))
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+    return rankdata(a, axis=-1)
+
+
+def document_spearman_ci(x: tuple, y: tuple, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """Spearman correlation over items (layers) between two per-item ratios of sums over documents,
+    ``x_i = Σ_d x_num[d, i] / Σ_d x_den[d, i]`` for ``x = (x_num, x_den)`` and likewise ``y``, with a percentile
+    CI that resamples documents (both ratios from the same resampled documents). Arrays are ``(D, items)``."""
+    xn, xd, yn, yd = (np.asarray(a, np.float64) for a in (*x, *y))
+
+    def rho(counts):
+        x = (counts @ xn) / (counts @ xd)
+        y = (counts @ yn) / (counts @ yd)
+        rx, ry = _ranks(x), _ranks(y)
+        rx -= rx.mean(-1, keepdims=True)
+        ry -= ry.mean(-1, keepdims=True)
+        den = np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
+        return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+    value = float(rho(np.ones((1, len(xn))))[0])
+    if len(xn) < 2:
+        return value, float("nan"), float("nan")
+    boots = bootstrap_stats(len(xn), [lambda idx, counts: rho(counts)], n_boot, seed)[0]
+    lo, hi = percentile_ci(np.asarray(boots).reshape(-1, 1), level)
     return value, float(lo[0]), float(hi[0])

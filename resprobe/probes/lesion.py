@@ -30,6 +30,7 @@ from ..anatomy import ResidualView, anatomy
 from ..engine import RunSpec
 from ..errors import UsageError
 from ..io.data import Dataset
+from ..io.text import TextData
 from ..metrics.stats import bootstrap_proportion_ci, mcnemar_exact, stable_seed
 from ..study import StudyResult, Subject
 from ..verdict import Role
@@ -186,7 +187,11 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
         chunk: int = 64) -> StudyResult:
     """Run one lesion plan, or several in turn, for each subject (a plan with ``residual_only`` skips networks
     without residual units); the long table has one row per configuration (``COLUMNS``) and the verdicts
-    are those the modes in it allow, decided once over all of them."""
+    are those the modes in it allow, decided once over all of them. On token windows (``data`` a
+    :class:`~resprobe.io.text.TextData`): :func:`resprobe.probes.lm_lesion.run_text`."""
+    if isinstance(data, TextData):  # language models over token windows
+        from .lm_lesion import run_text
+        return run_text(subjects, data, spec, plan, store, chunk)
     plans = (plan,) if isinstance(plan, LesionPlan) else tuple(plan)
     common.check_labels(subjects)
     frames, views, bits, reused = [], {}, {}, {}

@@ -14,7 +14,7 @@ from .. import checks
 from ..anatomy import AnatomyError, Edits, ResidualView
 from ..errors import UsageError
 
-__all__ = ["LesionMode", "LesionPlan", "LesionConfig", "make_configs"]
+__all__ = ["LesionMode", "LesionPlan", "LesionConfig", "make_configs", "kendall_tau_of", "PAINTERS"]
 
 
 class LesionMode(str, Enum):
@@ -23,12 +23,20 @@ class LesionMode(str, Enum):
     RANDOM_K = "random-k"
     REORDER = "reorder"
     PRUNE = "prune-by-similarity"
+    SKIP = "skip"
+    PARALLEL = "parallel"
+    REPEAT = "repeat"
+    REVERSE = "middle-reversed"
+
+
+PAINTERS = (LesionMode.SKIP, LesionMode.PARALLEL, LesionMode.REPEAT, LesionMode.REVERSE)
 
 
 @dataclass(frozen=True)
 class LesionPlan:
     """What to delete: ``mode``; ``units`` (mode set: unit or block names); ``ks`` (random-k: numbers of
-    deleted units; reorder: numbers of random swaps; prune: lengths of the deleted ranges); ``samples``
+    deleted units; reorder: numbers of random swaps; prune: lengths of the deleted ranges; Painters' skip,
+    parallel, repeat, middle-reversed: numbers of middle blocks edited); ``samples``
     per k; ``exclude_downsampling`` (random-k); ``granularity`` ``unit`` or ``block``; ``residual_only``: skip
     networks without residual units."""
 
@@ -72,14 +80,15 @@ class LesionConfig:
     kendall_tau: Optional[float] = None
     note: str = ""
     label: str = ""
+    parallel: tuple = ()
 
     @property
     def runnable(self) -> bool:
-        return not self.note.startswith("not deletable")
+        return not self.note.startswith(("not deletable", "not applicable"))
 
     def edits(self) -> Edits:
         moved = {i: j for i, j in enumerate(self.order or ()) if i != j}
-        return Edits(delete=frozenset(self.deleted), branch_from=moved)
+        return Edits(delete=frozenset(self.deleted), branch_from=moved, parallel=self.parallel)
 
     def signature(self, n: int) -> tuple:
         e = self.edits()
@@ -90,7 +99,7 @@ class LesionConfig:
         return f"{self.mode}|{self.label}|{order}"
 
 
-def _kendall_tau(order: Sequence[int]) -> float:
+def kendall_tau_of(order: Sequence[int]) -> float:
     from scipy.stats import kendalltau
     return float(kendalltau(np.arange(len(order)), np.asarray(order)).statistic)
 
@@ -157,26 +166,11 @@ def make_configs(view: ResidualView, plan: LesionPlan, seed: int = 0,
             raise AnatomyError("no deletable unit: random deletions need residual units")
         ks = _check_ks(plan.ks or range(1, len(pool) + 1), 1, len(pool), "numbers of deleted units (--k)")
         return [base] + _random_k(pool, ks, plan.samples, rng)
+    if mode in PAINTERS:
+        from .painters import painters_configs
+        return [base] + painters_configs(view, mode, plan.ks)
     if mode is LesionMode.REORDER:
-        groups = _swap_groups(view)
-        if not groups:
-            raise AnatomyError("no two units have the same kind and shapes: nothing can be reordered")
-        pairs = [(a, b) for g in groups for ai, a in enumerate(g) for b in g[ai + 1:]]
-        ks = _check_ks(plan.ks or range(1, n + 1), 1, 10 * n, "numbers of swaps (--k)")
-        out = [base]
-        for kk in ks:
-            seen = set()
-            for _ in range(plan.samples):
-                order = list(range(n))
-                for _ in range(kk):
-                    a, b = pairs[rng.integers(len(pairs))]
-                    order[a], order[b] = order[b], order[a]
-                t = tuple(order)
-                if t == tuple(range(n)) or t in seen:
-                    continue
-                seen.add(t)
-                out.append(LesionConfig("reorder", order=t, k=kk, kendall_tau=_kendall_tau(t)))
-        return out
+        return [base] + _reorder_configs(view, plan, rng)
     if distances is None:
         raise UsageError("mode prune-by-similarity needs the angular distances of the ranges")
     pool = [(view[i].name, (i,)) for i in range(n) if not _deletable(view, (i,))]
@@ -190,6 +184,30 @@ def make_configs(view: ResidualView, plan: LesionPlan, seed: int = 0,
         out.append(LesionConfig("prune", idx, k=kk, label="+".join(view[i].name for i in idx),
                                 note=f"most similar range: angular distance {best['angular_distance']:.4f}"))
         out += _random_k(pool, [kk], plan.samples, rng)
+    return out
+
+
+def _reorder_configs(view: ResidualView, plan: LesionPlan, rng) -> list[LesionConfig]:
+    """``plan.samples`` distinct orders per number of random swaps of exchangeable branches."""
+    n = len(view)
+    groups = _swap_groups(view)
+    if not groups:
+        raise AnatomyError("no two units have the same kind and shapes: nothing can be reordered")
+    pairs = [(a, b) for g in groups for ai, a in enumerate(g) for b in g[ai + 1:]]
+    ks = _check_ks(plan.ks or range(1, n + 1), 1, 10 * n, "numbers of swaps (--k)")
+    out = []
+    for kk in ks:
+        seen = set()
+        for _ in range(plan.samples):
+            order = list(range(n))
+            for _ in range(kk):
+                a, b = pairs[rng.integers(len(pairs))]
+                order[a], order[b] = order[b], order[a]
+            t = tuple(order)
+            if t == tuple(range(n)) or t in seen:
+                continue
+            seen.add(t)
+            out.append(LesionConfig("reorder", order=t, k=kk, kendall_tau=kendall_tau_of(t)))
     return out
 
 

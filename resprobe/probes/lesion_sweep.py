@@ -46,8 +46,11 @@ def stream_logits(view: ResidualView, x: torch.Tensor, configs: Sequence[LesionC
             continue
         edits = c.edits()
         del hs[L + 1:]
-        for i in range(L, n):
-            hs.append(view.run_unit(i, hs[i], edits))
+        i = L
+        while i < n:  # a parallel range is one step; the inputs inside it are never a later prefix's end
+            out, last = view.step(i, hs[i], edits)
+            hs += [None] * (last - i) + [out]
+            i = last + 1
         prev_logits = view.head(hs[n])
         prev_sig = sig
         yield ci, prev_logits

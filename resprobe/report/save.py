@@ -40,7 +40,10 @@ def study_document(result: StudyResult, images, title: Optional[str] = None, lev
         doc.paragraph("Networks: " + "; ".join(
             f"`{m.get('label')}` ({m.get('model')}, weights "
             f"{str(m.get('weights_sha256') or 'random init')[:12]}, normalization {m.get('normalize')})" for m in models)
-            + (f". Data: `{data.get('spec')}` [{data.get('split')}], {data.get('n_images')} images." if data else "."))
+            + (f". Data: `{data.get('spec')}`, {data.get('n_windows')} windows of {data.get('seq_len')} tokens from "
+               f"{data.get('n_documents')} documents ({data.get('tokenizer')} tokens)." if data and "n_windows" in data
+               else f". Data: `{data.get('spec')}` [{data.get('split')}], {data.get('n_images')} images." if data
+               else "."))
     doc.verdicts(result.verdicts)
     for v in result.verdicts:
         doc.heading(v.conjecture, level)

@@ -43,9 +43,29 @@ def budget(name: str, n: int) -> str:
             f"({samples} subsets each)")
 
 
+def _images(r: StudyResult) -> bool:
+    return not r.settings.get("text")
+
+
+def _text_files(result: StudyResult, out: Path) -> list[Path]:
+    """Language models: the pruning judgment's tables as ``lesion.<name>.csv``."""
+    from ..io.tables import write_table
+    tables = getattr(result.detail, "tables", None) or {}
+    return [write_table(t, out / f"lesion.{name}.csv") for name, t in tables.items() if len(t)]
+
+
+def _text_tables(result: StudyResult) -> list:
+    tables = getattr(result.detail, "tables", None) or {}
+    names = {"correlations": "Does the similarity ranking predict the damage? (Spearman, 95% CI over documents)",
+             "pruning": "Pruning n layers: each rule against random choices and the oracle (loss increase, nats)"}
+    return [(names.get(k, k), t.drop(columns=[c for c in ("pruned",) if c in t])) for k, t in tables.items() if len(t)]
+
+
 def merge(result: StudyResult, out: Path) -> StudyResult:
     """The folder's lesion files describe every run in it: rows (and unit tables) of other (network, mode)
-    pairs are kept, and the figures show them all."""
+    pairs are kept, and the figures show them all (images; a language model's run writes its own table)."""
+    if not _images(result):
+        return result
     table = result.table
     old = LesionStore(out).rows()
     units = dict(result.units)
@@ -67,9 +87,14 @@ def merge(result: StudyResult, out: Path) -> StudyResult:
 def add_arguments(q) -> None:
     q.add_argument("--mode", default="single", choices=[m.value for m in lesion.LesionMode],
                    help="single: each unit alone; set: --units together; random-k: k random units; reorder: k "
-                        "random swaps of branches; prune-by-similarity: the most similar range of k units vs random k")
+                        "random swaps of branches; prune-by-similarity: the most similar range of k units vs random k "
+                        "(language models: Gromov, ShortGPT and LLM-Drop rankings judged against the true effects); "
+                        "Painters' edits of the k middle blocks: skip, parallel (mean and sum), repeat (the centre "
+                        "block), middle-reversed")
     q.add_argument("--units", "--blocks", type=str_list, help="mode set: unit or block names, comma separated")
-    q.add_argument("--k", type=RangeSpec, help="random-k/prune: numbers of deleted units; reorder: numbers of swaps. "
+    q.add_argument("--k", type=RangeSpec, help="random-k/prune: numbers of deleted units (language models, prune: of "
+                                               "layers); reorder: numbers of swaps; Painters' modes: numbers of middle "
+                                               "blocks. "
                                                "K, LO:HI (inclusive), LO:HI:STEP or a,b,c; n = number of units "
                                                "(default: 1:n)")
     q.add_argument("--samples", type=positive_int, default=20, help="random subsets or orders per k")
@@ -78,13 +103,36 @@ def add_arguments(q) -> None:
                    help="delete units, or whole blocks (a transformer block's attention and MLP together)")
 
 
+def _counts_layers(mode: str) -> bool:
+    """Whether ``--k`` counts layers (blocks) rather than units: pruning a language model, Painters' edits."""
+    return mode in ("prune-by-similarity", "skip", "parallel", "repeat", "middle-reversed")
+
+
+def _text(inv: Invocation, data, subjects, plan_of) -> StudyResult:
+    """Language models over token windows (:mod:`resprobe.probes.lm_lesion`; prune-by-similarity:
+    :mod:`resprobe.probes.lm_prune`)."""
+    from ..probes.lm_store import TextStore
+    views = [anatomy(s.model, (data.seq_len,)) for s in subjects]
+    n = min(len(v.blocks) if _counts_layers(inv.args.mode) else len(v) for v in views)
+    return lesion.run(subjects, data, inv.spec, plan_of(n), TextStore(inv.out) if dist.is_main() else None)
+
+
 def execute(inv: Invocation) -> StudyResult:
     args = inv.args
     data, subjects = inv.load()
-    n = min(len(anatomy(s.model)) for s in subjects)
-    ks = args.k.resolve(10 * n if args.mode == "reorder" else n, lo=1) if args.k else None
-    plan = lesion.LesionPlan(args.mode, units=args.units or (), ks=ks, samples=args.samples,
-                             exclude_downsampling=args.exclude_downsampling, granularity=args.granularity)
+
+    def plan_of(n: int):
+        ks = args.k.resolve(10 * n if args.mode == "reorder" else n, lo=1) if args.k else None
+        return lesion.LesionPlan(args.mode, units=args.units or (), ks=ks, samples=args.samples,
+                                 exclude_downsampling=args.exclude_downsampling, granularity=args.granularity)
+    if not hasattr(data, "input_shape"):
+        result = _text(inv, data, subjects, plan_of)
+        n_reused = result.detail.reused if result.detail else {}
+        for label, k in n_reused.items():
+            if k:
+                note(f"{label}: resumed — {k} configurations reused from {inv.out / 'lesion.text.npz'}")
+        return result
+    plan = plan_of(min(len(anatomy(s.model)) for s in subjects))
     result = lesion.run(subjects, data, inv.spec, plan, LesionStore(inv.out) if dist.is_main() else None)
     for label, n_reused in (result.detail.reused if result.detail else {}).items():
         if n_reused:
@@ -98,21 +146,40 @@ STUDY = register(Study(
     verdict_keys=("lesion-single", "lesion-contrast", "lesion-random-k"),
     figures=(
         Figure("lesion_single", lambda r: figures.lesion_single_plot(r.table, r.units)
-               if has(r, "mode", "single") else None,
+               if _images(r) and has(r, "mode", "single") else None,
                "Test error when one unit is deleted (band: 95% CI over images), units placed by stage; dashed: the "
                "intact network; squares: downsampling units; crosses: units that cannot be deleted. Look for a flat "
                "curve near the intact error (an ensemble of paths) against a jump to chance (a plain network)."),
         Figure("lesion_random_k", lambda r: figures.lesion_random_k_plot(r.table)
-               if has(r, "mode", "random-k") else None,
+               if _images(r) and has(r, "mode", "random-k") else None,
                "Median test error after deleting k random units (band: interquartile range over the sampled "
                "subsets). Look for a smooth rise without a cliff."),
-        Figure("lesion_reorder", lambda r: figures.lesion_reorder_plot(r.table) if has(r, "mode", "reorder") else None,
+        Figure("lesion_reorder", lambda r: figures.lesion_reorder_plot(r.table)
+               if _images(r) and has(r, "mode", "reorder") else None,
                "Test error against the Kendall τ between the shuffled and the original unit order (dots: single "
                "orders; line: binned median). Look for a gradual rise as τ falls."),
+        Figure("lesion_lm_single", lambda r: None if _images(r) else figures.lm_single_plot(r.table, r.units),
+               "Language model: loss increase (nats per token, symmetric log scale) when one attention sublayer "
+               "(dots, left), one MLP sublayer (squares, right) or one whole layer (open diamonds) is deleted; bars: "
+               "95% CI resampling documents. Look for which layers are indispensable (the papers: the first and "
+               "the last) and how small the middle ones' effects are."),
+        Figure("lesion_lm_painters", lambda r: None if _images(r) else figures.lm_painters_plot(r.table),
+               "Language model: loss increase of Painters' edits of the k middle layers (skip; parallel, outputs "
+               "averaged or updates summed; the centre layer repeated; order reversed) against k; band: 95% CI "
+               "over documents. Look for which edits degrade gracefully."),
+        Figure("lesion_lm_random_k", lambda r: None if _images(r) else figures.lm_random_k_plot(r.table),
+               "Language model: median loss increase after deleting k random units (band: interquartile range over "
+               "the draws). Look for a smooth rise without a cliff."),
+        Figure("lesion_lm_pruning", lambda r: None if _images(r) else figures.lm_prune_plot(
+               r.detail.tables.get("pruning") if r.detail is not None else None),
+               "Language model: loss increase after pruning n layers as each similarity rule chooses (bars: 95% CI "
+               "over documents), against the median of random choices of n layers (hatched) and the n layers of "
+               "smallest single-deletion effect (oracle). A rule worth using beats random and nears the oracle."),
     ),
     sections={"lesion-single": ("lesion_single",), "lesion-contrast": ("lesion_single",),
               "lesion-random-k": ("lesion_random_k",)},
-    report=report, budget=budget, merge=merge, json=lambda r: {"units": r.units},
+    report=report, budget=budget, merge=merge, json=lambda r: {"units": r.units}, files=_text_files,
+    tables=_text_tables, text=True,
     command=Command("delete, sample or reorder residual units (Veit et al. 2016)", add_arguments, execute,
                     same_settings=False),
 ))

@@ -1,0 +1,126 @@
+"""Figures of lesions on language models. Each function returns ``(fig, ax)``, or None when the table holds
+nothing to draw."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .base import legend, palette, sns, subplots
+
+__all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_plot"]
+
+_PART_STYLE = {"attn": ("o", "attention"), "mlp": ("s", "MLP"), "": ("D", "layer"), "layer": ("D", "whole layer")}
+
+
+def _position(units: list[dict]) -> dict[str, float]:
+    """Layer number of every unit and block (a sublayer at its layer's position ± 0.15)."""
+    blocks = list(dict.fromkeys(u["block"] for u in units))
+    pos = {b: float(i) for i, b in enumerate(blocks)}
+    for u in units:
+        off = {"attn": -0.15, "mlp": 0.15}.get(u["part"], 0.0)
+        pos[u["name"]] = pos[u["block"]] + off
+    return pos
+
+
+def lm_single_plot(df: pd.DataFrame, units: dict):
+    """Loss increase when one sublayer (attention, MLP) or one whole layer is deleted, by layer (95% CI over
+    documents)."""
+    g = df[(df["mode"] == "single") & df["delta_loss"].notna()]
+    if g.empty:
+        return None
+    models = list(dict.fromkeys(g["model"]))
+    pal = palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = subplots(figsize=(9, 4))
+        for m in models:
+            pos = _position(units.get(m, []))
+            parts = {u["name"]: u["part"] for u in units.get(m, [])}
+            t = g[g["model"] == m]
+            kind = t["deleted"].map(lambda n: parts.get(n, "layer") if n in parts else "layer")
+            for part, (marker, name) in _PART_STYLE.items():
+                s = t[kind == part]
+                if s.empty:
+                    continue
+                x = s["deleted"].map(pos).to_numpy(float)
+                y = s["delta_loss"].to_numpy(float)
+                err = np.abs(np.vstack([y - s["delta_ci_low"].to_numpy(float), s["delta_ci_high"].to_numpy(float) - y]))
+                ax.errorbar(x, y, yerr=err, fmt=marker, ms=4, color=pal[m], mfc="none" if part == "layer" else pal[m],
+                            capsize=2, lw=0.8, label=f"{m}: {name} deleted")
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("layer (attention left of the layer's position, MLP right)")
+        ax.set_ylabel("loss increase (nats/token)")
+        ax.set_title("Deleting one sublayer or one layer of a language model")
+        legend(fig, ax)
+    return fig, ax
+
+
+def lm_painters_plot(df: pd.DataFrame):
+    """Loss increase of Painters' edits of the k middle layers, against k (95% CI over documents)."""
+    g = df[df["mode"].isin(["skip", "parallel", "repeat", "middle-reversed"]) & df["delta_loss"].notna()].copy()
+    if g.empty:
+        return None
+    g["edit"] = g["mode"] + g["deleted"].map(lambda s: " (" + s.split("(")[-1] if "(" in s else "")
+    edits = list(dict.fromkeys(g["edit"]))
+    pal = palette(edits)
+    with sns.axes_style("whitegrid"):
+        fig, ax = subplots(figsize=(7.5, 4))
+        for (m, e), t in g.groupby(["model", "edit"], sort=False):
+            t = t.sort_values("k")
+            ax.plot(t["k"], t["delta_loss"], "-o", ms=3, color=pal[e], label=f"{m}: {e}")
+            ax.fill_between(t["k"].astype(float), t["delta_ci_low"], t["delta_ci_high"], color=pal[e], alpha=0.15, lw=0)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("middle layers edited (k)")
+        ax.set_ylabel("loss increase (nats/token)")
+        ax.set_title("Painters' edits of the middle layers (Sun et al. 2024)")
+        legend(fig, ax)
+    return fig, ax
+
+
+def lm_random_k_plot(df: pd.DataFrame):
+    """Median loss increase after deleting k random units (band: interquartile range over the draws)."""
+    g = df[(df["mode"] == "random-k") & df["delta_loss"].notna()]
+    if g.empty:
+        return None
+    pal = palette(list(dict.fromkeys(g["model"])))
+    with sns.axes_style("whitegrid"):
+        fig, ax = subplots(figsize=(7, 4))
+        for m, t in g.groupby("model", sort=False):
+            q = t.groupby("k")["delta_loss"].quantile([0.25, 0.5, 0.75]).unstack()
+            ax.plot(q.index, q[0.5], "-o", ms=3, color=pal[m], label=f"{m}: median")
+            ax.fill_between(q.index.astype(float), q[0.25], q[0.75], color=pal[m], alpha=0.2, lw=0)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("units deleted at random (k)")
+        ax.set_ylabel("loss increase (nats/token)")
+        ax.set_title("Deleting k random units of a language model")
+        legend(fig, ax)
+    return fig, ax
+
+
+def lm_prune_plot(judgment: pd.DataFrame):
+    """Loss increase after pruning n layers as each rule chooses, against the median of random choices and the
+    single-deletion oracle."""
+    if judgment is None or judgment.empty:
+        return None
+    rules = list(dict.fromkeys(judgment["rule"]))
+    pal = palette(rules + ["random (median)", "oracle (layers)"])
+    with sns.axes_style("whitegrid"):
+        fig, ax = subplots(figsize=(8, 4))
+        ns = sorted(judgment["n"].unique())
+        w = 0.8 / (len(rules) + 2)
+        for j, rule in enumerate(rules):
+            t = judgment[judgment["rule"] == rule].set_index("n").reindex(ns)
+            x = np.arange(len(ns)) + (j - len(rules) / 2) * w
+            y = t["delta_loss"].to_numpy(float)
+            err = np.abs(np.vstack([y - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - y]))
+            ax.bar(x, y, w, yerr=err, color=pal[rule], capsize=2, label=rule)
+        first = judgment.drop_duplicates("n").set_index("n").reindex(ns)
+        for j, (col, name) in enumerate((("random_median", "random (median)"), ("oracle_layers", "oracle (layers)"))):
+            x = np.arange(len(ns)) + (len(rules) + j - len(rules) / 2) * w
+            ax.bar(x, first[col].to_numpy(float), w, color=pal[name], label=name, hatch="//" if j == 0 else None)
+        ax.set_xticks(np.arange(len(ns)), [f"n = {n}" for n in ns])
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylabel("loss increase (nats/token)")
+        ax.set_title("Pruning n layers: similarity rules against random choices and the oracle")
+        legend(fig, ax)
+    return fig, ax
