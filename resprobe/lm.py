@@ -15,7 +15,7 @@ from . import distributed as dist
 from .engine import RunSpec, check_finite
 from .errors import UsageError
 from .io.text import TextData, load_text
-from .metrics.lm import document_ratio_ci, per_document, window_sums
+from .metrics.lm import document_ratio_ci, per_document, window_sums, windows_per_batch
 from .progress import progress
 
 DEFAULT_SEQ_LEN = 128
@@ -48,6 +48,7 @@ def text_for(model: nn.Module, prov: dict, spec: str, seq_len: int) -> TextData:
 def evaluate_text(model: nn.Module, data: TextData, spec: RunSpec) -> dict:
     """Mean next-token loss (nats) and perplexity with 95% CIs that resample documents."""
     model.eval()
+    spec = spec.replace(batch_size=min(spec.batch_size, windows_per_batch(data.seq_len, model.config.vocab_size)))
     rows = []
     with progress(len(data), "eval text", "windows", enabled=spec.progress) as bar:
         for s in range(0, len(data), spec.batch_size):

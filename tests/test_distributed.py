@@ -101,3 +101,19 @@ def test_a_failing_rank_stops_the_run(tmp_path):
     r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script)], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode != 0 and "rank 1 failed on purpose" in r.stderr
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("mode", [["--mode", "skip", "--k", "1:3"], ["--mode", "prune-by-similarity", "--k", "1,2",
+                                                                      "--samples", "3"]])
+def test_text_windows_shard_like_images(tmp_path, mode):
+    """Language models: windows are sharded by batch like images; every row (losses, CIs over documents, paired
+    tests) equals the single process's."""
+    spec = ("hf-config:llama(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=5, "
+            "num_attention_heads=4, num_key_value_heads=2)")
+    args = ["lesion", "--model", spec, "--random-init", "--data", "text:pydoc", "--seq-len", "16", "--limit", "22",
+            "--batch-size", "4", "--quiet", *mode]
+    one, two = _both(tmp_path, args)
+    _same_table(one / "lesion.csv", two / "lesion.csv", ("n_windows", "n_tokens", "n_documents", "deleted"))
+    if "prune-by-similarity" in mode:
+        _same_table(one / "lesion.correlations.csv", two / "lesion.correlations.csv", ())

@@ -1,6 +1,6 @@
 """Docs that run: every command in the code blocks of README.md and experiments/README.md is executed as
 written, with small overrides where it names real data or long work (``--limit``, ``--fast``, one epoch, few
-samples) and ``--out`` sent to a temporary folder; it must exit 0. Optional arguments are written in prose,
+samples; on text: 4 windows of 32 tokens and the first ``--k``) and ``--out`` sent to a temporary folder; it must exit 0. Optional arguments are written in prose,
 never in brackets inside a code block."""
 from __future__ import annotations
 
@@ -86,6 +86,13 @@ def adapt(cmd: str, tmp: Path) -> list[str]:
         _set(argv, "--power-iters", "2")
     if command == "lesion" and "--samples" in argv:
         _set(argv, "--samples", "2")
+    if any(a.startswith("text:") for a in argv) and command in ("lesion", "eval"):
+        _set(argv, "--limit", "4")
+        _set(argv, "--seq-len", "32")
+        if "--k" in argv and "prune-by-similarity" in argv:
+            _set(argv, "--k", "1")
+        elif "--k" in argv and command == "lesion":
+            argv[argv.index("--k") + 1] = argv[argv.index("--k") + 1].split(",")[0]
     if command == "demo":
         _set(argv, "--epochs", "1")
     if command == "gradcorr" and "synthetic" in argv:

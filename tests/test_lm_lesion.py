@@ -267,3 +267,27 @@ def test_bad_requests_are_one_line(tmp_path, capsys, argv, words):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+def test_bfloat16_runs_the_network_in_bf16_and_the_statistics_in_float(model, data):
+    view = anatomy(model, (16,))
+    configs = make_configs(view, LesionPlan("skip", ks=(2,)), 0)
+    f32 = lm_lesion.text_sweep(view, data, configs, RUN)
+    bf16 = lm_lesion.text_sweep(view, data, configs, RUN.replace(dtype="bfloat16"))
+    for a, b in zip(f32, bf16):
+        assert b.dtype == np.float64 and np.isfinite(b).all()
+        assert not np.array_equal(a[:, 0], b[:, 0])            # the network did run in bf16
+        np.testing.assert_allclose(b[:, 0], a[:, 0], rtol=0.03)  # and the loss is close
+
+
+def test_runs_of_several_modes_share_a_folder(tmp_path):
+    from resprobe.cli import main
+    import pandas as pd
+    out = tmp_path / "o"
+    assert main(["lesion", *SPEC_ARGS, "--mode", "skip", "--k", "2", "--out", str(out)]) == 0
+    assert main(["lesion", *SPEC_ARGS, "--mode", "repeat", "--k", "3", "--out", str(out)]) == 0
+    t = pd.read_csv(out / "lesion.csv")
+    assert sorted(t["mode"]) == ["baseline", "repeat", "skip"]
+    import numpy as np_
+    with np_.load(out / "lesion.text.npz") as z:
+        assert len({k.split("\x1f")[1] for k in z.files}) == 2   # both runs' sums kept

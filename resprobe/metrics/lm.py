@@ -9,36 +9,69 @@ mean loss, its CI the exp of the loss's.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .stats import bootstrap_stats, percentile_ci
 
-__all__ = ["window_sums", "per_document", "document_ratio_ci", "sign_flip_p", "document_spearman_ci", "WINDOW_COLUMNS"]
+__all__ = ["LOGITS_BUDGET", "windows_per_batch", "Reference", "reference", "window_sums", "per_document", "document_ratio_ci", "sign_flip_p", "document_spearman_ci", "WINDOW_COLUMNS"]
 
 WINDOW_COLUMNS = ("nll", "tokens", "agree", "kl")
 
 
+LOGITS_BUDGET = 512 * 2 ** 20   # bytes of float32 logits per batch of windows
+
+
+def windows_per_batch(seq_len: int, vocabulary: int, budget: int = LOGITS_BUDGET) -> int:
+    """The most windows whose float32 logits ``(windows, seq_len, vocabulary)`` fit in ``budget`` bytes (>= 1)."""
+    return max(1, budget // (seq_len * vocabulary * 4))
+
+
+class Reference(NamedTuple):
+    """What every comparison with the intact model's logits needs, computed once per batch: its probabilities
+    ``p`` ``(N, T, V)``, ``Σ_v p log p`` per token (as ``Σ p·z − logsumexp z``) and its top-1 tokens."""
+
+    p: torch.Tensor
+    plogp: torch.Tensor
+    top: torch.Tensor
+
+
+def _dot(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``Σ_v p[..., v] z[..., v]`` per token, without a ``(N, T, V)`` temporary."""
+    n, t, v = z.shape
+    return torch.bmm(p.reshape(n * t, 1, v), z.reshape(n * t, v, 1)).reshape(n, t)
+
+
 @torch.no_grad()
-def window_sums(logits: torch.Tensor, targets: torch.Tensor, intact: Optional[torch.Tensor] = None,
+def reference(intact: torch.Tensor) -> Reference:
+    """The intact model's :class:`Reference` (reuse it for every configuration of a batch)."""
+    z = intact.float()
+    lse = torch.logsumexp(z, -1)
+    p = torch.softmax(z, -1)
+    return Reference(p, _dot(p, z) - lse, z.argmax(-1))
+
+
+@torch.no_grad()
+def window_sums(logits: torch.Tensor, targets: torch.Tensor, intact=None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(N, 4)`` float64 per window: summed next-token loss, tokens counted, tokens whose top-1 agrees with
-    the intact model's, summed KL(intact ‖ edited) (the last two NaN without ``intact``). ``logits`` ``(N, T,
-    V)``; ``targets`` ``(N, T)``; ``mask`` ``(N, T)`` marks the tokens counted (default: all). Statistics
-    accumulate in float64 whatever the logits' dtype."""
-    lp = F.log_softmax(logits.float(), dim=-1)
+    the intact model's, summed KL(intact ‖ edited) (the last two NaN without ``intact``: its logits or its
+    :class:`Reference`). ``logits`` ``(N, T, V)``; ``targets`` ``(N, T)``; ``mask`` ``(N, T)`` marks the tokens
+    counted (default: all). Per token: loss = logsumexp z − z[target]; KL = Σ p log p − (Σ p·z − logsumexp z), no
+    ``(N, T, V)`` temporary beyond the float32 logits; sums accumulate in float64 whatever the logits' dtype."""
+    z = logits.float()
+    lse = torch.logsumexp(z, -1)
     m = torch.ones(targets.shape, dtype=torch.bool, device=targets.device) if mask is None else mask.bool()
-    nll = -lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    nll = lse - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     out = [(nll.double() * m).sum(1), m.sum(1).double()]
     if intact is None:
         out += [torch.full_like(out[0], float("nan"))] * 2
     else:
-        lq = F.log_softmax(intact.float(), dim=-1)
-        agree = (logits.argmax(-1) == intact.argmax(-1)) & m
-        kl = (lq.exp() * (lq - lp)).sum(-1)
+        ref = intact if isinstance(intact, Reference) else reference(intact)
+        agree = (z.argmax(-1) == ref.top) & m
+        kl = ref.plogp - (_dot(ref.p, z) - lse)
         out += [agree.sum(1).double(), (kl.double() * m).sum(1)]
     return torch.stack(out, 1).cpu()
 

@@ -27,7 +27,7 @@ from ..anatomy import ResidualView, anatomy, preserved_state
 from ..engine import PerImageStore, RunSpec, check_finite
 from ..errors import UsageError
 from ..io.text import TextData
-from ..metrics.lm import document_ratio_ci, per_document, sign_flip_p, window_sums
+from ..metrics.lm import document_ratio_ci, per_document, reference, sign_flip_p, window_sums, windows_per_batch
 from ..metrics.stats import stable_seed
 from ..progress import progress
 from ..study import StudyResult, Subject
@@ -35,7 +35,7 @@ from . import common
 from .lesion_plans import LesionConfig, LesionMode, LesionPlan, make_configs
 from .lesion_sweep import stream_logits
 
-__all__ = ["COLUMNS", "TextDetail", "text_sweep", "rows_for", "run_text", "windows_in_batches", "configs_for"]
+__all__ = ["COLUMNS", "TextDetail", "text_sweep", "rows_for", "order_text", "run_text", "windows_in_batches", "text_spec", "configs_for"]
 
 COLUMNS = ["model", "mode", "deleted", "k", "kendall_tau", "loss", "loss_ci_low", "loss_ci_high", "perplexity",
            "delta_loss", "delta_ci_low", "delta_ci_high", "p_paired", "agreement", "agree_ci_low", "agree_ci_high",
@@ -82,13 +82,14 @@ def text_sweep(view: ResidualView, data: TextData, configs: Sequence[LesionConfi
             hs = view.unit_inputs(x)
             base = view.head(hs[-1])
             check_finite(base, "the intact model's logits", spec, lambda: common.locate_nonfinite(view, x))
+            ref = reference(base)
             for ci, logits in stream_logits(view, x, configs, order, hs, base):
-                sums = window_sums(logits, y, base)
+                sums = window_sums(logits, y, ref)
                 if not check_finite(logits, f"the logits of configuration {configs[ci].key()}", spec):
                     sums[:, [0, 3]] = float("nan")
                 store.put(ci, i_np, sums)
                 bar.update(1)
-            del hs, base
+            del hs, base, ref
     got = dist.gather_rows(store.index(), {str(i): store.columns.get(i, np.full((len(data), 4), np.nan))[store.index()]
                                            for i in order})
     if got is None:
@@ -143,6 +144,25 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def text_spec(spec: RunSpec, data: TextData, model) -> RunSpec:
+    """The run's settings with at most as many windows per batch as keep a batch's logits (and the intact model's
+    probabilities beside them) within :data:`resprobe.metrics.lm.LOGITS_BUDGET` each: results do not depend on
+    the batch size, and the default 256 images per batch would be gigabytes of logits for a large vocabulary."""
+    cap = windows_per_batch(data.seq_len, model.get_output_embeddings().weight.shape[0])
+    return spec if spec.batch_size <= cap else spec.replace(batch_size=cap)
+
+
+def order_text(table: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """Rows by network (in ``labels`` order), mode, then k (stable within)."""
+    if table.empty:
+        return table
+    table = table.assign(_m=table["mode"].map(_MODE_RANK).fillna(99)).sort_values(
+        ["_m", "k"], kind="stable").drop(columns="_m").reset_index(drop=True)
+    order = {lab: i for i, lab in enumerate(labels)}
+    return table.iloc[np.argsort(table["model"].map(order).fillna(len(order)).to_numpy(), kind="stable")].reset_index(
+        drop=True)
+
+
 def configs_for(view: ResidualView, plan: LesionPlan, seed: int, label: str) -> list[LesionConfig]:
     try:
         return make_configs(view, plan, seed)
@@ -160,6 +180,7 @@ def _run_key(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan) 
 
 def _one(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan, store, chunk: int):
     view = anatomy(subject.model, (data.seq_len,))
+    spec = text_spec(spec, data, subject.model)
     subject.model.to(spec.torch_device)
     configs = configs_for(view, plan, spec.seed, subject.label)
     key, settings = _run_key(subject, data, spec, plan)
@@ -204,12 +225,7 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
                 rows += [r for r in rows_for(configs, sums, docs, ctx)
                          if not (r["mode"] == "baseline" and any(q["model"] == s.label and q["mode"] == "baseline"
                                                                   for q in rows))]
-    table = typed(pd.DataFrame(rows, columns=COLUMNS))
-    if len(table):
-        table = table.assign(_m=table["mode"].map(_MODE_RANK).fillna(99)).sort_values(
-            ["_m", "k"], kind="stable").drop(columns="_m").reset_index(drop=True)
-        order = {lab: i for i, lab in enumerate(s.label for s in subjects)}
-        table = table.iloc[np.argsort(table["model"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+    table = order_text(typed(pd.DataFrame(rows, columns=COLUMNS)), [s.label for s in subjects])
     from .lm_findings import findings, summarize
     prov = dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe())
     return StudyResult("lesion", table, summary=summarize(table, units), findings=findings(table, units),

@@ -36,7 +36,7 @@ from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
 from .lesion_plans import LesionConfig, LesionMode, LesionPlan
-from .lm_lesion import COLUMNS, TextDetail, configs_for, rows_for, text_sweep, typed, windows_in_batches
+from .lm_lesion import COLUMNS, TextDetail, configs_for, rows_for, text_spec, text_sweep, typed, windows_in_batches
 
 __all__ = ["PruneTextOptions", "similarity_sums", "run_text", "RULES"]
 
@@ -217,6 +217,7 @@ def _check_ns(view: ResidualView, ns, label: str) -> list[int]:
 def _one(s: Subject, data: TextData, spec: RunSpec, options: PruneTextOptions) -> tuple[list, dict, dict, dict]:
     view = anatomy(s.model, (data.seq_len,))
     s.model.to(spec.torch_device)
+    spec = text_spec(spec, data, s.model)
     ns = _check_ns(view, options.ns, s.label)
     docs = data.docs.numpy()
     sim = dist.broadcast(similarity_sums(view, data, spec, ns))

@@ -3,7 +3,7 @@
 Files in the output folder: ``lesion.text.npz`` (per network, run and configuration: the per-window sums
 ``(windows, 4)``) and ``lesion.text.json`` (the full settings behind each run key). A rerun with the same
 settings reuses every finished configuration; a run of other settings for the same network starts over and
-says so (its old sums are dropped). Every write is atomic (temporary file, rename).
+keeps both (each run's sums under its own key). Every write is atomic (temporary file, rename).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 from ..errors import OutputError
 from ..io.atomic import write_bytes
 from ..io.tables import write_json
-from ..progress import note
 
 __all__ = ["TextStore"]
 
@@ -45,16 +44,10 @@ class TextStore:
         """``{configuration key: window sums}`` of the finished configurations of this network and run."""
         arrays, runs = self._load()
         prefix = f"{label}{_SEP}{run}{_SEP}"
-        got = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        other = {k.split(_SEP)[1] for k in arrays if k.startswith(f"{label}{_SEP}") and not k.startswith(prefix)}
-        if other and not got:
-            note(f"{label}: earlier lesion sums in {self.npz.name} have other settings; they are replaced")
-        return got
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
     def add(self, label: str, run: str, settings: dict, sums: dict) -> None:
         arrays, runs = self._load()
-        arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{label}{_SEP}") or
-                  k.startswith(f"{label}{_SEP}{run}{_SEP}")}
         arrays.update({f"{label}{_SEP}{run}{_SEP}{k}": np.asarray(v, np.float64) for k, v in sums.items()})
         buf = io.BytesIO()
         np.savez(buf, **arrays)

@@ -61,11 +61,30 @@ def _text_tables(result: StudyResult) -> list:
     return [(names.get(k, k), t.drop(columns=[c for c in ("pruned",) if c in t])) for k, t in tables.items() if len(t)]
 
 
+def _merge_text(result: StudyResult, out: Path) -> StudyResult:
+    """A language model's rows of other (network, mode) pairs already in ``lesion.csv`` are kept."""
+    from ..probes import lm_lesion
+    path = out / "lesion.csv"
+    if not path.is_file():
+        return result
+    try:
+        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return result
+    if "delta_loss" not in old.columns:
+        return result
+    mine = set(zip(result.table["model"], result.table["mode"]))
+    keep = old[[(m, mode) not in mine and mode != "baseline" or m not in set(result.table["model"])
+                for m, mode in zip(old["model"], old["mode"])]]
+    table = lm_lesion.typed(pd.concat([result.table, keep], ignore_index=True))
+    return dataclasses.replace(result, table=lm_lesion.order_text(table, list(dict.fromkeys(table["model"]))))
+
+
 def merge(result: StudyResult, out: Path) -> StudyResult:
     """The folder's lesion files describe every run in it: rows (and unit tables) of other (network, mode)
     pairs are kept, and the figures show them all (images; a language model's run writes its own table)."""
     if not _images(result):
-        return result
+        return _merge_text(result, out)
     table = result.table
     old = LesionStore(out).rows()
     units = dict(result.units)
