@@ -94,11 +94,15 @@ def _surgery(m: nn.Module, c: LesionConfig) -> nn.Module:
     return cp
 
 
-def _window_losses(m: nn.Module, data: TextData) -> np.ndarray:
-    x, y = data.inputs_and_targets(slice(None))
+def _logits(m: nn.Module, data: TextData) -> torch.Tensor:
+    x, _ = data.inputs_and_targets(slice(None))
     with torch.no_grad():
-        logits = m(input_ids=x, use_cache=False).logits
-    return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1).double().numpy()
+        return m(input_ids=x, use_cache=False).logits
+
+
+def _window_losses(m: nn.Module, data: TextData) -> np.ndarray:
+    _, y = data.inputs_and_targets(slice(None))
+    return F.cross_entropy(_logits(m, data).transpose(1, 2), y, reduction="none").sum(1).double().numpy()
 
 
 PLANS = [LesionPlan("single"), LesionPlan("single", granularity="block"), LesionPlan("set", units=("model.layers.2",
@@ -121,6 +125,14 @@ def test_every_mode_equals_naive_surgery_window_for_window(model, data, plan):
         assert (sums[:, 1] == 16).all()
         changed += not np.allclose(ref, intact, atol=1e-3)
     assert changed == len(configs) - 1   # every edit changed the model (the baseline did not)
+    # token for token: the prefix engine's logits (all windows in one batch) against the copy's
+    from resprobe.probes.lesion_sweep import stream_logits
+    x, _ = data.inputs_and_targets(slice(None))
+    order = sorted(range(len(configs)), key=lambda i: configs[i].signature(len(view)))
+    with torch.no_grad():
+        for ci, logits in stream_logits(view, x, configs, order):
+            ref = _logits(_surgery(model, configs[ci]), data)
+            assert float((logits - ref).abs().max() / ref.abs().max()) <= 1e-5, configs[ci].key()
 
 
 def test_painters_ranges_are_centred_and_keep_the_first_and_last_layer(model):
@@ -291,3 +303,34 @@ def test_runs_of_several_modes_share_a_folder(tmp_path):
     import numpy as np_
     with np_.load(out / "lesion.text.npz") as z:
         assert len({k.split("\x1f")[1] for k in z.files}) == 2   # both runs' sums kept
+
+
+def test_an_hf_folder_runs_like_its_config(tmp_path, model):
+    """``hf:FOLDER`` (safetensors, no tokenizer: bytes) gives the rows of the same model held in memory."""
+    from resprobe.cli import main
+    import pandas as pd
+    model.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "o"
+    assert main(["lesion", "--model", f"hf:{tmp_path / 'tiny'}", "--data", "text:pydoc", "--seq-len", "16", "--limit",
+                 "24", "--quiet", "--mode", "middle-reversed", "--k", "2", "--out", str(out)]) == 0
+    t = pd.read_csv(out / "lesion.csv")
+    assert set(t["model"]) == {"tiny"} and {"report.html", "lesion_lm_painters.png"} <= {p.name for p in out.iterdir()}
+    from resprobe.lm import subset_windows
+    d = subset_windows(load_text("text:pydoc", 16, None, "bytes", 256), 24, 0)
+    r = lm_lesion.run_text([Subject("tiny", model, "none", {})], d, RUN, LesionPlan("middle-reversed", ks=(2,)))
+    np.testing.assert_allclose(t["loss"].to_numpy(), r.table["loss"].to_numpy(), rtol=1e-9)
+
+
+def test_pruning_resumes_from_its_store(tmp_path, capsys):
+    from resprobe.cli import main
+    out = tmp_path / "o"
+    args = ["lesion", *[a for a in SPEC_ARGS if a != "--quiet"], "--mode", "prune-by-similarity", "--k", "1",
+            "--samples", "2", "--out", str(out)]
+    assert main(args) == 0
+    first = (out / "lesion.csv").read_text()
+    assert {"lesion.similarity.csv", "lesion.correlations.csv", "lesion.pruning.csv", "lesion_lm_similarity.png"} <= \
+        {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "configurations reused" in err and (out / "lesion.csv").read_text() == first

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .base import legend, palette, sns, subplots
 
-__all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_plot"]
+__all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_plot", "lm_similarity_plot"]
 
 _PART_STYLE = {"attn": ("o", "attention"), "mlp": ("s", "MLP"), "": ("D", "layer"), "layer": ("D", "whole layer")}
 
@@ -124,3 +124,22 @@ def lm_prune_plot(judgment: pd.DataFrame):
         ax.set_title("Pruning n layers: similarity rules against random choices and the oracle")
         legend(fig, ax)
     return fig, ax
+
+
+def lm_similarity_plot(similarity: pd.DataFrame):
+    """Each pruning rule's value per layer (sublayer for LLM-Drop) against the true loss increase of deleting it
+    alone: one panel per rule."""
+    if similarity is None or similarity.empty:
+        return None
+    rules = list(dict.fromkeys(similarity["rule"]))
+    with sns.axes_style("whitegrid"):
+        fig, axes = subplots(1, len(rules), figsize=(3.2 * len(rules), 3.4), squeeze=False)
+        for ax, rule in zip(axes[0], rules):
+            t = similarity[similarity["rule"] == rule]
+            sc = ax.scatter(t["value"], t["delta_loss"], c=t["index"], cmap="viridis", s=14)
+            ax.set_yscale("symlog", linthresh=0.01)
+            ax.set_xlabel(f"{rule} value")
+            ax.set_title(rule, fontsize=10)
+        axes[0][0].set_ylabel("loss increase when deleted alone (nats)")
+        fig.colorbar(sc, ax=axes[0].tolist(), label="layer / sublayer index")
+    return fig, axes

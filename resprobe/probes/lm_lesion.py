@@ -16,7 +16,7 @@ chunk, and a rerun with the same settings resumes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from . import common
 from .lesion_plans import LesionConfig, LesionMode, LesionPlan, make_configs
 from .lesion_sweep import stream_logits
 
-__all__ = ["COLUMNS", "TextDetail", "text_sweep", "rows_for", "order_text", "run_text", "windows_in_batches", "text_spec", "configs_for"]
+__all__ = ["COLUMNS", "TextDetail", "text_sweep", "rows_for", "order_text", "run_text", "Slot", "stored_sweep", "run_key", "windows_in_batches", "text_spec", "configs_for"]
 
 COLUMNS = ["model", "mode", "deleted", "k", "kendall_tau", "loss", "loss_ci_low", "loss_ci_high", "perplexity",
            "delta_loss", "delta_ci_low", "delta_ci_high", "p_paired", "agreement", "agree_ci_low", "agree_ci_high",
@@ -170,11 +170,46 @@ def configs_for(view: ResidualView, plan: LesionPlan, seed: int, label: str) -> 
         raise UsageError(f"{label}: {e.message}", e.hint) from e
 
 
-def _run_key(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan) -> tuple[str, dict]:
+class Slot(NamedTuple):
+    """Where a sweep keeps its finished configurations: a store (None: nowhere), the network, the run key and the
+    settings behind it."""
+
+    store: Any
+    label: str
+    key: str
+    settings: dict
+    what: str = "lesion"
+    chunk: int = 64
+
+
+def stored_sweep(view: ResidualView, data: TextData, configs: Sequence[LesionConfig], spec: RunSpec,
+                 slot: Slot) -> tuple[dict, int]:
+    """``{configuration key: window sums}`` of ``configs``: those the store holds for this run are reused, the
+    others swept ``slot.chunk`` at a time and stored as each chunk finishes (a crash loses one chunk at most).
+    Returns the sums and how many were reused."""
+    wanted = {c.key() for c in configs}
+    done = slot.store.done(slot.label, slot.key, slot.settings) if slot.store is not None and dist.is_main() else {}
+    done = {k: v for k, v in dist.broadcast(done).items() if k in wanted}
+    todo = [c for c in configs if c.key() not in done and c.runnable]
+    todo.sort(key=lambda c: c.signature(len(view)))
+    sums = dict(done)
+    for s in range(0, len(todo), slot.chunk):
+        ch = todo[s:s + slot.chunk]
+        got = text_sweep(view, data, ch, spec, f"{slot.what} {slot.label} ({s + len(ch)}/{len(todo)} configurations)")
+        new = {c.key(): g for c, g in zip(ch, got) if g is not None}
+        sums.update(new)
+        if slot.store is not None and dist.is_main():
+            slot.store.add(slot.label, slot.key, slot.settings, new)
+    return sums, len(done)
+
+
+def run_key(subject: Subject, data: TextData, spec: RunSpec, mode: dict) -> tuple[str, dict]:
+    """The run key (a hash of the network, the windows, the seed, the bootstrap, the dtype and the mode's
+    settings) and the settings behind it."""
     net = dict(model=subject.label, spec=subject.provenance.get("model"),
                weights_sha256=subject.provenance.get("weights_sha256"), data=data.describe(), seed=spec.seed,
                n_boot=spec.n_boot, dtype=spec.dtype)
-    settings = dict(network=net, mode=plan.describe())
+    settings = dict(network=net, mode=mode)
     return common.settings_key(settings), settings
 
 
@@ -183,21 +218,10 @@ def _one(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan, stor
     spec = text_spec(spec, data, subject.model)
     subject.model.to(spec.torch_device)
     configs = configs_for(view, plan, spec.seed, subject.label)
-    key, settings = _run_key(subject, data, spec, plan)
-    done = store.done(subject.label, key, settings) if store is not None and dist.is_main() else {}
-    done = dist.broadcast(done)
-    todo = [c for c in configs if c.key() not in done and c.runnable]
-    todo.sort(key=lambda c: c.signature(len(view)))
-    sums = dict(done)
-    for s in range(0, len(todo), chunk):
-        ch = todo[s:s + chunk]
-        got = text_sweep(view, data, ch, spec, f"lesion {plan.mode.value} {subject.label} "
-                                                f"({s + len(ch)}/{len(todo)} configurations)")
-        new = {c.key(): g for c, g in zip(ch, got) if g is not None}
-        sums.update(new)
-        if store is not None and dist.is_main():
-            store.add(subject.label, key, settings, new)
-    return view, configs, sums, key, len(done)
+    key, settings = run_key(subject, data, spec, plan.describe())
+    sums, n_done = stored_sweep(view, data, configs, spec, Slot(store, subject.label, key, settings,
+                                                                f"lesion {plan.mode.value}", chunk))
+    return view, configs, sums, key, n_done
 
 
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpec(),

@@ -36,7 +36,8 @@ from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
 from .lesion_plans import LesionConfig, LesionMode, LesionPlan
-from .lm_lesion import COLUMNS, TextDetail, configs_for, rows_for, text_spec, text_sweep, typed, windows_in_batches
+from .lm_lesion import (COLUMNS, Slot, TextDetail, configs_for, rows_for, run_key, stored_sweep, text_spec, typed,
+                        windows_in_batches)
 
 __all__ = ["PruneTextOptions", "similarity_sums", "run_text", "RULES"]
 
@@ -92,13 +93,11 @@ def similarity_sums(view: ResidualView, data: TextData, spec: RunSpec, ns: Seque
     return store.gather()
 
 
-def _singles(view: ResidualView, data: TextData, spec: RunSpec, label: str) -> tuple[list, dict]:
-    """Every single-layer and single-sublayer deletion, with the intact model: configurations and window sums."""
+def _singles(view: ResidualView, spec: RunSpec, label: str) -> list:
+    """Every single-layer and single-sublayer deletion, with the intact model."""
     configs = configs_for(view, LesionPlan(LesionMode.SINGLE, granularity="block"), spec.seed, label)
     configs += configs_for(view, LesionPlan(LesionMode.SINGLE), spec.seed, label)[1:]
-    configs = list({c.key(): c for c in configs}.values())  # a layer that is one unit is deleted once
-    got = text_sweep(view, data, configs, spec, f"single deletions {label}")
-    return configs, {c.key(): g for c, g in zip(configs, got) if g is not None}
+    return list({c.key(): c for c in configs}.values())  # a layer that is one unit is deleted once
 
 
 def _damage(view: ResidualView, sums: dict, docs: np.ndarray, block: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +167,17 @@ def _prune_configs(view: ResidualView, values: dict, damage: dict, ns: Sequence[
     return list(uniq.values())
 
 
+def _similarity(label: str, view: ResidualView, values: dict, damage: dict) -> list[dict]:
+    """Per layer (sublayer for LLM-Drop): each rule's value beside the true single-deletion loss increase."""
+    rows = []
+    for rule, key, item in (("gromov-last", "gromov-last|1", "block"), ("gromov-all", "gromov-all|1", "block"),
+                            ("shortgpt-bi", "shortgpt-bi", "block"), ("llm-drop", "llm-drop", "unit")):
+        names = [b.name for b in view.blocks] if item == "block" else [u.name for u in view]
+        rows += [dict(model=label, rule=rule, index=i, item=n, value=float(values[key][i]),
+                      delta_loss=float(damage[item][i])) for i, n in enumerate(names)]
+    return rows
+
+
 def _correlations(label: str, sim: dict, dmg_doc: dict, docs: np.ndarray, den: dict, spec: RunSpec) -> list[dict]:
     rows = []
     for rule, key, item in (("gromov-last", "gromov-last|1", "block"), ("gromov-all", "gromov-all|1", "block"),
@@ -214,26 +224,30 @@ def _check_ns(view: ResidualView, ns, label: str) -> list[int]:
     return sorted(set(ns))
 
 
-def _one(s: Subject, data: TextData, spec: RunSpec, options: PruneTextOptions) -> tuple[list, dict, dict, dict]:
+def _one(s: Subject, data: TextData, spec: RunSpec, options: PruneTextOptions, store) -> tuple[list, dict, dict, list]:
     view = anatomy(s.model, (data.seq_len,))
     s.model.to(spec.torch_device)
     spec = text_spec(spec, data, s.model)
     ns = _check_ns(view, options.ns, s.label)
     docs = data.docs.numpy()
+    key, settings = run_key(s, data, spec, dict(mode=LesionMode.PRUNE.value, ns=ns, samples=options.samples))
+    slot = Slot(store, s.label, key, settings, "single deletions")
     sim = dist.broadcast(similarity_sums(view, data, spec, ns))
-    configs, sums = _singles(view, data, spec, s.label)
+    configs = _singles(view, spec, s.label)
+    sums, n1 = stored_sweep(view, data, configs, spec, slot)
     sums = dist.broadcast(sums)
     W, T = len(data), data.seq_len
     values = {k: v.sum(0) / (W if k.startswith("gromov-last") else W * T) for k, v in sim.items()}
     dmg_doc = {b: _damage(view, sums, docs, b == "block") for b in ("block", "unit")}
     damage = {b: d[0].sum(0) / d[1].sum(0) for b, d in dmg_doc.items()}
     prune = _prune_configs(view, values, damage, ns, options.samples, spec.seed)
-    got = text_sweep(view, data, [LesionConfig("baseline")] + prune, spec, f"pruning {s.label}")
-    sums.update({c.key(): g for c, g in zip([LesionConfig("baseline")] + prune, got) if g is not None})
+    more, n2 = stored_sweep(view, data, [LesionConfig("baseline")] + prune, spec, slot._replace(what="pruning"))
+    sums.update(more)
     tokens = _per_doc(np.stack([np.ones(W), np.full(W, T)], 1), docs)
     den = dict(windows=tokens[:, 0], tokens=tokens[:, 1])
-    corr = _correlations(s.label, sim, dmg_doc, docs, den, spec) if dist.is_main() else []
-    return list({c.key(): c for c in configs + prune}.values()), sums, dict(units=view.table(), ns=ns), corr
+    tables = [_correlations(s.label, sim, dmg_doc, docs, den, spec), _similarity(s.label, view, values, damage)] \
+        if dist.is_main() else [[], []]
+    return list({c.key(): c for c in configs + prune}.values()), sums, dict(units=view.table(), ns=ns, reused=n1 + n2), tables
 
 
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpec(),
@@ -242,13 +256,15 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
     module docstring). The table holds every configuration run (baseline, single layers and sublayers, each
     rule's, the oracles' and the random choices); ``detail.tables`` the correlations and the pruning judgment."""
     common.check_labels(subjects)
-    rows, units, all_sums, corr = [], {}, {}, []
+    rows, units, all_sums, corr, sim, reused = [], {}, {}, [], [], {}
     docs = data.docs.numpy()
     for s in subjects:
-        configs, sums, info, c = _one(s, data, spec, options)
+        configs, sums, info, (c, v) = _one(s, data, spec, options, store)
         units[s.label] = info["units"]
         all_sums[s.label] = sums
+        reused[s.label] = info["reused"]
         corr += c
+        sim += v
         if dist.is_main():
             rows += rows_for(configs, sums, docs, dict(label=s.label, seed=spec.seed, n_boot=spec.n_boot, run=""))
     table = typed(pd.DataFrame(rows, columns=COLUMNS))
@@ -260,5 +276,6 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
                        findings=findings(table, units) + pruning_findings(correlations, judgment), provenance=prov,
                        settings=dict(mode="prune-by-similarity", ns=info["ns"] if subjects else [],
                                      samples=options.samples, rules=list(RULES), text=True),
-                       units=units, detail=TextDetail(all_sums, docs, {}, dict(correlations=correlations,
-                                                                              pruning=judgment)))
+                       units=units, detail=TextDetail(all_sums, docs, reused, dict(correlations=correlations,
+                                                                              pruning=judgment,
+                                                                              similarity=pd.DataFrame(sim))))

@@ -58,7 +58,8 @@ def _text_tables(result: StudyResult) -> list:
     tables = getattr(result.detail, "tables", None) or {}
     names = {"correlations": "Does the similarity ranking predict the damage? (Spearman, 95% CI over documents)",
              "pruning": "Pruning n layers: each rule against random choices and the oracle (loss increase, nats)"}
-    return [(names.get(k, k), t.drop(columns=[c for c in ("pruned",) if c in t])) for k, t in tables.items() if len(t)]
+    return [(names[k], t.drop(columns=[c for c in ("pruned",) if c in t])) for k, t in tables.items()
+            if len(t) and k in names]
 
 
 def _merge_text(result: StudyResult, out: Path) -> StudyResult:
@@ -194,6 +195,11 @@ STUDY = register(Study(
                "Language model: loss increase after pruning n layers as each similarity rule chooses (bars: 95% CI "
                "over documents), against the median of random choices of n layers (hatched) and the n layers of "
                "smallest single-deletion effect (oracle). A rule worth using beats random and nears the oracle."),
+        Figure("lesion_lm_similarity", lambda r: None if _images(r) else figures.lm_similarity_plot(
+               r.detail.tables.get("similarity") if r.detail is not None else None),
+               "Language model: each pruning rule's value per layer (per sublayer for LLM-Drop) against the true loss "
+               "increase of deleting it alone (colour: position). A rule that predicts the damage puts the points "
+               "on a rising curve; look at the middle layers, not only the first and last."),
     ),
     sections={"lesion-single": ("lesion_single",), "lesion-contrast": ("lesion_single",),
               "lesion-random-k": ("lesion_random_k",)},
