@@ -334,3 +334,31 @@ def test_pruning_resumes_from_its_store(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "configurations reused" in err and (out / "lesion.csv").read_text() == first
+
+
+@pytest.mark.parametrize("spec,attn", [
+    ("hf-config:gpt_neox(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=3, "
+     "num_attention_heads=4, use_parallel_residual=true, rotary_pct=0.5)", "attention"),
+    ("hf-config:phi(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4)",
+     "self_attn")])
+def test_a_parallel_residual_layer_loses_its_attention_or_its_mlp_alone(spec, attn, data):
+    """x + attn(ln x) + mlp(ln' x) is one unit with two paths: single deletions also drop each path alone, and each
+    equals a copy whose attention (or MLP) returns zeros."""
+    torch.manual_seed(0)
+    m = build_model(spec).eval()
+    for p in m.parameters():
+        p.data.mul_(3)
+    view = anatomy(m, (16,))
+    configs = make_configs(view, LesionPlan("single"), 0)
+    paths = [c for c in configs if c.drop]
+    assert [c.label for c in paths] == [f"{u.name}:{p}" for u in view for p in ("attn", "mlp")]
+    got = {c.key(): s for c, s in zip(configs, lm_lesion.text_sweep(view, data, configs, RUN))}
+    intact = _window_losses(m, data)
+    for c in paths:
+        (i, path), = c.drop
+        cp = copy.deepcopy(m)
+        layer = (cp.base_model.layers if hasattr(cp.base_model, "layers") else cp.base_model.h)[i]
+        setattr(layer, attn if path == "attn" else "mlp", _Zero(path == "attn"))
+        ref = _window_losses(cp, data)
+        np.testing.assert_allclose(got[c.key()][:, 0], ref, rtol=2e-5, atol=1e-4)
+        assert not np.allclose(ref, intact, atol=1e-3)   # the path mattered

@@ -201,6 +201,8 @@ def _phi(m):
     def both(h):
         n = m.input_layernorm(h)
         return m.resid_dropout(_call(m.self_attn, n, m)) + m.resid_dropout(m.mlp(n))
+    both.paths = (("attn", lambda h: m.resid_dropout(_call(m.self_attn, m.input_layernorm(h), m))),
+                  ("mlp", lambda h: m.resid_dropout(m.mlp(m.input_layernorm(h)))))
     return (both,)
 
 
@@ -236,7 +238,8 @@ def decoder_layer_parts(m: nn.Module) -> list[UnitParts]:
         mods = [tuple(getattr(m, n) for n in names) for names in owned]
         if len(branches) == 1 or getattr(m, "use_parallel_residual", False):
             both = branches[0] if len(branches) == 1 else (lambda h, a=branches[0], b=branches[1]: a(h) + b(h))
-            return [UnitParts(branch=both, shortcut=identity, name="attn+mlp", modules=sum(mods, ()))]
+            paths = getattr(both, "paths", None) or (("attn", branches[0]), ("mlp", branches[1]))
+            return [UnitParts(branch=both, shortcut=identity, name="attn+mlp", modules=sum(mods, ()), paths=paths)]
         return [UnitParts(branch=branches[0], shortcut=identity, name="attn", modules=mods[0]),
                 UnitParts(branch=branches[1], shortcut=identity, name="mlp", modules=mods[1])]
     raise AnatomyError(f"the decoder layer {type(m).__name__} has a layout resprobe does not know "

@@ -56,7 +56,9 @@ class UnitParts:
 
     ``name``: the unit's part within its block (``""`` when the block is one unit);
     ``modules``: the modules whose parameters belong to the unit (default: the whole block);
-    ``kind``: ``residual`` | ``plain`` | ``transition`` (default: residual if it has a shortcut, else plain).
+    ``kind``: ``residual`` | ``plain`` | ``transition`` (default: residual if it has a shortcut, else plain);
+    ``paths``: ``((name, callable), ...)`` when the branch is a sum of paths that read the same input (a
+    parallel-residual layer: ``attn`` and ``mlp``), so that one of them can be deleted alone (``Edits.drop``).
     """
 
     branch: Callable[[Tensor], Tensor]
@@ -66,6 +68,21 @@ class UnitParts:
     name: str = ""
     modules: Sequence[nn.Module] = field(default_factory=tuple)
     kind: Optional[str] = None
+    paths: tuple = ()
+
+    def paths_branch(self, drop) -> Callable[[Tensor], Tensor]:
+        """The branch without the named ``paths`` (a parallel-residual layer's ``attn`` or ``mlp``: ``paths`` are
+        ``(name, callable)`` whose sum is the branch); zeros when every path is dropped."""
+        names = [n for n, _ in self.paths]
+        bad = sorted(set(drop) - set(names))
+        if bad:
+            raise ValueError(f"unit {self.name or '(unnamed)'} has no path {', '.join(bad)} (its paths: "
+                             f"{', '.join(names) or 'none'})")
+        keep = [f for n, f in self.paths if n not in drop]
+
+        def branch(x: Tensor) -> Tensor:
+            return sum((f(x) for f in keep[1:]), keep[0](x)) if keep else torch.zeros_like(x)
+        return branch
 
     def __post_init__(self):
         if self.shortcut is None and self.shortcut_kind != "none":

@@ -121,6 +121,7 @@ class Op(IntEnum):
     PARALLEL = 4
     REPLACE = 5
     REPEAT = 6
+    DROP = 7
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ class Edits:
       the blocks spanning units ``first..last`` each run whole on x (their units in sequence) and give
       ``x + Σ_b (block_b(x) − x)`` (``"sum"``) or the mean of their outputs (``"mean"``) — Painters' parallel
       layers of a transformer;
-    - ``repeat``: ``{i: n}`` unit ``i`` applied ``n`` times in a row (Painters' looped layers).
+    - ``repeat``: ``{i: n}`` unit ``i`` applied ``n`` times in a row (Painters' looped layers);
+    - ``drop``: ``{i: names}`` unit ``i`` runs without the named paths of its branch (a parallel-residual
+      layer without its ``attn`` or its ``mlp``; see ``UnitParts.paths``).
 
     ``Edits.skip(first, last)`` deletes the units ``first..last`` (a skipped range).
     """
@@ -150,6 +153,7 @@ class Edits:
     replace: Mapping[int, Callable[[Tensor], Tensor]] = field(default_factory=dict)
     parallel: tuple = ()
     repeat: Mapping[int, int] = field(default_factory=dict)
+    drop: Mapping[int, frozenset] = field(default_factory=dict)
 
     @staticmethod
     def skip(first: int, last: int) -> "Edits":
@@ -159,7 +163,8 @@ class Edits:
         moved = {i for i, j in self.branch_from.items() if i != j}
         par = {i for a, b, *_ in self.parallel for i in range(a, b + 1)}
         reps = {i for i, n in self.repeat.items() if n != 1}
-        return set(self.delete) | moved | set(self.scale) | set(self.replace) | par | reps
+        return set(self.delete) | moved | set(self.scale) | set(self.replace) | par | reps | \
+            {i for i, d in self.drop.items() if d}
 
     def first(self) -> Optional[int]:
         t = self.touched()
@@ -187,6 +192,8 @@ class Edits:
             c = c + (Op.SCALE, float(self.scale[i]))
         if self.repeat.get(i, 1) != 1:
             c = c + (Op.REPEAT, int(self.repeat[i]))
+        if self.drop.get(i):
+            c = c + (Op.DROP, tuple(sorted(self.drop[i])))
         return c
 
 

@@ -165,6 +165,12 @@ class ResidualView:
         deleted = i in edits.delete
         src = edits.branch_from.get(i, i)
         scale = edits.scale.get(i)
+        if edits.drop.get(i) and not deleted:
+            try:
+                branch = self.units[src].parts.paths_branch(edits.drop[i])
+            except ValueError as e:
+                raise AnatomyError(str(e)) from None
+            return u.parts.output(x, branch=branch, scale=scale)
         if not deleted and src == i and scale is None:
             if decompose or not self._block_forward or len(self.blocks[u.block_index].units) > 1:
                 return u.decomposed(x)

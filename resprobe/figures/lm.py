@@ -19,6 +19,8 @@ def _position(units: list[dict]) -> dict[str, float]:
     for u in units:
         off = {"attn": -0.15, "mlp": 0.15}.get(u["part"], 0.0)
         pos[u["name"]] = pos[u["block"]] + off
+        for path, o in (("attn", -0.15), ("mlp", 0.15)):   # a parallel-residual layer's paths
+            pos[f"{u['name']}:{path}"] = pos[u["block"]] + o
     return pos
 
 
@@ -36,7 +38,8 @@ def lm_single_plot(df: pd.DataFrame, units: dict):
             pos = _position(units.get(m, []))
             parts = {u["name"]: u["part"] for u in units.get(m, [])}
             t = g[g["model"] == m]
-            kind = t["deleted"].map(lambda n: parts.get(n, "layer") if n in parts else "layer")
+            kind = t["deleted"].map(lambda n: parts.get(n, "layer") if n in parts else
+                                    n.rsplit(":", 1)[1] if ":" in n else "layer")
             for part, (marker, name) in _PART_STYLE.items():
                 s = t[kind == part]
                 if s.empty:

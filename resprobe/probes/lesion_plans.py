@@ -34,7 +34,8 @@ PAINTERS = (LesionMode.SKIP, LesionMode.PARALLEL, LesionMode.REPEAT, LesionMode.
 
 @dataclass(frozen=True)
 class LesionPlan:
-    """What to delete: ``mode``; ``units`` (mode set: unit or block names); ``ks`` (random-k: numbers of
+    """What to delete: ``mode`` (single deletions of units also delete each path of a parallel-residual unit
+    alone: ``NAME:attn``, ``NAME:mlp``); ``units`` (mode set: unit or block names); ``ks`` (random-k: numbers of
     deleted units; reorder: numbers of random swaps; prune: lengths of the deleted ranges; Painters' skip,
     parallel, repeat, middle-reversed: numbers of middle blocks edited); ``samples``
     per k; ``exclude_downsampling`` (random-k); ``granularity`` ``unit`` or ``block``; ``residual_only``: skip
@@ -81,6 +82,7 @@ class LesionConfig:
     note: str = ""
     label: str = ""
     parallel: tuple = ()
+    drop: tuple = ()        # ((unit, path name), ...): paths of a parallel-residual unit deleted alone
 
     @property
     def runnable(self) -> bool:
@@ -88,7 +90,10 @@ class LesionConfig:
 
     def edits(self) -> Edits:
         moved = {i: j for i, j in enumerate(self.order or ()) if i != j}
-        return Edits(delete=frozenset(self.deleted), branch_from=moved, parallel=self.parallel)
+        drop: dict = {}
+        for i, name in self.drop:
+            drop[i] = drop.get(i, frozenset()) | {name}
+        return Edits(delete=frozenset(self.deleted), branch_from=moved, parallel=self.parallel, drop=drop)
 
     def signature(self, n: int) -> tuple:
         e = self.edits()
@@ -150,8 +155,10 @@ def make_configs(view: ResidualView, plan: LesionPlan, seed: int = 0,
     mode = plan.mode
     targets = _targets(view, plan.granularity)
     if mode is LesionMode.SINGLE:
+        paths = [LesionConfig("single", k=1, label=f"{u.name}:{p}", drop=((u.index, p),))
+                 for u in view for p, _ in (u.parts.paths if plan.granularity == "unit" else ())]
         return [base] + [LesionConfig("single", idx, k=1, note=_deletable(view, idx), label=name)
-                         for name, idx in targets]
+                         for name, idx in targets] + paths
     if mode is LesionMode.SET:
         idx = tuple(sorted(set(view.indices(plan.units))))
         bad = [view[i].name for i in idx if _deletable(view, (i,))]
