@@ -44,7 +44,8 @@ def _access(args) -> api.Access:
     """What the flags allow a load to do (see :class:`resprobe.loading.Access`)."""
     return api.Access(trust=getattr(args, "trust_checkpoint", False), trust_code=getattr(args, "trust_code", False),
                       random_init=getattr(args, "random_init", False),
-                      allow_nonfinite=getattr(args, "allow_nonfinite", False), seed=getattr(args, "seed", 0))
+                      allow_nonfinite=getattr(args, "allow_nonfinite", False), seed=getattr(args, "seed", 0),
+                      device_map=getattr(args, "device_map", None), offload_folder=getattr(args, "offload_folder", None))
 
 
 def _load(args):

@@ -196,6 +196,9 @@ def model_flags(multi: bool = True, required: bool = True) -> argparse.ArgumentP
     g.add_argument("--normalize", choices=["imagenet", "cifar10", "none"],
                    help="input normalization (default: recorded by resprobe train beside the weights, else imagenet, "
                         "which the He et al. checkpoints need)")
+    g.add_argument("--device-map", help="language models from weights: accelerate's placement across devices (auto, "
+                                        "or a JSON file {module: device} whose devices may include cpu and disk)")
+    g.add_argument("--offload-folder", help="with --device-map: the folder for weights offloaded to disk")
     g.add_argument("--allow-nonfinite", action="store_true",
                    help="probe networks with NaN/inf weights or activations, marking the affected rows")
     return p

@@ -15,6 +15,7 @@ from . import distributed as dist
 from .engine import RunSpec, check_finite
 from .errors import UsageError
 from .io.text import TextData, load_text
+from .models.lm import is_placed
 from .metrics.lm import document_ratio_ci, per_document, window_sums, windows_per_batch
 from .progress import progress
 
@@ -137,7 +138,7 @@ def eval_text_command(args, spec: RunSpec, access) -> int:
     model, prov = load_model(args.model, None, access)
     data = subset_windows(text_for(model, prov, args.data, args.seq_len or DEFAULT_SEQ_LEN), args.limit, args.seed)
     t0 = time.time()
-    res = evaluate_text(model.to(spec.torch_device), data, spec)
+    res = evaluate_text(model if is_placed(model) else model.to(spec.torch_device), data, spec)
     if not dist.is_main():
         return 0
     out = dict(res, model=args.model, weights=prov.get("weights"), weights_sha256=prov.get("weights_sha256"),

@@ -88,13 +88,16 @@ class Access:
     """What a load may do beyond the safe default: unpickle checkpoints fully (``trust``: can run a file's
     code), import and run a ``package.module:factory`` spec's module (``trust_code``, see :mod:`resprobe.models`),
     build networks without weights (``random_init``, initialised from ``seed``), and accept NaN or infinite
-    weights (``allow_nonfinite``)."""
+    weights (``allow_nonfinite``); a language model from weights may be placed across devices by accelerate
+    (``device_map``: ``auto`` or a JSON file ``{module: device}``, ``offload_folder`` for ``disk``)."""
 
     trust: bool = False
     trust_code: bool = False
     random_init: bool = False
     allow_nonfinite: bool = False
     seed: int = 0
+    device_map: Optional[str] = None
+    offload_folder: Optional[str] = None
 
 
 def load_model(spec: str, weights: Optional[str] = None, access: Access = Access(), num_classes: Optional[int] = None,
@@ -106,6 +109,7 @@ def load_model(spec: str, weights: Optional[str] = None, access: Access = Access
     if published.is_name(weights):
         weights, entry = _published(spec, weights)
     built, named = _named_lm(spec)
+    built = _placed(built, access)
     model = build_model(built, num_classes=num_classes, in_channels=in_channels, trust_code=trust_code)
     prov = {"model": spec, "weights": None, "weights_sha256": None, **named}
     if entry is not None:
@@ -123,6 +127,21 @@ def load_model(spec: str, weights: Optional[str] = None, access: Access = Access
                                  "anyway and marks the results")
     model.eval()
     return model, prov
+
+
+def _placed(spec: str, access: Access) -> str:
+    """The ``hf:`` spec with the device map of ``access`` (refused for anything else)."""
+    if not access.device_map and not access.offload_folder:
+        return spec
+    if not spec.startswith("hf:") or "(" in spec:
+        raise UsageError(f"--device-map applies to language models loaded from weights (hf:FOLDER, smollm2-135m), "
+                         f"not {spec}", "drop --device-map")
+    if not access.device_map:
+        raise UsageError("--offload-folder needs --device-map", "pass --device-map MAP.json with disk entries")
+    if "'" in access.device_map + (access.offload_folder or ""):
+        raise UsageError("--device-map and --offload-folder paths cannot hold a quote character")
+    extra = f", offload_folder='{access.offload_folder}'" if access.offload_folder else ""
+    return f"{spec}(device_map='{access.device_map}'{extra})"
 
 
 def _named_lm(spec: str) -> tuple[str, dict]:

@@ -362,3 +362,38 @@ def test_a_parallel_residual_layer_loses_its_attention_or_its_mlp_alone(spec, at
         ref = _window_losses(cp, data)
         np.testing.assert_allclose(got[c.key()][:, 0], ref, rtol=2e-5, atol=1e-4)
         assert not np.allclose(ref, intact, atol=1e-3)   # the path mattered
+
+
+def test_a_model_placed_by_a_device_map_with_disk_offload_gives_the_same_rows(tmp_path, model, data):
+    """``--device-map MAP.json`` with layers offloaded to disk (accelerate loads each one's weights when it runs):
+    the decomposition stays exact and the lesion rows equal those of the model held in memory."""
+    from resprobe.cli import main
+    import pandas as pd
+    model.save_pretrained(tmp_path / "tiny")
+    layout = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    layout.update({f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(6)})
+    (tmp_path / "map.json").write_text(json.dumps(layout))
+    out = tmp_path / "o"
+    assert main(["lesion", "--model", f"hf:{tmp_path / 'tiny'}", "--data", "text:pydoc", "--seq-len", "16", "--limit",
+                 "24", "--quiet", "--mode", "skip", "--k", "2", "--device-map", str(tmp_path / "map.json"),
+                 "--offload-folder", str(tmp_path / "off"), "--out", str(out)]) == 0
+    t = pd.read_csv(out / "lesion.csv")
+    from resprobe.lm import subset_windows
+    d = subset_windows(load_text("text:pydoc", 16, None, "bytes", 256), 24, 0)
+    r = lm_lesion.run_text([Subject("tiny", model, "none", {})], d, RUN, LesionPlan("skip", ks=(2,)))
+    np.testing.assert_allclose(t["loss"].to_numpy(), r.table["loss"].to_numpy(), rtol=1e-9)
+    placed = build_model(f"hf:{tmp_path / 'tiny'}(device_map='{tmp_path / 'map.json'}', "
+                         f"offload_folder='{tmp_path / 'off'}')")
+    assert all(p.device.type == "meta" for p in placed.model.layers[1].parameters())   # on disk until it runs
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--model", "cifar_resnet20", "--random-init", "--data", "synthetic", "--device-map", "auto"], "--device-map applies"),
+    (["--model", SPEC, "--random-init", "--data", "text:pydoc", "--seq-len", "16", "--device-map", "auto"],
+     "--device-map applies"),
+])
+def test_device_map_errors_are_one_line(tmp_path, capsys, argv, words):
+    from resprobe.cli import main
+    assert main(["lesion", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err

@@ -60,6 +60,16 @@ def _inert(hook) -> bool:
         getattr(hook, "__module__", "").startswith("transformers.")
 
 
+def _placed(m: nn.Module) -> bool:
+    """accelerate's device-placement hooks (a model loaded with ``device_map``): they move inputs to the module's
+    device and load offloaded weights, computing nothing; every module with weights carries one, so running the
+    parts one by one honours them."""
+    hook = getattr(m, "_hf_hook", None)
+    inner = getattr(hook, "hooks", None) or (hook,)
+    return hook is not None and all(type(h).__name__ == "AlignDevicesHook" and
+                                    type(h).__module__.startswith("accelerate.") for h in inner)
+
+
 def _hooks(m: nn.Module, attr: str) -> bool:
     return any(not _inert(h) for h in (getattr(m, attr, None) or {}).values())
 
@@ -75,7 +85,7 @@ def user_hooks(model: nn.Module) -> list[str]:
            if getattr(mm, k, None)]
     for name, m in model.named_modules():
         kinds = [a[1:].replace("_hooks", "") for a in _RUN_HOOKS if _hooks(m, a)]
-        if "forward" in vars(m):
+        if "forward" in vars(m) and not _placed(m):
             kinds.append("forward replaced")
         if kinds:
             out.append(f"{name or '<model>'} ({', '.join(kinds)})")

@@ -121,6 +121,8 @@ class UnitParts:
         f = (branch or self.branch)(x)
         if scale is not None:
             f = f * scale
+        if f.device != s.device:   # a model placed across devices: the branch ran where its weights are
+            f = f.to(s.device)
         return self.post(s + f)
 
 

@@ -27,6 +27,7 @@ from ..anatomy import ResidualView, anatomy, preserved_state
 from ..engine import PerImageStore, RunSpec, check_finite
 from ..errors import UsageError
 from ..io.text import TextData
+from ..models.lm import is_placed
 from ..metrics.lm import document_ratio_ci, per_document, reference, sign_flip_p, window_sums, windows_per_batch
 from ..metrics.stats import stable_seed
 from ..progress import progress
@@ -216,7 +217,8 @@ def run_key(subject: Subject, data: TextData, spec: RunSpec, mode: dict) -> tupl
 def _one(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan, store, chunk: int):
     view = anatomy(subject.model, (data.seq_len,))
     spec = text_spec(spec, data, subject.model)
-    subject.model.to(spec.torch_device)
+    if not is_placed(subject.model):
+        subject.model.to(spec.torch_device)
     configs = configs_for(view, plan, spec.seed, subject.label)
     key, settings = run_key(subject, data, spec, plan.describe())
     sums, n_done = stored_sweep(view, data, configs, spec, Slot(store, subject.label, key, settings,

@@ -30,6 +30,7 @@ from ..anatomy import ResidualView, anatomy, preserved_state
 from ..engine import PerImageStore, RunSpec, check_finite
 from ..errors import UsageError
 from ..io.text import TextData
+from ..models.lm import is_placed
 from ..metrics.lm import document_spearman_ci, per_document
 from ..metrics.stats import stable_seed
 from ..progress import progress
@@ -226,7 +227,8 @@ def _check_ns(view: ResidualView, ns, label: str) -> list[int]:
 
 def _one(s: Subject, data: TextData, spec: RunSpec, options: PruneTextOptions, store) -> tuple[list, dict, dict, list]:
     view = anatomy(s.model, (data.seq_len,))
-    s.model.to(spec.torch_device)
+    if not is_placed(s.model):
+        s.model.to(spec.torch_device)
     spec = text_spec(spec, data, s.model)
     ns = _check_ns(view, options.ns, s.label)
     docs = data.docs.numpy()
