@@ -14,7 +14,8 @@ _WHERE = {"METRIC_LABELS": "base", "save_figure": "base", "unit_positions": "bas
           "gradients", "spectra_plot": "gradients", "amplify_kappa_plot": "amplify", "amplify_gains_plot":
           "amplify", "amplify_cumulative_plot": "amplify", "amplify_arithmetic_plot": "amplify",
           "training_curves_plot": "training", "prune_plot": "training", "lm_single_plot": "lm",
-          "lm_painters_plot": "lm", "lm_random_k_plot": "lm", "lm_prune_plot": "lm", "lm_similarity_plot": "lm"}
+          "lm_painters_plot": "lm", "lm_random_k_plot": "lm", "lm_prune_plot": "lm", "lm_similarity_plot": "lm", "lm_identity_plot": "lm",
+          "lm_lens_plot": "lm", "lm_lens_heatmap": "lm"}
 
 __all__ = sorted(_WHERE)
 

@@ -7,7 +7,8 @@ import pandas as pd
 
 from .base import legend, palette, sns, subplots
 
-__all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_plot", "lm_similarity_plot"]
+__all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_plot", "lm_similarity_plot", "lm_identity_plot",
+           "lm_lens_plot", "lm_lens_heatmap"]
 
 _PART_STYLE = {"attn": ("o", "attention"), "mlp": ("s", "MLP"), "": ("D", "layer"), "layer": ("D", "whole layer")}
 
@@ -146,3 +147,78 @@ def lm_similarity_plot(similarity: pd.DataFrame):
         axes[0][0].set_ylabel("loss increase when deleted alone (nats)")
         fig.colorbar(sc, ax=axes[0].tolist(), label="layer / sublayer index")
     return fig, axes
+
+
+def lm_identity_plot(table: pd.DataFrame, units: dict, metric: str = "branch_ratio"):
+    """A per-unit identity measure of a language model by layer (attention left, MLP right; bars: 95% CI over
+    documents)."""
+    g = table[table["metric"] == metric]
+    if g.empty:
+        return None
+    models = list(dict.fromkeys(g["model"]))
+    pal = palette(models)
+    with sns.axes_style("whitegrid"):
+        fig, ax = subplots(figsize=(9, 3.8))
+        for m in models:
+            pos = _position(units.get(m, []))
+            t = g[g["model"] == m]
+            for part, (marker, name) in _PART_STYLE.items():
+                s = t[t["part"] == part]
+                if s.empty:
+                    continue
+                x = s["unit"].map(pos).to_numpy(float)
+                y = s["value"].to_numpy(float)
+                err = np.abs(np.vstack([y - s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float) - y]))
+                ax.errorbar(x, y, yerr=err, fmt=marker, ms=4, color=pal[m], capsize=2, lw=0.8, label=f"{m}: {name}")
+        if metric == "branch_ratio":
+            ax.set_yscale("log")
+        ax.set_xlabel("layer (attention left of the layer's position, MLP right)")
+        ax.set_ylabel({"branch_ratio": "‖F(x)‖ / ‖x‖", "cos_in_out": "cos(x, x + F(x))"}.get(metric, metric))
+        ax.set_title("How far each sublayer moves the residual stream")
+        legend(fig, ax)
+    return fig, ax
+
+
+def lm_lens_plot(lens: pd.DataFrame):
+    """The logit lens per layer: KL(output ‖ decoded stream) and top-1 agreement with the output (95% CI over
+    documents)."""
+    if lens is None or lens.empty:
+        return None
+    with sns.axes_style("whitegrid"):
+        fig, axes = subplots(1, 2, figsize=(10, 3.6))
+        pal = palette(list(dict.fromkeys(lens["model"])))
+        for m, t in lens.groupby("model", sort=False):
+            for ax, col, pre in ((axes[0], "kl", "kl"), (axes[1], "agreement", "agree")):
+                ax.plot(t["layer"], t[col], "-o", ms=3, color=pal[m], label=m)
+                ax.fill_between(t["layer"].astype(float), t[f"{pre}_ci_low"], t[f"{pre}_ci_high"], color=pal[m],
+                                alpha=0.2, lw=0)
+        axes[0].set_yscale("symlog", linthresh=0.1)
+        axes[0].set_ylabel("KL(output ‖ layer) (nats)")
+        axes[1].set_ylabel("top-1 agreement with the output")
+        for ax in axes:
+            ax.set_xlabel("residual stream before layer (last: the output)")
+        axes[0].set_title("Logit lens: distance to the final prediction", fontsize=10)
+        axes[1].set_title("Logit lens: same top-1 token", fontsize=10)
+        legend(fig, axes[1])
+    return fig, axes
+
+
+def lm_lens_heatmap(positions: pd.DataFrame, metric: str = "kl"):
+    """The logit lens's KL per layer (rows) and token position (columns), mean over windows."""
+    if positions is None or positions.empty:
+        return None
+    t = positions[(positions["kind"] == "lens") & (positions["metric"] == metric)]
+    if t.empty:
+        return None
+    m = t["model"].iloc[0]
+    t = t[t["model"] == m]
+    grid = t.pivot_table(index="name", columns="position", values="value", sort=False)
+    with sns.axes_style("white"):
+        fig, ax = subplots(figsize=(9, 4.5))
+        img = ax.imshow(np.log10(grid.to_numpy(float) + 1e-3), aspect="auto", cmap="magma_r")
+        ax.set_yticks(range(len(grid)), [f"{i}" if i % 5 == 0 or i == len(grid) - 1 else "" for i in range(len(grid))])
+        ax.set_ylabel("residual stream before layer")
+        ax.set_xlabel("token position in the window")
+        ax.set_title(f"{m}: logit lens, log10 KL(output ‖ layer) by position")
+        fig.colorbar(img, ax=ax, label="log10 KL (nats)")
+    return fig, ax

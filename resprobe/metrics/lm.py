@@ -16,7 +16,7 @@ import torch
 
 from .stats import bootstrap_stats, percentile_ci
 
-__all__ = ["LOGITS_BUDGET", "windows_per_batch", "Reference", "reference", "window_sums", "per_document", "document_ratio_ci", "sign_flip_p", "document_spearman_ci", "WINDOW_COLUMNS"]
+__all__ = ["LOGITS_BUDGET", "windows_per_batch", "Reference", "reference", "token_stats", "window_sums", "per_document", "document_ratio_ci", "sign_flip_p", "document_spearman_ci", "WINDOW_COLUMNS"]
 
 WINDOW_COLUMNS = ("nll", "tokens", "agree", "kl")
 
@@ -54,25 +54,33 @@ def reference(intact: torch.Tensor) -> Reference:
 
 
 @torch.no_grad()
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, intact=None) -> tuple:
+    """Per token ``(N, T)``: next-token loss, and against the intact model (its logits or :class:`Reference`)
+    whether the top-1 agrees and KL(intact ‖ edited) (None, None without ``intact``). Per token: loss = logsumexp z
+    − z[target]; KL = Σ p log p − (Σ p·z − logsumexp z); no ``(N, T, V)`` temporary beyond the float32 logits."""
+    z = logits.float()
+    lse = torch.logsumexp(z, -1)
+    nll = lse - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if intact is None:
+        return nll, None, None
+    ref = intact if isinstance(intact, Reference) else reference(intact)
+    return nll, z.argmax(-1) == ref.top, ref.plogp - (_dot(ref.p, z) - lse)
+
+
+@torch.no_grad()
 def window_sums(logits: torch.Tensor, targets: torch.Tensor, intact=None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(N, 4)`` float64 per window: summed next-token loss, tokens counted, tokens whose top-1 agrees with
     the intact model's, summed KL(intact ‖ edited) (the last two NaN without ``intact``: its logits or its
-    :class:`Reference`). ``logits`` ``(N, T, V)``; ``targets`` ``(N, T)``; ``mask`` ``(N, T)`` marks the tokens
-    counted (default: all). Per token: loss = logsumexp z − z[target]; KL = Σ p log p − (Σ p·z − logsumexp z), no
-    ``(N, T, V)`` temporary beyond the float32 logits; sums accumulate in float64 whatever the logits' dtype."""
-    z = logits.float()
-    lse = torch.logsumexp(z, -1)
+    :class:`Reference`); ``mask`` ``(N, T)`` marks the tokens counted (default: all). Sums accumulate in float64
+    whatever the logits' dtype (see :func:`token_stats`)."""
+    nll, agree, kl = token_stats(logits, targets, intact)
     m = torch.ones(targets.shape, dtype=torch.bool, device=targets.device) if mask is None else mask.bool()
-    nll = lse - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     out = [(nll.double() * m).sum(1), m.sum(1).double()]
     if intact is None:
         out += [torch.full_like(out[0], float("nan"))] * 2
     else:
-        ref = intact if isinstance(intact, Reference) else reference(intact)
-        agree = (z.argmax(-1) == ref.top) & m
-        kl = ref.plogp - (_dot(ref.p, z) - lse)
-        out += [agree.sum(1).double(), (kl.double() * m).sum(1)]
+        out += [(agree & m).sum(1).double(), (kl.double() * m).sum(1)]
     return torch.stack(out, 1).cpu()
 
 

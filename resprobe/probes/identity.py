@@ -270,7 +270,13 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
         options: IdentityOptions = IdentityOptions(), lesions: Optional[StudyResult] = None) -> StudyResult:
     """Identity metrics of every subject (long table ``COLUMNS``), effective depth, stage summaries,
     findings and the He Fig. 7 verdict (with a plain twin); given the lesion study's result of the same
-    networks, also Jastrzebski et al.'s refinement verdict (are near-identity units the cheap ones to delete?)."""
+    networks, also Jastrzebski et al.'s refinement verdict (are near-identity units the cheap ones to delete?).
+    On token windows (``data`` a :class:`~resprobe.io.text.TextData`): :func:`resprobe.probes.lm_identity.run_text`
+    (per-unit measures and the logit lens; no verdict yet)."""
+    from ..io.text import TextData
+    if isinstance(data, TextData):
+        from .lm_identity import run_text
+        return run_text(subjects, data, spec)
     common.check_labels(subjects)
     frames, responses, views = [], {}, {}
     for s in subjects:

@@ -70,3 +70,27 @@ def pruning_findings(correlations: pd.DataFrame, judgment: pd.DataFrame) -> list
                    f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{rand}; oracle {r['oracle_layers']:+.3f} (layers), "
                    f"{r['oracle_sublayers']:+.3f} ({2 * int(r['n'])} sublayers)")
     return out
+
+
+def identity_findings(table: pd.DataFrame, lens: pd.DataFrame) -> list[str]:
+    """Closeness to the identity per unit kind, and the layer from which the logit lens agrees with the output."""
+    out = []
+    for label, t in table.groupby("model", sort=False):
+        r = t[t["metric"] == "branch_ratio"]
+        if r.empty:
+            continue
+        by = r.groupby("part")["value"].median()
+        lo, hi = r.loc[r["value"].idxmin()], r.loc[r["value"].idxmax()]
+        out.append(f"{label}: ‖F(x)‖/‖x‖ median " + ", ".join(f"{p or 'unit'} {v:.3f}" for p, v in by.items())
+                   + f"; smallest {lo['unit']} {lo['value']:.3f} [{lo['ci_low']:.3f}, {lo['ci_high']:.3f}], largest "
+                   f"{hi['unit']} {hi['value']:.3f} [{hi['ci_low']:.3f}, {hi['ci_high']:.3f}]")
+        near = int((r["ci_high"] < 0.3).sum())
+        out.append(f"{label}: {near} of {len(r)} units have ‖F(x)‖/‖x‖ below 0.3 with the whole CI (near the identity)")
+    for label, t in lens.groupby("model", sort=False):
+        t = t[t["stream"] != "output"]
+        half = t[t["agreement"] >= 0.5]
+        first = f"layer {int(half['layer'].iloc[0])}" if len(half) else "no layer"
+        out.append(f"{label}: logit lens — the top-1 of the decoded stream agrees with the output's on half the tokens "
+                   f"from {first} on (of {len(t)}); KL(output ‖ layer) " + ", ".join(
+                       f"{int(r['layer'])}: {r['kl']:.2f}" for _, r in t.iloc[::max(1, len(t) // 6)].iterrows()))
+    return out

@@ -31,11 +31,46 @@ def wide(result: StudyResult) -> list[tuple[str, pd.DataFrame]]:
     return [("Per-unit metrics (mean over images [95% CI]), in forward order", w.reset_index())]
 
 
+def _text(r: StudyResult) -> bool:
+    return bool(r.settings.get("text"))
+
+
 def _metric(metric: str, caption: str) -> Figure:
     return Figure(f"identity_{metric}",
                   lambda r: figures.identity_metric_plot(r.table, metric, r.units,
                                                          r.settings.get("threshold") if metric == "residual_ratio"
-                                                         else None) if has(r, "metric", metric) else None, caption)
+                                                         else None) if has(r, "metric", metric) and not _text(r)
+                  else None, caption)
+
+
+def _lens(r: StudyResult, name: str):
+    d = r.detail if _text(r) else None
+    return None if d is None else getattr(d, name)
+
+
+def _text_files(result: StudyResult, out) -> list:
+    """Language models: the logit lens and the per-position means as ``identity.lens.csv``, ``identity.positions.csv``."""
+    from ..io.tables import write_table
+    if not _text(result) or result.detail is None:
+        return []
+    return [write_table(result.detail.lens, out / "identity.lens.csv"),
+            write_table(result.detail.positions, out / "identity.positions.csv")]
+
+
+TEXT_FIGURES = (
+    Figure("identity_lm_branch_ratio", lambda r: figures.lm_identity_plot(r.table, r.units) if _text(r) else None,
+           "Language model: ‖F(x)‖/‖x‖ of each attention (dots, left) and MLP (squares, right) sublayer, mean over "
+           "tokens (bars: 95% CI over documents; log scale). Small values: the sublayer barely moves the residual "
+           "stream. Look for the middle layers against the first and last."),
+    Figure("identity_lm_lens", lambda r: figures.lm_lens_plot(_lens(r, "lens")) if _text(r) else None,
+           "Logit lens: the residual stream before each layer decoded with the model's own final norm and "
+           "unembedding. Left: KL(output ‖ layer); right: top-1 agreement with the model's output (bands: 95% CI "
+           "over documents). Look for the layer where the decoded stream starts to predict what the model will."),
+    Figure("identity_lm_lens_positions", lambda r: figures.lm_lens_heatmap(_lens(r, "positions")) if _text(r)
+           else None,
+           "Logit lens by token position: log10 KL(output ‖ layer), mean over windows. The first positions have "
+           "little context; look at whether they settle earlier or later than the rest."),
+)
 
 
 def add_arguments(q) -> None:
@@ -76,14 +111,14 @@ STUDY = register(Study(
         _metric("grad_cosine", "cos(F(x), ∂L/∂x) per unit (band: 95% CI): negative values mean the branch moves the "
                 "representation down the loss gradient, like a gradient step."),
         Figure("response_std", lambda r: figures.response_std_plot(r.table) if has(r, "metric", "response_std")
-               else None,
+               and not _text(r) else None,
                "Standard deviation of every layer's response (after BN, before addition or nonlinearity) in layer "
                "order (band: 95% CI over images) and sorted, as in He et al. Fig. 7. ResNets' responses are expected "
                "to be smaller than their plain twins'."),
-    ),
+    ) + TEXT_FIGURES,
     sections={"identity-near": ("identity_residual_ratio", "identity_branch_ratio"), "identity": ("response_std",),
               "refinement": ("identity_branch_ratio",)},
-    report=report, budget=budget, needs=("lesion",), tables=wide,
+    report=report, budget=budget, needs=("lesion",), tables=wide, files=_text_files, text=True,
     command=Command("per-unit distance to the identity (He et al. Fig. 7, Jastrzebski et al.)", add_arguments,
                     execute, options=options),
 ))
