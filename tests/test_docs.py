@@ -86,7 +86,7 @@ def adapt(cmd: str, tmp: Path) -> list[str]:
         _set(argv, "--power-iters", "2")
     if command == "lesion" and "--samples" in argv:
         _set(argv, "--samples", "2")
-    if any(a.startswith("text:") for a in argv) and command in ("lesion", "eval"):
+    if any(a.startswith("text:") for a in argv) and command in ("lesion", "eval", "identity"):
         _set(argv, "--limit", "4")
         _set(argv, "--seq-len", "32")
         if "--k" in argv and "prune-by-similarity" in argv:
