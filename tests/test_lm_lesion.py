@@ -268,7 +268,7 @@ def test_the_command_writes_its_files_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["identity", *SPEC_ARGS], "does not run on language models"),
+    (["amplify", *SPEC_ARGS], "does not run on language models"),
     (["lesion", "--model", "cifar_resnet20", "--random-init", "--data", "synthetic", "--seq-len", "8"], "text data"),
     (["lesion", *SPEC_ARGS, "--mode", "skip", "--k", "5"], "1..4 middle blocks"),
     (["lesion", "--model", SPEC, "--data", "text:pydoc", "--seq-len", "16"], "--random-init"),
