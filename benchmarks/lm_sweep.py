@@ -16,6 +16,9 @@ counts the head as one unit; the weighted ideal counts each unit and the head by
 (their weights' sizes: the unembedding of a 49k vocabulary costs as much as ~16 sublayers of SmolLM2), which is
 what a perfect prefix reuse could reach. Peak resident memory of each phase is sampled every 20 ms.
 
+Each of ``--pairs`` pairs times both sweeps back to back, in alternating order (this machine drifts by several
+per cent between minutes); printed: every pair's ratio, their mean with a 95% t interval, and the median.
+
 Target (issue 29): at most 10% above the ideal.
 """
 from __future__ import annotations
@@ -102,6 +105,7 @@ def main():
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=1, help="timed pairs (ours and naive, in alternating order)")
     args = ap.parse_args()
     from resprobe.anatomy import anatomy
     from resprobe.engine import RunSpec
@@ -118,23 +122,33 @@ def main():
           f"{torch.get_num_threads()} threads")
     spec = RunSpec(batch_size=args.batch_size, progress=False)
     text_sweep(view, subset_windows(data, 1, 0), configs[:2], spec)   # warm-up
-    with _Peak() as p1:
-        t0 = time.perf_counter()
-        ours = text_sweep(view, data, configs, spec)
-        t_ours = time.perf_counter() - t0
-    with _Peak() as p2:
-        t0 = time.perf_counter()
-        naive = _naive(model, view, data, configs, args.batch_size)
-        t_naive = time.perf_counter() - t0
+    ratios, t_ours, t_naive = [], [], []
+    for k in range(args.pairs):   # this machine drifts by several per cent between minutes: pair, alternate
+        for which in (("ours", "naive") if k % 2 == 0 else ("naive", "ours")):
+            with _Peak() as p:
+                t0 = time.perf_counter()
+                if which == "ours":
+                    ours = text_sweep(view, data, configs, spec)
+                else:
+                    naive = _naive(model, view, data, configs, args.batch_size)
+                (t_ours if which == "ours" else t_naive).append(time.perf_counter() - t0)
+            (p1 := p) if which == "ours" else (p2 := p)
+        ratios.append(t_ours[-1] / t_naive[-1])
     worst = max(float(np.abs(a[:, :3] - b[:, :3]).max() / max(1.0, np.abs(b[:, :3]).max())) for a, b in zip(ours, naive))
     kl = max(float(np.abs(a[:, 3] - b[:, 3]).max()) for a, b in zip(ours, naive))
     assert worst < 1e-4 and kl < 1e-2, (worst, kl)
     flop, weighted = _ideals(view, model, configs)
-    ratio = t_ours / t_naive
+    ratio = float(np.median(ratios))
     print(f"sums equal: largest relative difference {worst:.1e} (loss, tokens, agreement), KL {kl:.1e}")
-    print(f"ours  {t_ours:8.1f} s   peak RSS {p1.peak / 2 ** 30:.2f} GiB")
-    print(f"naive {t_naive:8.1f} s   peak RSS {p2.peak / 2 ** 30:.2f} GiB")
-    print(f"ratio ours/naive {ratio:.3f}; the issue's FLOP ideal (n/2+1)/(n+1) = {flop:.3f} "
+    print(f"ours  {' '.join(f'{t:.1f}' for t in t_ours)} s   peak RSS {p1.peak / 2 ** 30:.2f} GiB")
+    print(f"naive {' '.join(f'{t:.1f}' for t in t_naive)} s   peak RSS {p2.peak / 2 ** 30:.2f} GiB")
+    if len(ratios) > 1:
+        from scipy import stats
+        m, se = float(np.mean(ratios)), float(np.std(ratios, ddof=1) / np.sqrt(len(ratios)))
+        h = float(stats.t.ppf(0.975, len(ratios) - 1)) * se
+        print(f"pair ratios {' '.join(f'{r:.3f}' for r in ratios)}; mean {m:.3f}, 95% t interval [{m - h:.3f}, "
+              f"{m + h:.3f}]; median below")
+    print(f"ratio ours/naive (median of pairs) {ratio:.3f}; the issue's FLOP ideal (n/2+1)/(n+1) = {flop:.3f} "
           f"({ratio / flop - 1:+.0%}); weighted by multiply-adds (head = {model.get_output_embeddings().weight.numel():,}"
           f" of them) = {weighted:.3f} ({ratio / weighted - 1:+.0%})")
     print(f"target (at most 10% above the ideal): {'met' if ratio <= 1.1 * weighted else 'not met'} against the "
