@@ -13,6 +13,8 @@ import torch.nn as nn
 
 transformers = pytest.importorskip("transformers")
 
+from lmsurgery import Zero  # noqa: E402
+
 from resprobe.anatomy import AnatomyError, Edits, anatomy  # noqa: E402
 from resprobe.errors import UserError  # noqa: E402
 from resprobe.models import build_model  # noqa: E402
@@ -88,18 +90,6 @@ def test_every_family_decomposes_exactly_from_every_unit(family, impl):
     assert sorted(owned) == sorted(layer_params)
 
 
-class _Zero(nn.Module):
-    """An attention or MLP that contributes nothing (attention modules return a tuple)."""
-
-    def __init__(self, attention: bool):
-        super().__init__()
-        self.attention = attention
-
-    def forward(self, hidden_states, *args, **kwargs):
-        z = torch.zeros_like(hidden_states)
-        return (z, None) if self.attention else z
-
-
 class _Pass(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states
@@ -122,11 +112,11 @@ def test_edits_equal_naive_surgery_on_a_copy(family):
     with torch.no_grad():
         # one MLP deleted: the layer's MLP contributes nothing
         got = v(x, Edits(delete=frozenset({3})))
-        ref = surgery(lambda ls, c: setattr(ls[1], "mlp", _Zero(False)))
+        ref = surgery(lambda ls, c: setattr(ls[1], "mlp", Zero(False)))
         assert _rel(got, ref) <= 1e-5
         # one attention deleted
         got = v(x, Edits(delete=frozenset({2})))
-        ref = surgery(lambda ls, c: setattr(ls[1], attn_name, _Zero(True)))
+        ref = surgery(lambda ls, c: setattr(ls[1], attn_name, Zero(True)))
         assert _rel(got, ref) <= 1e-5
         # a whole layer skipped: an identity layer swapped in
         got = v(x, Edits.skip(2, 3))

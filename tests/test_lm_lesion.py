@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
+from lmsurgery import Zero  # noqa: E402
+
 from resprobe.anatomy import anatomy  # noqa: E402
 from resprobe.engine import RunSpec  # noqa: E402
 from resprobe.io.text import TextData, load_text  # noqa: E402
@@ -47,16 +49,6 @@ def data():
     return TextData(d.ids[keep], d.docs[keep], d.names, d.spec, d.tokenizer)
 
 
-class _Zero(nn.Module):
-    def __init__(self, attention: bool):
-        super().__init__()
-        self.attention = attention
-
-    def forward(self, hidden_states, *args, **kwargs):
-        z = torch.zeros_like(hidden_states)
-        return (z, None) if self.attention else z
-
-
 class _Parallel(nn.Module):
     """Painters' parallel layers, written directly: every layer on the same input, outputs averaged or updates
     summed."""
@@ -80,7 +72,7 @@ def _surgery(m: nn.Module, c: LesionConfig) -> nn.Module:
     layers = list(cp.model.layers)
     orig = m.model.layers
     for u in c.deleted:
-        setattr(layers[u // 2], "self_attn" if u % 2 == 0 else "mlp", _Zero(u % 2 == 0))
+        setattr(layers[u // 2], "self_attn" if u % 2 == 0 else "mlp", Zero(u % 2 == 0))
     for i, j in enumerate(c.order or ()):
         if i != j:
             names = ("input_layernorm", "self_attn") if i % 2 == 0 else ("post_attention_layernorm", "mlp")
@@ -358,7 +350,7 @@ def test_a_parallel_residual_layer_loses_its_attention_or_its_mlp_alone(spec, at
         (i, path), = c.drop
         cp = copy.deepcopy(m)
         layer = (cp.base_model.layers if hasattr(cp.base_model, "layers") else cp.base_model.h)[i]
-        setattr(layer, attn if path == "attn" else "mlp", _Zero(path == "attn"))
+        setattr(layer, attn if path == "attn" else "mlp", Zero(path == "attn"))
         ref = _window_losses(cp, data)
         np.testing.assert_allclose(got[c.key()][:, 0], ref, rtol=2e-5, atol=1e-4)
         assert not np.allclose(ref, intact, atol=1e-3)   # the path mattered

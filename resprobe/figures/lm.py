@@ -13,6 +13,12 @@ __all__ = ["lm_single_plot", "lm_painters_plot", "lm_random_k_plot", "lm_prune_p
 _PART_STYLE = {"attn": ("o", "attention"), "mlp": ("s", "MLP"), "": ("D", "layer"), "layer": ("D", "whole layer")}
 
 
+def _yerr(s: pd.DataFrame, col: str, lo: str, hi: str) -> tuple[np.ndarray, np.ndarray]:
+    """The values of ``col`` and their error bars ``(2, n)`` down to ``lo`` and up to ``hi``."""
+    y = s[col].to_numpy(float)
+    return y, np.abs(np.vstack([y - s[lo].to_numpy(float), s[hi].to_numpy(float) - y]))
+
+
 def _position(units: list[dict]) -> dict[str, float]:
     """Layer number of every unit and block (a sublayer at its layer's position ± 0.15)."""
     blocks = list(dict.fromkeys(u["block"] for u in units))
@@ -46,8 +52,7 @@ def lm_single_plot(df: pd.DataFrame, units: dict):
                 if s.empty:
                     continue
                 x = s["deleted"].map(pos).to_numpy(float)
-                y = s["delta_loss"].to_numpy(float)
-                err = np.abs(np.vstack([y - s["delta_ci_low"].to_numpy(float), s["delta_ci_high"].to_numpy(float) - y]))
+                y, err = _yerr(s, "delta_loss", "delta_ci_low", "delta_ci_high")
                 ax.errorbar(x, y, yerr=err, fmt=marker, ms=4, color=pal[m], mfc="none" if part == "layer" else pal[m],
                             capsize=2, lw=0.8, label=f"{m}: {name} deleted")
         ax.axhline(0, color="0.3", lw=0.8)
@@ -115,8 +120,7 @@ def lm_prune_plot(judgment: pd.DataFrame):
         for j, rule in enumerate(rules):
             t = judgment[judgment["rule"] == rule].set_index("n").reindex(ns)
             x = np.arange(len(ns)) + (j - len(rules) / 2) * w
-            y = t["delta_loss"].to_numpy(float)
-            err = np.abs(np.vstack([y - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - y]))
+            y, err = _yerr(t, "delta_loss", "ci_low", "ci_high")
             ax.bar(x, y, w, yerr=err, color=pal[rule], capsize=2, label=rule)
         first = judgment.drop_duplicates("n").set_index("n").reindex(ns)
         for j, (col, name) in enumerate((("random_median", "random (median)"), ("oracle_layers", "oracle (layers)"))):
@@ -167,8 +171,7 @@ def lm_identity_plot(table: pd.DataFrame, units: dict, metric: str = "branch_rat
                 if s.empty:
                     continue
                 x = s["unit"].map(pos).to_numpy(float)
-                y = s["value"].to_numpy(float)
-                err = np.abs(np.vstack([y - s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float) - y]))
+                y, err = _yerr(s, "value", "ci_low", "ci_high")
                 ax.errorbar(x, y, yerr=err, fmt=marker, ms=4, color=pal[m], capsize=2, lw=0.8, label=f"{m}: {name}")
         if metric == "branch_ratio":
             ax.set_yscale("log")
