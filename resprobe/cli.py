@@ -51,7 +51,7 @@ def _access(args) -> api.Access:
 def _load(args):
     if is_text(args):
         from .lm import TextRequest, load_text_subjects
-        return load_text_subjects(args.model, args.label, args.weights, _access(args),
+        return load_text_subjects(args.model, args.label, weights_lists(args), _access(args),
                                   TextRequest(args.data, args.seq_len or 128, args.limit))
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, weights_lists(args), data, args.label, args.normalize, _access(args))
@@ -172,13 +172,13 @@ def cmd_train(args) -> int:
     import torch
 
     from .training import Recipe, TrainRun, train
-    if is_text(args):
-        raise UsageError("resprobe train does not train language models yet", "train on images (--data cifar10, ...)")
     recipe = Recipe(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                     batch_size=args.batch_size, schedule=args.schedule, optimizer=args.optimizer,
                     warmup_epochs=args.warmup_epochs, normalize=args.normalize or "imagenet",
                     augment=not args.no_augment, seed=args.seed)
     dev = api.resolve_device(args.device)
+    if is_text(args):
+        return _train_text(args, recipe, dev)
     with claim(args.out):
         torch.manual_seed(args.seed)
         train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
@@ -196,6 +196,47 @@ def cmd_train(args) -> int:
                             config=cfg))
     last = df.iloc[-1]
     print(f"trained {args.model}: final train error {last.train_error:.4f}, test error {last.test_error:.4f}; "
+          f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
+    return 0
+
+
+def _train_text(args, recipe, dev) -> int:
+    """``resprobe train --data text:...@train --test-data text:...@test``: a causal LM from its random
+    initialisation (seeded), next-token loss; the held-out documents must be other documents."""
+    import torch
+
+    from .lm import DEFAULT_SEQ_LEN, text_for
+    from .models.lm import is_lm_spec
+    from .training import TrainRun, train
+    if not is_lm_spec(args.model):
+        raise UsageError(f"--data {args.data} is text, but {args.model} is not a language model",
+                         "train hf-config:resprobe_twin(...) (or another hf-config: family) on text")
+    if not args.test_data or not args.test_data.startswith("text:"):
+        raise UsageError("training on text needs held-out documents: --test-data text:...",
+                         f"e.g. --data {args.data.split('@')[0]}@train --test-data {args.data.split('@')[0]}@test")
+    seq = args.seq_len or DEFAULT_SEQ_LEN
+    with claim(args.out):
+        torch.manual_seed(args.seed)
+        model, prov = api.load_model(args.model, args.weights, _access(args))
+        from .lm import subset_windows
+        train_data = subset_windows(text_for(model, prov, args.data, seq), args.limit, args.seed)
+        test_data = subset_windows(text_for(model, prov, args.test_data, seq), args.test_limit, args.seed)
+        shared = sorted(set(train_data.names) & set(test_data.names))
+        if shared:
+            raise UsageError(f"{len(shared)} documents are in both --data and --test-data ({', '.join(shared[:3])}"
+                             f"{', ...' if len(shared) > 3 else ''}): the test would not be held out",
+                             "split them: --data text:...@train --test-data text:...@test")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and seq > limit:
+            raise UsageError(f"--seq-len {seq} exceeds the model's {limit} positions", f"use --seq-len <= {limit}")
+        cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
+                   versions=api.versions(), device=str(dev), seq_len=seq)
+        df = train(model, train_data, test_data, recipe, args.out,
+                   TrainRun(device=dev, resume=args.resume, overwrite=args.overwrite, progress_bar=not args.quiet,
+                            config=cfg))
+    last = df.iloc[-1]
+    print(f"trained {args.model}: final train loss {last.train_loss:.4f} nats/token (top-1 error "
+          f"{last.train_error:.4f}), held-out loss {last.test_loss:.4f} (top-1 error {last.test_error:.4f}); "
           f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
     return 0
 

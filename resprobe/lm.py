@@ -75,9 +75,13 @@ def subset_windows(data: TextData, limit, seed: int) -> TextData:
 
 
 def _check_weights(spec: str, weights, access) -> None:
+    """``weights``: the list of state dicts given for ``spec`` (None entries: none)."""
     from .models.lm import carries_weights
-    if weights and any(w for w in weights):
-        raise UsageError("--weights does not apply to language models", "name the weights in the spec (hf:FOLDER)")
+    if weights and any(w for w in weights) and not spec.startswith("hf-config:"):
+        raise UsageError(f"--weights does not apply to {spec}: its weights are named by the spec",
+                         "load a state dict into an hf-config:FAMILY(...) model, or name the weights (hf:FOLDER)")
+    if weights and all(w for w in weights):
+        return
     if not carries_weights(spec) and not access.random_init:
         raise UsageError(f"{spec} has no weights: resprobe would probe a randomly initialised model",
                          "pass --random-init to probe one on purpose, or name weights (hf:FOLDER, smollm2-135m)")
@@ -103,28 +107,48 @@ def _short(spec: str) -> str:
 def load_text_subjects(specs, labels, weights, access, text: TextRequest):
     """``(TextData, [Subject])`` for language models on ``text:`` data: each model loaded (a random one from
     ``access.seed``), the windows of ``text`` cut with the first model's tokenizer (every model must give the
-    same token ids: one tokenizer for all, checked), a seeded subset of ``text.limit`` windows."""
+    same token ids: one tokenizer for all, checked), a seeded subset of ``text.limit`` windows.
+
+    ``weights[i]`` (``hf-config:`` models only) is None, one state dict, or a list of them — the training
+    seeds of one network, labelled ``GROUP/sSEED`` with the seed and recipe ``resprobe train`` recorded
+    beside each, exactly as for images."""
     data_spec, seq_len, limit = text
-    from .loading import load_model
+    from .loading import _label_for, load_model, recipe_key, recorded
+    from .io.checkpoint import check_file
     from .metrics.stats import stable_seed
     from .study import Subject
     labels = list(labels or [None] * len(specs))
     if len(labels) != len(specs):
         raise UsageError(f"give one --label per --model ({len(specs)} models, {len(labels)} labels)")
-    for spec, w in zip(specs, weights or [None] * len(specs)):
-        _check_weights(spec, w, access)
+    weights = list(weights or [None] * len(specs))
+    if len(weights) != len(specs):
+        raise UsageError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights)")
+    weights = [[None] if w is None else [w] if isinstance(w, str) else [x or None for x in w] or [None]
+               for w in weights]
+    for spec, ws in zip(specs, weights):
+        _check_weights(spec, ws, access)
+        for x in ws:
+            if x is not None:
+                check_file(Path(x))
     subjects, data, first = [], None, None
-    for pos, (spec, label) in enumerate(zip(specs, labels)):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stable_seed(access.seed, "init", spec, pos))
-            model, prov = load_model(spec, None, access)
-        ids = text_for(model, prov, data_spec, seq_len)
-        if data is None:
-            data, first = ids, spec
-        elif ids.ids.shape != data.ids.shape or not torch.equal(ids.ids, data.ids):
-            raise UsageError(f"{spec} tokenizes {data_spec} differently from {first}: their windows cannot be "
-                             "compared", "probe models with different tokenizers in separate runs")
-        subjects.append(Subject(label or _short(spec), model.eval(), "none", prov))
+    for pos, (spec, label, ws) in enumerate(zip(specs, labels, weights)):
+        group = label or (_short(spec) if len(ws) > 1 else None)
+        for k, w in enumerate(ws):
+            rec = recorded(w)
+            seed = rec.get("seed", k) if w else None
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stable_seed(access.seed, "init", spec, pos))
+                model, prov = load_model(spec, w, access)
+            ids = text_for(model, prov, data_spec, seq_len)
+            if data is None:
+                data, first = ids, spec
+            elif ids.ids.shape != data.ids.shape or not torch.equal(ids.ids, data.ids):
+                raise UsageError(f"{spec} tokenizes {data_spec} differently from {first}: their windows cannot be "
+                                 "compared", "probe models with different tokenizers in separate runs")
+            lab = f"{group}/s{seed}" if len(ws) > 1 else label or (_label_for(spec, w) if w else _short(spec))
+            subjects.append(Subject(lab, model.eval(), "none", prov, group=group or lab,
+                                    seed=int(seed) if seed is not None else None,
+                                    recipe=recipe_key(w, spec) if w else None))
     labs = [s.label for s in subjects]
     if len(set(labs)) < len(labs):
         raise UsageError("two language models would share a label", "give each --model its own --label")
@@ -135,7 +159,7 @@ def eval_text_command(args, spec: RunSpec, access) -> int:
     """``resprobe eval --data text:...``: the model's loss on the windows (``--limit``: a seeded subset)."""
     from .loading import load_model
     _check_weights(args.model, [args.weights], access)
-    model, prov = load_model(args.model, None, access)
+    model, prov = load_model(args.model, args.weights, access)
     data = subset_windows(text_for(model, prov, args.data, args.seq_len or DEFAULT_SEQ_LEN), args.limit, args.seed)
     t0 = time.time()
     res = evaluate_text(model if is_placed(model) else model.to(spec.torch_device), data, spec)

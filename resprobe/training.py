@@ -1,6 +1,8 @@
 """Training (He et al. recipe by default): SGD + momentum + weight decay (or AdamW), step or cosine
 schedule with an optional linear warm-up, random crop + flip, a checkpoint every epoch, exact resume,
-a metrics CSV."""
+a metrics CSV. Causal language models train the same way on token windows (``TextData``): next-token
+cross-entropy over every token; ``train_error``/``test_error`` are then the top-1 next-token error and
+the losses are in nats per token."""
 from __future__ import annotations
 
 import json
@@ -161,7 +163,8 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
     for epoch in range(start, recipe.epochs):
         row = _epoch(model, opt, train_data, recipe, epoch, progress_bar)
         if test_data is not None:
-            ev = evaluate(model, test_data, eval_spec, recipe.normalize)
+            ev = _evaluate_tokens(model, test_data, recipe.batch_size, dev) if _is_text(test_data) else \
+                evaluate(model, test_data, eval_spec, recipe.normalize)
             if not math.isfinite(ev["loss"]):
                 raise NonFiniteError(f"training diverged in epoch {epoch + 1}: the loss is not finite on the test set "
                                      f"(lr {row['lr']})", "lower --lr (or add --warmup-epochs)")
@@ -179,6 +182,35 @@ def train(model: nn.Module, train_data: Dataset, test_data: Optional[Dataset], r
                  f"{row['test_error']:.4f}, {row['seconds']:.1f}s")
     model.eval()
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def _is_text(data) -> bool:
+    from .io.text import TextData
+    return isinstance(data, TextData)
+
+
+def _logits_and_loss(model, x, y):
+    """Images: ``(N, classes)`` logits and the cross-entropy; token windows ``(N, T)``: the causal LM's
+    ``(N, T, V)`` logits and the mean next-token cross-entropy over every token."""
+    if x.dtype in (torch.int64, torch.int32):
+        logits = model(input_ids=x, use_cache=False).logits
+        return logits, F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    logits = model(x)
+    return logits, F.cross_entropy(logits, y)
+
+
+@torch.no_grad()
+def _evaluate_tokens(model, data, batch_size: int, dev) -> dict:
+    """Mean next-token loss (nats) and top-1 error over every token of the held-out windows."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64)
+    wrong, n = 0, 0
+    for x, y, _ in data.batches(batch_size, device=dev):
+        logits, mean = _logits_and_loss(model, x, y)
+        loss += mean.double().cpu() * y.numel()
+        wrong += int((logits.argmax(-1) != y).sum())
+        n += y.numel()
+    return dict(loss=float(loss) / n, error=wrong / n)
 
 
 def _epoch(model, opt, train_data: Dataset, r: Recipe, epoch: int, progress_bar: bool) -> dict:
@@ -203,14 +235,13 @@ def _epoch(model, opt, train_data: Dataset, r: Recipe, epoch: int, progress_bar:
             if k < warm:
                 for group in opt.param_groups:
                     group["lr"] = cur_lr * (k + 1) / warm
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            logits, loss = _logits_and_loss(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            n = len(y)
+            n = y.numel()
             tot_loss += loss.detach() * n
-            tot_wrong += (logits.detach().argmax(1) != y).sum()
+            tot_wrong += (logits.detach().argmax(-1) != y).sum()
             tot_n += n
             bar.update(1)
     if not torch.isfinite(tot_loss):

@@ -209,6 +209,8 @@ def _phi(m):
 # (name, test on the layer, the branches: two for sequential units, one for a parallel-residual layer, and
 # the modules of each unit)
 LAYOUTS: list[tuple[str, Callable[[nn.Module], bool], Callable, tuple]] = [
+    ("resprobe twin (pre-LN; plain without shortcuts)", lambda m: type(m).__name__ == "TwinLMLayer"
+     and isinstance(getattr(m, "residual", None), bool), _gpt2, (("ln_1", "attn"), ("ln_2", "mlp"))),
     ("gemma (sandwich norms)", lambda m: _has(m, "self_attn", "mlp", "input_layernorm", "post_attention_layernorm",
                                               "pre_feedforward_layernorm", "post_feedforward_layernorm"), _gemma,
      (("input_layernorm", "self_attn", "post_attention_layernorm"),
@@ -240,8 +242,9 @@ def decoder_layer_parts(m: nn.Module) -> list[UnitParts]:
             both = branches[0] if len(branches) == 1 else (lambda h, a=branches[0], b=branches[1]: a(h) + b(h))
             paths = getattr(both, "paths", None) or (("attn", branches[0]), ("mlp", branches[1]))
             return [UnitParts(branch=both, shortcut=identity, name="attn+mlp", modules=sum(mods, ()), paths=paths)]
-        return [UnitParts(branch=branches[0], shortcut=identity, name="attn", modules=mods[0]),
-                UnitParts(branch=branches[1], shortcut=identity, name="mlp", modules=mods[1])]
+        short = identity if getattr(m, "residual", True) is not False else None   # None: a plain twin's units
+        return [UnitParts(branch=branches[0], shortcut=short, name="attn", modules=mods[0]),
+                UnitParts(branch=branches[1], shortcut=short, name="mlp", modules=mods[1])]
     raise AnatomyError(f"the decoder layer {type(m).__name__} has a layout resprobe does not know "
                        f"({', '.join(n for n, _, _, _ in LAYOUTS)})",
                        "register it: resprobe.anatomy.register_block(LayerClass, parts_fn)")

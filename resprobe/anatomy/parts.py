@@ -157,8 +157,9 @@ def register_adapter_module(package: str, module: str) -> None:
 
 
 def load_adapters(model: nn.Module) -> None:
-    """Import the adapter modules of the packages the model's modules come from (once)."""
-    packages = {type(m).__module__.split(".")[0] for m in model.modules()}
+    """Import the adapter modules of the packages the model's modules (or their base classes) come from
+    (once)."""
+    packages = {c.__module__.split(".")[0] for m in model.modules() for c in type(m).__mro__}
     for pkg in sorted(packages & set(_ADAPTER_MODULES)):
         name = _ADAPTER_MODULES[pkg]
         if name not in _LOADED:

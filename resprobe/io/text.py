@@ -5,7 +5,11 @@ Specs:
 - ``text:pydoc``: the English prose of CPython's own ``pydoc_data.topics`` (every Python install has it; no
   download), one document per help topic, in the order of their names;
 - ``text:PATH``: a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, its ``text``
-  field), or a folder of them (files in sorted order).
+  field), or a folder of them (files in sorted order);
+- ``SPEC@train`` / ``SPEC@test``: a fixed split of its documents by name — a document is held out for
+  ``@test`` when the first byte of the SHA-256 of its name is a multiple of 4 (about a quarter); the rest
+  are ``@train``. Training a language model on ``@train`` and probing it on ``@test`` keeps every probe
+  on documents it never saw.
 
 Tokens come from the model's tokenizer, or from the UTF-8 bytes (``tokenizer=None``: a vocabulary of 256,
 for byte-level models). Each document is cut into non-overlapping windows of ``seq_len + 1`` tokens (the
@@ -27,7 +31,7 @@ import torch
 
 from .data import DataError
 
-__all__ = ["TextData", "load_text", "documents", "byte_tokens", "check_vocabulary"]
+__all__ = ["TextData", "load_text", "documents", "byte_tokens", "check_vocabulary", "held_out", "split_of"]
 
 MAX_FILE_BYTES = 256 * 2 ** 20
 
@@ -59,6 +63,19 @@ class TextData:
         """Input ids ``(n, seq_len)`` and next-token targets ``(n, seq_len)`` of the chosen windows."""
         w = self.ids[rows]
         return w[:, :-1], w[:, 1:]
+
+    def batches(self, batch_size: int, normalize=None, device="cpu", augment: bool = False, order=None):
+        """``(inputs, targets, rows)`` batches for training: the windows in the random order of the generator
+        ``order`` (in order when None); ``normalize`` and ``augment`` do not apply to tokens."""
+        perm = torch.randperm(len(self), generator=order) if order is not None else torch.arange(len(self))
+        for s in range(0, len(self), batch_size):
+            rows = perm[s:s + batch_size]
+            x, y = self.inputs_and_targets(rows)
+            yield x.to(device), y.to(device), rows
+
+    def to(self, device) -> "TextData":
+        """The same windows (token ids are moved per batch)."""
+        return self
 
     def describe(self) -> dict:
         return dict(spec=self.spec, tokenizer=self.tokenizer, seq_len=self.seq_len, n_windows=len(self),
@@ -98,8 +115,32 @@ def _jsonl(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+SPLITS = ("train", "test")
+
+
+def held_out(name: str) -> bool:
+    """Whether the document ``name`` belongs to the ``@test`` split (see the module docstring)."""
+    import hashlib
+    return hashlib.sha256(name.encode("utf-8")).digest()[0] % 4 == 0
+
+
+def split_of(spec: str) -> tuple[str, Optional[str]]:
+    """``(spec without its split, split or None)``."""
+    base, at, split = spec.rpartition("@")
+    if at and split in SPLITS and base.startswith("text:"):
+        return base, split
+    return spec, None
+
+
 def documents(spec: str) -> list[tuple[str, str]]:
-    """``(name, text)`` of every document of a ``text:`` spec."""
+    """``(name, text)`` of every document of a ``text:`` spec (of its split, with ``@train``/``@test``)."""
+    spec, split = split_of(spec)
+    if split is not None:
+        docs = [(n, t) for n, t in documents(spec) if held_out(n) == (split == "test")]
+        if not docs:
+            raise DataError(f"{spec}@{split}: the split holds no document",
+                            f"use {spec} whole, or give more documents")
+        return docs
     where = spec.split(":", 1)[1].strip() if spec.startswith("text:") else ""
     if not where:
         raise DataError("--data text: names no file", "write text:pydoc or text:PATH")

@@ -2,7 +2,9 @@
 
 - ``hf-config:FAMILY(key=value, ...)``: a randomly initialised model of that family (``llama``, ``qwen2``,
   ``gpt2``, ``gpt_neox``, ``gemma2``, ``phi``, ...), the keywords being its config's (``hidden_size=64``,
-  ``num_hidden_layers=2``, ``attn_implementation='eager'``);
+  ``num_hidden_layers=2``, ``attn_implementation='eager'``); ``resprobe_twin`` is resprobe's own small pre-LN
+  decoder and its plain twin (``residual=False``, :mod:`resprobe.models.twin_lm`), whose trained state dicts
+  load with ``--weights``;
 - ``hf:PATH``: a local ``save_pretrained`` folder (safetensors weights only: a pickled ``pytorch_model.bin``
   is refused, so no code runs from a spec), or ``hf:DIR/FILE.gguf`` (dequantised to float32 on load). A hub
   id is looked up in the local Hugging Face cache only; offline, one line names the id and the local-folder
@@ -44,6 +46,8 @@ def _transformers():
         import transformers
         transformers.utils.logging.disable_progress_bar()   # resprobe reports its own progress
         transformers.utils.logging.set_verbosity_error()
+        from .twin_lm import register
+        register()
     except ImportError as e:
         raise LMError("language models need the lm extra (transformers, accelerate, gguf, safetensors)",
                       "pip install 'resprobe[lm]'") from e

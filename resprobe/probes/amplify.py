@@ -176,7 +176,12 @@ def _rows(label: str, values: dict, spec: RunSpec) -> list[dict]:
 
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=128),
         options: AmplifyOptions = AmplifyOptions()) -> StudyResult:
-    """Amplification measurements of every subject; the verdict compares residual and plain twins."""
+    """Amplification measurements of every subject; the verdict compares residual and plain twins. Token
+    windows (``TextData``) run :func:`resprobe.probes.lm_amplify.run_text`."""
+    from ..io.text import TextData
+    if isinstance(data, TextData):
+        from .lm_amplify import run_text
+        return run_text(subjects, data, spec, options)
     common.check_labels(subjects)
     rows, per_image, timings, views = [], {}, {}, {}
     for s in subjects:

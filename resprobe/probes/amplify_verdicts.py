@@ -43,39 +43,61 @@ def log_ratio(res: dict, plain: dict, metric: str, e: float, idx=None) -> float:
     return float(np.median(logs)) if logs else float("nan")
 
 
-def _pair(res: dict, plain: dict, e: float, n_boot: int, seed: int) -> tuple[float, tuple[float, float], dict]:
+def resampler(n: int, clusters=None):
+    """A function ``rng -> indices`` of one bootstrap resample of ``n`` items: items uniformly, or with
+    ``clusters`` (the cluster of each item, e.g. the document of each token window) whole clusters."""
+    if clusters is None:
+        return lambda rng: rng.integers(0, n, n)
+    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    members = [np.flatnonzero(inv == k) for k in range(len(ids))]
+    return lambda rng: np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+
+
+def _pair(res: dict, plain: dict, e: float, n_boot: int, seed: int, clusters=None
+          ) -> tuple[float, tuple[float, float], dict]:
     n = len(next(iter(res.values())))
     rng = np.random.default_rng(seed)
-    boots = np.array([log_ratio(res, plain, "random_gain_branch", e, rng.integers(0, n, n)) for _ in range(n_boot)])
+    draw = resampler(n, clusters)
+    boots = np.array([log_ratio(res, plain, "random_gain_branch", e, draw(rng)) for _ in range(n_boot)])
     gain = log_ratio(res, plain, "random_gain_branch", e)
     kappa = log_ratio(res, plain, "kappa", e)
     ci = tuple(float(q) for q in np.nanquantile(boots, [0.025, 0.975])) if np.isfinite(boots).any() else (np.nan,) * 2
     return gain, ci, dict(log_gain_ratio=gain, log_kappa_ratio=kappa, arithmetic_part=kappa - gain)
 
 
-def _claim(res: str, plain: str) -> Claim:
+_TEXT = ("images of ‖ΔF‖/‖δ‖", "token windows of ‖ΔF‖/‖δ‖ (δ on the window's residual stream)"), \
+    ("CI by bootstrap over images", "CI by bootstrap over documents")
+
+
+def _claim(res: str, plain: str, text: bool = False) -> Claim:
+    crit = _CRIT
+    if text:
+        for a, b in _TEXT:
+            crit = crit.replace(a, b)
     return Claim("amplify", f"{res} amplify small input perturbations more than {plain}: gain "
-                 f"ratio above {math.exp(AMPLIFIER_LOG_RATIO.value):.2f}", _CRIT, "median log(gain_res / gain_plain)",
+                 f"ratio above {math.exp(AMPLIFIER_LOG_RATIO.value):.2f}", crit, "median log(gain_res / gain_plain)",
                  AMPLIFIER_LOG_RATIO, "above")
 
 
 def amplifier_verdicts(table: pd.DataFrame, roles: dict[str, Role], per_image: dict, eps: float,
-                       n_boot: int = 1000, seed: int = 0) -> list[Verdict]:
+                       n_boot: int = 1000, seed: int = 0, clusters=None) -> list[Verdict]:
     """Per equal-recipe twin pair: a residual unit's branch amplifies small input perturbations more than the
-    matching plain unit does."""
+    matching plain unit does. ``clusters``: the document of each token window (the CI then resamples
+    documents; None: images)."""
     cs = contrasts({lab: r for lab, r in roles.items() if lab in per_image})
     if not cs:
-        return [_claim("Residual branches", "plain units").not_applicable(
+        return [_claim("Residual branches", "plain units", clusters is not None).not_applicable(
             "the conjecture compares residual with plain units (--plain): " + unpaired_reason(roles))]
     out = []
     for pairs in cs:
         r0, p0, _ = pairs[0]
-        claim = _claim(f"{roles[r0].group}'s residual branches", f"the matching units of its plain twin {roles[p0].group}")
+        claim = _claim(f"{roles[r0].group}'s residual branches", f"the matching units of its plain twin {roles[p0].group}",
+                       clusters is not None)
         na, gates, scope = claim.gate(roles, pair_names(pairs), len(pairs))
         if na:
             out.append(na)
             continue
-        per = {f"{r} vs {p}": _pair(per_image[r], per_image[p], eps, n_boot, stable_seed(seed, "gain", r, p))
+        per = {f"{r} vs {p}": _pair(per_image[r], per_image[p], eps, n_boot, stable_seed(seed, "gain", r, p), clusters)
                for r, p, _ in pairs}
         iv = seed_interval([g for g, _, _ in per.values()], [ci for _, ci, _ in per.values()])
         out.append(claim.judge(iv, scope, n_images=len(next(iter(per_image[r0].values()))), n_seeds=len(pairs), gates=gates,

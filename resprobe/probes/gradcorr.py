@@ -194,7 +194,12 @@ def _trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) ->
 
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
         options: LineOptions = LineOptions()) -> StudyResult:
-    """Gradients along lines through each subject's input space; verdict: shattered or not."""
+    """Gradients along lines through each subject's input space; verdict: shattered or not. Token windows:
+    lines through the input embeddings (:func:`resprobe.probes.lm_gradcorr.run_text`)."""
+    from ..io.text import TextData
+    if isinstance(data, TextData):
+        from .lm_gradcorr import run_text
+        return run_text(subjects, data, spec, options)
     common.check_labels(subjects)
     rows, values, traces, views, units = [], {}, {}, {}, {}
     for s in subjects:

@@ -106,15 +106,19 @@ def _near(table: pd.DataFrame, lab: str) -> tuple[float, tuple[float, float], in
     return float(g["value"].median()), (float(g["ci_low"].median()), float(g["ci_high"].median())), len(g)
 
 
-def near_identity_verdicts(table: pd.DataFrame, roles: dict[str, Role]) -> list[Verdict]:
-    """Closeness to identity, per residual group: the median unit's branch is small beside its shortcut."""
+def near_identity_verdicts(table: pd.DataFrame, roles: dict[str, Role], text: bool = False) -> list[Verdict]:
+    """Closeness to identity, per residual group: the median unit's branch is small beside its shortcut.
+    ``text``: language models (each unit's ratio a mean over tokens, its CI resampling documents)."""
     out = []
+    crit = _NEAR_CRIT if not text else _NEAR_CRIT.replace(
+        "(per-image mean)", "(mean over tokens, 95% CI by bootstrap over documents; every unit of a decoder has the "
+        "identity shortcut, so S(x) = x)")
     for labs in residual_groups(roles):
         labs = [lab for lab in labs if (table["model"] == lab).any()]
         if not labs:
             continue
         claim = Claim("identity-near", f"{roles[labs[0]].group}'s residual units are close to identity: the median "
-                      f"unit's ‖F(x)‖/‖S(x)‖ is below {NEAR_IDENTITY_MARGIN.value}", _NEAR_CRIT, "median unit ‖F‖/‖S‖",
+                      f"unit's ‖F(x)‖/‖S(x)‖ is below {NEAR_IDENTITY_MARGIN.value}", crit, "median unit ‖F‖/‖S‖",
                       NEAR_IDENTITY_MARGIN, "below")
         na, gates, scope = claim.gate(roles, labs, len(labs))
         if na:

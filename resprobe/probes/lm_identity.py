@@ -13,7 +13,10 @@ One pass over the token windows; per batch the residual stream before every unit
   and per position. The streams are decoded one at a time: memory holds one batch of logits, never layers ×
   tokens × vocabulary.
 
-No verdict yet: the criteria (and the twin LMs a contrast needs) come with the rest of issue 30.
+Verdict: closeness to identity, the image study's criterion (the median unit's ‖F(x)‖/‖x‖ below
+:data:`~resprobe.probes.identity_verdicts.NEAR_IDENTITY_MARGIN`), gated on a competent model
+(:mod:`resprobe.probes.lm_common`). A plain twin has no shortcut, so F = y − x does not hold: its units are
+left out (said in the findings), and the logit lens is measured for residual models only.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from ..models.lm import is_placed
 from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
+from .identity_verdicts import near_identity_verdicts
+from .lm_common import text_roles
 from .lm_lesion import text_spec, windows_in_batches
 
 __all__ = ["COLUMNS", "LENS_COLUMNS", "LensDetail", "measure", "run_text", "UNIT_METRICS"]
@@ -130,13 +135,24 @@ def _tables(label: str, view: ResidualView, data: TextData, got: dict, pos: dict
     return rows, lens, positions
 
 
+def _near_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-unit ‖F‖/‖x‖ rows in the columns of the image verdict (``residual_ratio``: S(x) = x here)."""
+    g = table[table["metric"] == "branch_ratio"]
+    return g.assign(metric="residual_ratio", downsample=False, n_images=g["n_windows"])
+
+
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpec()) -> StudyResult:
     """Identity measures per unit and the logit lens per layer for every language model (see the module
     docstring); the long table holds the per-unit measures (``COLUMNS``), the detail the lens and the positions."""
     common.check_labels(subjects)
-    rows, lens, positions, units = [], [], [], {}
+    rows, lens, positions, units, views, skipped = [], [], [], {}, {}, []
     for s in subjects:
         view = anatomy(s.model, (data.seq_len,))
+        views[s.label] = view
+        if not any(u.residual for u in view):
+            skipped.append(s.label)
+            units[s.label] = view.table()
+            continue
         bad = [u.name for u in view if u.shortcut_kind != "identity" or not u.residual]
         if bad:
             raise AnatomyError(f"{s.label}: units {', '.join(bad[:3])} have no identity shortcut: F(x) = y − x does "
@@ -149,10 +165,15 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
         if dist.is_main():
             r, l_, p = _tables(s.label, view, data, got, pos, sp)
             rows, lens, positions = rows + r, lens + l_, positions + p
+    roles = text_roles(subjects, views, data, spec)
     table = pd.DataFrame(rows, columns=COLUMNS)
     prov = dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe())
     from .lm_findings import identity_findings
     lens_df = pd.DataFrame(lens, columns=LENS_COLUMNS)
-    return StudyResult("identity", table, findings=identity_findings(table, lens_df), provenance=prov,
+    found = identity_findings(table, lens_df) + [
+        f"{lab}: a plain network (no shortcuts): F(x) = y − x does not hold, so its units have no identity measures "
+        "and no logit lens here" for lab in skipped]
+    return StudyResult("identity", table, findings=found, provenance=prov, roles=roles,
+                       verdicts=near_identity_verdicts(_near_table(table), roles, text=True),
                        settings=dict(text=True, metrics=list(UNIT_METRICS), lens=True), units=units,
                        detail=LensDetail(lens_df, pd.DataFrame(positions)))

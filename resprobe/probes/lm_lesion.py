@@ -229,8 +229,8 @@ def _one(subject: Subject, data: TextData, spec: RunSpec, plan: LesionPlan, stor
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpec(),
              plan: LesionPlan | Sequence[LesionPlan] = LesionPlan(), store=None, chunk: int = 64) -> StudyResult:
     """Lesion plans on language models over token windows (what :func:`resprobe.probes.lesion.run` does on text):
-    one row per configuration (``COLUMNS``), per-window sums in the detail (for paired statistics); no verdict
-    (those come with the LM report). A prune-by-similarity plan runs :func:`.lm_prune.run_text`."""
+    one row per configuration (``COLUMNS``), per-window sums in the detail (for paired statistics); single
+    deletions also give the verdicts of :mod:`.lm_lesion_verdicts`. A prune-by-similarity plan runs :func:`.lm_prune.run_text`."""
     plans = (plan,) if isinstance(plan, LesionPlan) else tuple(plan)
     if any(p.mode is LesionMode.PRUNE for p in plans):
         from .lm_prune import PruneTextOptions, run_text as prune
@@ -238,12 +238,15 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
             raise UsageError("prune-by-similarity on a language model runs alone", "give it as the only plan")
         return prune(subjects, data, spec, PruneTextOptions(plans[0].ks, plans[0].samples), store)
     common.check_labels(subjects)
-    rows, units, all_sums, reused = [], {}, {}, {}
+    rows, units, all_sums, reused, singles, views = [], {}, {}, {}, {}, {}
     docs = data.docs.numpy()
     for p in plans:
         for s in subjects:
             view, configs, sums, key, n_done = _one(s, data, spec, p, store, chunk)
             units[s.label] = view.table()
+            views[s.label] = view
+            if p.mode is LesionMode.SINGLE:
+                singles.setdefault(s.label, []).extend(configs)
             all_sums.setdefault(s.label, {}).update(sums)
             reused[s.label] = reused.get(s.label, 0) + n_done
             if dist.is_main():
@@ -251,9 +254,18 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
                 rows += [r for r in rows_for(configs, sums, docs, ctx)
                          if not (r["mode"] == "baseline" and any(q["model"] == s.label and q["mode"] == "baseline"
                                                                   for q in rows))]
+    verdicts, roles = [], {}
+    if singles:   # the single-deletion verdicts (lm_lesion_verdicts): competence measured on every rank together
+        from .lm_common import text_roles
+        from .lm_lesion_verdicts import single_loss_verdicts
+        roles = text_roles(subjects, views, data, spec)
+        if dist.is_main():
+            grain = "layer" if any(p.mode is LesionMode.SINGLE and p.granularity == "block" for p in plans) else "unit"
+            verdicts = single_loss_verdicts(all_sums, singles, docs, roles, spec.n_boot, spec.seed, grain)
     table = order_text(typed(pd.DataFrame(rows, columns=COLUMNS)), [s.label for s in subjects])
     from .lm_findings import findings, summarize
     prov = dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe())
     return StudyResult("lesion", table, summary=summarize(table, units), findings=findings(table, units),
+                       verdicts=verdicts, roles=roles,
                        provenance=prov, settings=dict(plans=[p.describe() for p in plans], chunk=chunk, text=True),
                        units=units, detail=TextDetail(all_sums, docs, reused))

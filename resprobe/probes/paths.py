@@ -86,7 +86,10 @@ class PathsOptions:
 def unraveled_graph(view: ResidualView) -> nx.DiGraph:
     """The unit-level computation: ``input -> stem -> h0``; per unit ``h_i -> F_i -> h_{i+1}`` (branch) and
     ``h_i -> h_{i+1}`` (shortcut, if any); ``h_n -> head -> output``. Edge attribute ``length`` is 1 on
-    edges entering a branch node of a residual or plain unit, 0 elsewhere (transitions)."""
+    edges entering a branch node of a residual or plain unit, 0 elsewhere (transitions). A residual unit whose
+    branch is a sum of paths reading the same input (a parallel-residual layer: ``UnitParts.paths``) has one
+    branch node per path, ``F{i}.{name}``: the layer ``x + attn(x) + mlp(x)`` is three paths of lengths 0, 1,
+    1."""
     import networkx as nx  # imported when used: a second of start-up otherwise
     g = nx.DiGraph(name="unraveled residual network")
     g.add_node("input", kind="input")
@@ -96,9 +99,13 @@ def unraveled_graph(view: ResidualView) -> nx.DiGraph:
         i = u.index
         src, dst, br = f"h{i}", f"h{i + 1}", f"F{i}"
         g.add_node(dst, kind="state")
-        g.add_node(br, kind="branch", unit=u.name, stage=u.stage, shortcut=u.shortcut_kind, unit_kind=u.kind)
-        g.add_edge(src, br, kind="branch", length=0 if u.kind == "transition" else 1, unit=u.name)
-        g.add_edge(br, dst, kind="branch_out", length=0, unit=u.name)
+        paths = [n for n, _ in u.parts.paths] if u.residual and u.parts.paths else [None]
+        for p in paths:
+            node = br if p is None else f"{br}.{p}"
+            g.add_node(node, kind="branch", unit=u.name, stage=u.stage, shortcut=u.shortcut_kind, unit_kind=u.kind,
+                       **({} if p is None else {"path": p}))
+            g.add_edge(src, node, kind="branch", length=0 if u.kind == "transition" else 1, unit=u.name)
+            g.add_edge(node, dst, kind="branch_out", length=0, unit=u.name)
         if u.residual:
             g.add_edge(src, dst, kind="shortcut", length=0, unit=u.name, shortcut=u.shortcut_kind)
     g.add_node("output", kind="output")
@@ -252,15 +259,22 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOption
     return view, routes, got
 
 
-def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool) -> tuple[pd.DataFrame, dict]:
+def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool, clusters=None) -> tuple[pd.DataFrame, dict]:
+    """``clusters``: the document of each token window (the bootstrap then resamples documents)."""
     dist_ = path_length_distribution(unraveled_graph(view))
     n_plain = sum(1 for u in view if u.kind == "plain")
     ks = sorted(routes)
     rng = np.random.default_rng(stable_seed(spec.seed, label, "paths"))
     n_img = len(got[f"g{ks[0]}"])
     # resample images (the same for every k) and each k's routings: mean = w_imgᵀ G w_rout / (N R)
-    w_img = np.stack([np.bincount(rng.integers(0, n_img, n_img), minlength=n_img)
-                      for _ in range(spec.n_boot)]).astype(np.float64)            # (B, N)
+    if clusters is None:
+        w_img = np.stack([np.bincount(rng.integers(0, n_img, n_img), minlength=n_img)
+                          for _ in range(spec.n_boot)]).astype(np.float64)            # (B, N)
+    else:   # each window counted as often as its document is drawn; the mean divides by the windows drawn
+        ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+        w_img = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))[inv]
+                          for _ in range(spec.n_boot)]).astype(np.float64)
+        w_img *= n_img / w_img.sum(1, keepdims=True)
     boots = {}
     for k in ks:
         r = len(routes[k])
@@ -296,7 +310,11 @@ def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9
             continue
         tot = g["total_grad"].to_numpy()
         b = boots.get(str(m))
-        s: dict = dict(n_units=n, typical_length=n / 2, peak_k=int(g.loc[g["total_grad"].idxmax(), "k"]))
+        counts = g["n_paths"].to_numpy(dtype=float)
+        # the mean of the path-length distribution: n/2 for n sequential units (binomial), 2n/3 for n
+        # parallel-residual layers (three paths of lengths 0, 1, 1 each)
+        typical = float((g["k"].to_numpy() * counts).sum() / counts.sum())
+        s: dict = dict(n_units=n, typical_length=typical, peak_k=int(g.loc[g["total_grad"].idxmax(), "k"]))
         wl = weighted_length(tot)
         wls = np.array([weighted_length(t) for t in b]) if b is not None else np.array([])
         s["weighted_length"] = dict(value=wl, ci_low=float(np.nanquantile(wls, 0.025)) if len(wls) else None,
@@ -305,7 +323,7 @@ def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9
         for sh in sorted(set(SHARES) | {share}):
             lo, hi = effective_range(tot, sh)
             in_range = int(g[(g["k"] >= lo) & (g["k"] <= hi)]["n_paths"].sum())
-            r = dict(range=[lo, hi], paths_in_range=in_range, fraction_of_paths=in_range / 2 ** n)
+            r = dict(range=[lo, hi], paths_in_range=in_range, fraction_of_paths=in_range / counts.sum())
             if b is not None:
                 ends = np.array([effective_range(t, sh) for t in b])
                 r.update(lo_interval=[int(np.quantile(ends[:, 0], 0.025)), int(np.quantile(ends[:, 0], 0.975))],
@@ -320,19 +338,21 @@ def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9
 
 
 _CRIT = (f"statistic: the gradient-weighted mean path length Σk·T(k)/ΣT(k) divided by the typical path length "
-         f"n/2 (the mean of the binomial distribution of path lengths), per network with a bootstrap CI over images "
+         f"(the mean of the distribution of path lengths: n/2 for n sequential units, the binomial mean), per network "
+         f"with a bootstrap CI over images "
          f"and routings; seeds pooled by a t-interval on the log scale. Supported when the CI lies below the margin "
          f"{SHORT_PATHS.value}, not supported when above, inconclusive otherwise. Gate: competent networks")
 
 
-def short_paths_verdicts(summary: dict, roles: dict, n_images: int) -> list[Verdict]:
+def short_paths_verdicts(summary: dict, roles: dict, n_images: int, over: str = "images") -> list[Verdict]:
     """Veit et al. Fig. 6, per residual group: the gradient comes from paths much shorter than the typical
-    path."""
+    path. ``over``: what the CI resamples (``documents`` for language models)."""
     out = []
+    crit = _CRIT.replace("CI over images", f"CI over {over}")
     for labs in residual_groups(roles):
         claim = Claim("paths", f"{roles[labs[0]].group}'s gradient comes from relatively short paths: gradient-weighted "
                       f"mean path length below {SHORT_PATHS.value} of the typical length (Veit et al. 2016, Fig. 6)",
-                      _CRIT, "weighted length / typical length", SHORT_PATHS, "below")
+                      crit, "weighted length / typical length", SHORT_PATHS, "below")
         missing = [f"{lab}: {summary.get(lab, {}).get('note', 'no paths result')}" for lab in labs
                    if "weighted_length" not in summary.get(lab, {})]
         na, gates, scope = claim.gate(roles, labs, len(labs), missing)
@@ -356,7 +376,12 @@ def short_paths_verdicts(summary: dict, roles: dict, n_images: int) -> list[Verd
 
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=64),
         options: PathsOptions = PathsOptions()) -> StudyResult:
-    """Path-length distribution and gradient per path length of every residual subject."""
+    """Path-length distribution and gradient per path length of every residual subject (token windows:
+    :func:`resprobe.probes.lm_paths.run_text`)."""
+    from ..io.text import TextData
+    if isinstance(data, TextData):
+        from .lm_paths import run_text
+        return run_text(subjects, data, spec, options)
     common.check_labels(subjects)
     frames, boots, graphs, skipped = [], {}, {}, []
     from ..anatomy import anatomy

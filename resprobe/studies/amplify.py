@@ -44,7 +44,8 @@ STUDY = register(Study(
                "Per-unit gains ‖Δout‖/‖Δin‖ of the unit and of its branch, for random and worst-case directions "
                "(bands: 95% CI). A gain near 1 for the unit with a small branch gain is the identity shortcut "
                "carrying the perturbation."),
-        Figure("amplify_cumulative", lambda r: figures.amplify_cumulative_plot(r.table, r.units),
+        Figure("amplify_cumulative", lambda r: None if r.settings.get("text") else
+               figures.amplify_cumulative_plot(r.table, r.units),
                "End-to-end gains: from the image to each unit's output, and from each unit's input to the logits "
                "(bands: 95% CI)."),
         Figure("amplify_arithmetic", lambda r: figures.amplify_arithmetic_plot(r.table)
@@ -53,7 +54,7 @@ STUDY = register(Study(
                "95% CI). Points near the diagonal show that the ratio restates ‖y‖/‖F‖; it is not evidence. Plain "
                "units have no shortcut and no such ratio."),
     ),
-    sections={"amplify": ("amplify_kappa", "amplify_arithmetic")}, report=report, budget=budget,
+    sections={"amplify": ("amplify_kappa", "amplify_arithmetic")}, report=report, budget=budget, text=True,
     json=lambda r: {"timing": r.detail.timing if r.detail else None},
     command=Command("perturbation gains per unit: is a residual unit a differential amplifier?", add_arguments,
                     execute, batch_size=64,

@@ -90,7 +90,7 @@ STUDY = register(Study(
             "The gradient of one pixel along the first line, per network: a smooth curve is brown-noise-like, a "
             "jagged one white-noise-like."),
     ),
-    sections={"gradcorr": ("gradcorr_block_profile",)},
+    sections={"gradcorr": ("gradcorr_block_profile",)}, text=True,
     report=lambda run: gradcorr.run(run.subjects, run.data, run.spec,
                                     gradcorr.LineOptions(lines=LINES[run.budget][0], points=LINES[run.budget][1])),
     budget=lambda name, n: f"{LINES[name][0]} lines of {LINES[name][1]} points for the gradients",

@@ -63,7 +63,7 @@ STUDY = register(Study(
                     "(a) Number of paths of each length (binomial); (b) gradient magnitude carried by one path of "
                     "length k (band: 95% CI over images and routings); (c) the total by length (band: 95% CI). Look "
                     "at where (c) peaks against where (a) does."),),
-    sections={"paths": ("paths",)}, report=report, budget=budget, files=files,
+    sections={"paths": ("paths",)}, report=report, budget=budget, files=files, text=True,
     command=Command("path lengths and the gradient per path length (Veit et al. 2016 Fig. 6)", add_arguments,
                     execute, batch_size=64),
 ))

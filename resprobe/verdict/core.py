@@ -72,7 +72,8 @@ class Competence:
         return math.isfinite(self.ci_high) and self.ci_high < self.bar
 
     def describe(self) -> str:
-        return (f"error {self.error:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}] on {self.n_images} images"
+        unit = "tokens" if self.data.startswith("text:") else "images"
+        return (f"error {self.error:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}] on {self.n_images} {unit}"
                 f"{' of ' + self.data if self.data else ''}, chance "
                 f"{self.chance:.4f}; competent needs the CI below {self.bar:.4f}")
 
