@@ -248,8 +248,10 @@ def cmd_study(args) -> int:
     t0 = time.time()
     spec = _spec(args)
     if is_text(args) and not study.text:
+        from .studies import studies
+        on_text = ", ".join(s.name for s in studies() if s.text and s.command is not None)
         raise UsageError(f"resprobe {study.name} does not run on language models yet",
-                         "on --data text:... run resprobe lesion or resprobe eval")
+                         f"on --data text:... run resprobe {on_text}, report or eval")
     options = cmd.options(args) if cmd.options else None
     same = cmd.same_settings
     with _output(args.out, args if same else None, study.stem if same else None) as out:

@@ -121,4 +121,7 @@ def test_the_command_writes_its_files(tmp_path):
     assert {"identity.csv", "identity.lens.csv", "identity.positions.csv", "identity_lm_lens.png",
             "identity_lm_branch_ratio.png", "identity_lm_lens_positions.png", "report.html"} <= names
     meta = json.loads((out / "identity.json").read_text())
-    assert meta["verdicts"] == [] and meta["settings"]["text"]
+    assert meta["settings"]["text"]
+    # a random network is judged by no one: the near-identity verdict is not applicable (competence gate)
+    assert [v["verdict"] for v in meta["verdicts"]] == ["not applicable"]
+    assert "not a competent predictor" in meta["verdicts"][0]["reason"]

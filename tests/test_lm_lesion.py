@@ -260,11 +260,11 @@ def test_the_command_writes_its_files_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["amplify", *SPEC_ARGS], "does not run on language models"),
+    (["prune", *SPEC_ARGS], "does not run on language models"),
     (["lesion", "--model", "cifar_resnet20", "--random-init", "--data", "synthetic", "--seq-len", "8"], "text data"),
     (["lesion", *SPEC_ARGS, "--mode", "skip", "--k", "5"], "1..4 middle blocks"),
     (["lesion", "--model", SPEC, "--data", "text:pydoc", "--seq-len", "16"], "--random-init"),
-    (["lesion", *SPEC_ARGS, "--weights", "x.pt"], "--weights does not apply"),
+    (["lesion", "--model", "smollm2-135m", "--data", "text:pydoc", "--weights", "x.pt"], "--weights does not apply"),
 ])
 def test_bad_requests_are_one_line(tmp_path, capsys, argv, words):
     from resprobe.cli import main
