@@ -262,19 +262,22 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from .report.full import budget_details
     spec = _spec(args)
-    if is_text(args):
-        raise UsageError("resprobe report does not run on language models yet",
-                         "on --data text:... run resprobe lesion or resprobe eval")
+    text = is_text(args)
     with _output(args.out, args, "report") as out:
-        data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
         specs, weights, labels = [args.model], [args.weights.split(",") if args.weights else None], [args.label]
         if args.plain:
             specs.append(args.plain)
             weights.append(args.plain_weights.split(",") if args.plain_weights else None)
             labels.append(args.plain_label)
-        subjects = api.load_subjects(specs, weights, data, labels, args.normalize, _access(args))
-        note(f"budget {args.budget}: {budget_details(args.budget, len(data))}"
-             + (" (--budget full uses every image)" if args.budget != "full" else ""))
+        if text:
+            from .lm import DEFAULT_SEQ_LEN, TextRequest, load_text_subjects
+            data, subjects = load_text_subjects(specs, labels, weights, _access(args),
+                                                TextRequest(args.data, args.seq_len or DEFAULT_SEQ_LEN, args.limit))
+        else:
+            data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
+            subjects = api.load_subjects(specs, weights, data, labels, args.normalize, _access(args))
+        note(f"budget {args.budget}: {budget_details(args.budget, len(data), text)}"
+             + (" (--budget full uses every image)" if args.budget != "full" and not text else ""))
         sections = api.full_report(subjects, data, spec, args.budget, out, command=_settings(args))
     if dist.is_main():
         for k, v in sections.items():

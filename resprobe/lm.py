@@ -104,6 +104,13 @@ def _short(spec: str) -> str:
     return spec
 
 
+def _seed_group(ws) -> Optional[str]:
+    """The common name of seed folders ``NAME``, ``NAME_seed1``, ... (None when they differ)."""
+    import re
+    names = {re.sub(r"_seed\d+$", "", Path(w).parent.name) for w in ws if w}
+    return names.pop() if len(names) == 1 and "" not in names else None
+
+
 def load_text_subjects(specs, labels, weights, access, text: TextRequest):
     """``(TextData, [Subject])`` for language models on ``text:`` data: each model loaded (a random one from
     ``access.seed``), the windows of ``text`` cut with the first model's tokenizer (every model must give the
@@ -131,8 +138,10 @@ def load_text_subjects(specs, labels, weights, access, text: TextRequest):
             if x is not None:
                 check_file(Path(x))
     subjects, data, first = [], None, None
+    shorts = [_short(s) for s in specs]
     for pos, (spec, label, ws) in enumerate(zip(specs, labels, weights)):
-        group = label or (_short(spec) if len(ws) > 1 else None)
+        short = shorts[pos] if shorts.count(shorts[pos]) == 1 else spec   # two models of one family: the spec
+        group = label or (_seed_group(ws) or short if len(ws) > 1 else None)
         for k, w in enumerate(ws):
             rec = recorded(w)
             seed = rec.get("seed", k) if w else None
@@ -145,7 +154,7 @@ def load_text_subjects(specs, labels, weights, access, text: TextRequest):
             elif ids.ids.shape != data.ids.shape or not torch.equal(ids.ids, data.ids):
                 raise UsageError(f"{spec} tokenizes {data_spec} differently from {first}: their windows cannot be "
                                  "compared", "probe models with different tokenizers in separate runs")
-            lab = f"{group}/s{seed}" if len(ws) > 1 else label or (_label_for(spec, w) if w else _short(spec))
+            lab = f"{group}/s{seed}" if len(ws) > 1 else label or (_label_for(spec, w) if w else short)
             subjects.append(Subject(lab, model.eval(), "none", prov, group=group or lab,
                                     seed=int(seed) if seed is not None else None,
                                     recipe=recipe_key(w, spec) if w else None))

@@ -99,7 +99,10 @@ class ReportRun:
     def view(self, subject: Subject):
         if subject.label not in self.views:
             from .anatomy import anatomy
-            self.views[subject.label] = anatomy(subject.model, getattr(self.data, "input_shape", None))
+            shape = getattr(self.data, "input_shape", None)
+            if shape is None and hasattr(self.data, "seq_len"):
+                shape = (self.data.seq_len,)
+            self.views[subject.label] = anatomy(subject.model, shape)
         return self.views[subject.label]
 
     def residual(self) -> list[Subject]:
@@ -151,7 +154,8 @@ class Study:
     subcommand (None: none). Writer hooks: ``file_stem`` (the files' name when it is not the study's),
     ``merge(result, out)`` (rows already in the folder), ``files(result, out)`` (extra files), ``json(result)``
     (extra keys of its JSON) and ``tables(result)`` (``(title, DataFrame)`` shown in its document). ``text``: its
-    command also runs on language models over ``--data text:...``."""
+    command also runs on language models over ``--data text:...``; ``text_report`` and ``text_budget`` are
+    ``report`` and ``budget`` for the full report of language models (None: not part of it)."""
 
     name: str
     title: str
@@ -171,6 +175,8 @@ class Study:
     json: Optional[Callable[[StudyResult], dict]] = None
     tables: Optional[Callable[[StudyResult], list[tuple[str, pd.DataFrame]]]] = None
     text: bool = False   # whether its command runs on language models over text (--data text:...)
+    text_report: Optional[Callable[[ReportRun], StudyResult]] = None
+    text_budget: Optional[Callable[[str, int], str]] = None
 
     @property
     def stem(self) -> str:

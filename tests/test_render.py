@@ -57,3 +57,15 @@ def test_demo_report_renders(tmp_path):
     if keep:  # CI keeps the screenshot as an artefact
         os.makedirs(keep, exist_ok=True)
         shutil.copy(tmp_path / "shot.png", os.path.join(keep, "report-screenshot.png"))
+
+
+def test_language_model_report_renders(tmp_path):
+    """The LM report (a random twin decoder and its plain twin on text) renders with its figures."""
+    from resprobe.cli import main
+    spec = "hf-config:resprobe_twin(hidden_size=32, num_hidden_layers=4{})"
+    assert main(["report", "--model", spec.format(""), "--plain", spec.format(", residual=False"), "--random-init",
+                 "--data", "text:pydoc@test", "--seq-len", "32", "--limit", "24", "--quiet", "--out",
+                 str(tmp_path)]) == 0
+    res = check(tmp_path / "report.html")
+    assert res["ok"], res
+    assert res["images"] >= 6

@@ -73,6 +73,14 @@ class TextData:
             x, y = self.inputs_and_targets(rows)
             yield x.to(device), y.to(device), rows
 
+    def subset(self, n: int, seed: int = 0) -> "TextData":
+        """A seeded subset of ``n`` windows, in window order (all of them when ``n`` covers them)."""
+        if n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return TextData(self.ids[keep], self.docs[keep], self.names, self.spec, self.tokenizer,
+                        dict(self.source, limit=n, subset_seed=seed))
+
     def to(self, device) -> "TextData":
         """The same windows (token ids are moved per batch)."""
         return self

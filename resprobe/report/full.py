@@ -27,15 +27,21 @@ __all__ = ["BUDGETS", "full_report", "budget_details", "reported"]
 BUDGETS = ("fast", "full")
 
 
-def reported() -> list[Study]:
-    """The studies of the full report, in order."""
-    return [s for s in studies() if s.report is not None]
+def reported(text: bool = False) -> list[Study]:
+    """The studies of the full report, in order (``text``: of the language-model report)."""
+    return [s for s in studies() if (s.text_report if text else s.report) is not None]
 
 
-def budget_details(budget: str, n: Optional[int] = None) -> str:
-    """What the budget gives each study, in words, for ``n`` items of data."""
-    text = "; ".join(s.budget(budget, n) for s in reported() if s.budget)
-    return text[:1].upper() + text[1:]
+def budget_details(budget: str, n: Optional[int] = None, text: bool = False) -> str:
+    """What the budget gives each study, in words, for ``n`` items of data (``text``: token windows)."""
+    words = "; ".join((s.text_budget if text else s.budget)(budget, n) for s in reported(text)
+                      if (s.text_budget if text else s.budget))
+    return words[:1].upper() + words[1:]
+
+
+def _is_text(data) -> bool:
+    from ..io.text import TextData
+    return isinstance(data, TextData)
 
 
 def _section_ids(verdicts: list[Verdict], taken: dict) -> list[str]:
@@ -52,7 +58,7 @@ def _run_one(study: Study, ctx: ReportRun, sections: dict, failures: dict) -> Op
     t0 = time.time()
     note(f"report: {study.name} ...")
     try:
-        r = study.report(ctx)
+        r = (study.text_report if _is_text(ctx.data) else study.report)(ctx)
         if dist.is_main():
             save(r, ctx.out)
         for sk, v in zip(_section_ids(r.verdicts, sections), r.verdicts):
@@ -79,7 +85,8 @@ def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunS
     sections: dict = {}
     failures: dict = {}
     views: dict = {}
-    for study in reported():
+    text = _is_text(data)
+    for study in reported(text):
         ctx = ReportRun(subjects, data, spec, budget, out / study.name, results, views)
         r = _run_one(study, ctx, sections, failures)
         if r is not None:
@@ -92,11 +99,11 @@ def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunS
         write_table(pd.concat(frames, ignore_index=True), out / "results.csv")
     header = _header(subjects, data, budget, spec, total)
     write_json(dict(provenance=dict(models=[s.describe() for s in subjects], data=data.describe(), budget=budget,
-                                    budget_details=budget_details(budget, len(data)), run=spec.describe(),
+                                    budget_details=budget_details(budget, len(data), text), run=spec.describe(),
                                     versions=versions(), wall_time_s=round(total, 1),
                                     **({"command": command} if command else {})),
                     sections=sections, failures=failures), out / "report.json")
-    _document(results, sections, failures, header, out).write(out, "report")
+    _document(results, sections, failures, header, out, text).write(out, "report")
     return sections
 
 
@@ -108,15 +115,19 @@ def _header(subjects, data, budget: str, spec: RunSpec, total: float) -> list[st
                                  f"{str(s.provenance.get('weights_sha256') or 'random init')[:12]}"
                                  + (f", seed {s.seed}" if s.seed is not None else "") + ")" for s in subjects)
         + f" — {len(groups)} group(s): {', '.join(groups)}.",
-        f"Data: `{data.spec}` [{data.split}], {len(data)} images; budget `{budget}`"
-        + (" (`--budget full` uses every image)" if budget != "full" else "") + f". {budget_details(budget, len(data))}.",
+        (f"Data: `{data.spec}`, {len(data)} windows of {data.seq_len} tokens ({data.tokenizer} tokens) from "
+         f"{data.n_documents} documents; budget `{budget}`. {budget_details(budget, len(data), True)}."
+         if _is_text(data) else
+         f"Data: `{data.spec}` [{data.split}], {len(data)} images; budget `{budget}`"
+         + (" (`--budget full` uses every image)" if budget != "full" else "") + f". {budget_details(budget, len(data))}."),
         f"Seed {spec.seed}; total time {total:.1f} s (every study, its files and this page); resprobe "
         f"{versions()['resprobe']}, torch {versions()['torch']}.",
         "Each verdict is a pure function of the measured results with its criterion and margin (the smallest "
         "effect of interest) fixed in advance: supported when the whole 95% CI lies beyond the margin, not supported "
         "when it lies wholly on the other side, inconclusive otherwise, and not applicable when a gate fails (a "
         "network that is not a competent predictor; a contrast without an equal-recipe twin of the same "
-        "architecture). 'this network' means the CI comes from images and speaks for these trained networks only; "
+        "architecture). 'this network' means the CI comes from images (for language models: documents) and speaks "
+        "for these trained networks only; "
         "'across N seeds' means it comes from N independently trained networks of each kind.",
         "Competence (the gate of every verdict about a network): " + "; ".join(
             f"`{s.label}` " + (s.competence.describe() + (" — passed" if s.competence.competent else " — FAILED")
@@ -124,16 +135,17 @@ def _header(subjects, data, budget: str, spec: RunSpec, total: float) -> list[st
     ]
 
 
-def _document(results: dict, sections: dict, failures: dict, header: list[str], out: Path) -> Document:
-    doc = Document("resprobe report: why does this residual network work?")
+def _document(results: dict, sections: dict, failures: dict, header: list[str], out: Path,
+              text: bool = False) -> Document:
+    doc = Document("resprobe report: why does this residual " + ("language model" if text else "network") + " work?")
     for line in header:
         doc.paragraph(line)
     verdicts = [Verdict(**{k: v for k, v in s.items() if k not in ("study", "seconds")})
                 for s in sections.values() if s.get("verdict") != "failed"]
     doc.heading("Verdicts")
     doc.verdicts(verdicts)
-    order = {k: i for i, k in enumerate(k for s in reported() for k in s.verdict_keys)}
-    by_name = {s.name: s for s in reported()}
+    order = {k: i for i, k in enumerate(k for s in reported(text) for k in s.verdict_keys)}
+    by_name = {s.name: s for s in reported(text)}
     for key in sorted(sections, key=lambda k: order.get(k.split("#")[0], len(order))):
         sec = sections[key]
         study = by_name[sec["study"]]

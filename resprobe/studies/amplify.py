@@ -17,6 +17,19 @@ def report(run: ReportRun) -> StudyResult:
                        amplify.AmplifyOptions(power_iters=iters))
 
 
+TEXT_BUDGET = {"fast": (8, 5), "full": (32, 10)}   # token windows, power iterations
+
+
+def text_report(run: ReportRun) -> StudyResult:
+    windows, iters = TEXT_BUDGET[run.budget]
+    return amplify.run(run.subjects, run.capped(windows), run.spec, amplify.AmplifyOptions(power_iters=iters))
+
+
+def text_budget(name: str, n: int) -> str:
+    windows, iters = TEXT_BUDGET[name]
+    return f"amplification on {used(windows, n)} token windows ({iters} power iterations)"
+
+
 def budget(name: str, n: int) -> str:
     images, iters = BUDGET[name]
     return f"amplification on {used(images, n)} images ({iters} power iterations)"
@@ -54,7 +67,8 @@ STUDY = register(Study(
                "95% CI). Points near the diagonal show that the ratio restates ‖y‖/‖F‖; it is not evidence. Plain "
                "units have no shortcut and no such ratio."),
     ),
-    sections={"amplify": ("amplify_kappa", "amplify_arithmetic")}, report=report, budget=budget, text=True,
+    sections={"amplify": ("amplify_kappa", "amplify_gains", "amplify_arithmetic")}, report=report, budget=budget, text=True,
+    text_report=text_report, text_budget=text_budget,
     json=lambda r: {"timing": r.detail.timing if r.detail else None},
     command=Command("perturbation gains per unit: is a residual unit a differential amplifier?", add_arguments,
                     execute, batch_size=64,

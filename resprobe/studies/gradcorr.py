@@ -58,6 +58,15 @@ def add_arguments(q) -> None:
     q.add_argument("--points", type=positive_int, default=256, help="points per line (synthetic: on [-2, 2))")
 
 
+TEXT_LINES = {"fast": (4, 64), "full": (8, 128)}   # lines between windows' embeddings, points per line
+
+
+def text_report(run) -> StudyResult:
+    lines, points = TEXT_LINES[run.budget]
+    return gradcorr.run(run.subjects, run.data, run.spec, gradcorr.LineOptions(lines=lines, points=points,
+                                                                              mode="between"))
+
+
 def options(a):
     """SyntheticOptions for ``gradcorr synthetic``, LineOptions for trained networks."""
     if a.target == "synthetic":
@@ -90,7 +99,9 @@ STUDY = register(Study(
             "The gradient of one pixel along the first line, per network: a smooth curve is brown-noise-like, a "
             "jagged one white-noise-like."),
     ),
-    sections={"gradcorr": ("gradcorr_block_profile",)}, text=True,
+    sections={"gradcorr": ("gradcorr_block_profile",)}, text=True, text_report=text_report,
+    text_budget=lambda name, n: f"{TEXT_LINES[name][0]} lines of {TEXT_LINES[name][1]} points between windows' "
+                                "input embeddings for the gradients",
     report=lambda run: gradcorr.run(run.subjects, run.data, run.spec,
                                     gradcorr.LineOptions(lines=LINES[run.budget][0], points=LINES[run.budget][1])),
     budget=lambda name, n: f"{LINES[name][0]} lines of {LINES[name][1]} points for the gradients",

@@ -17,6 +17,18 @@ def report(run: ReportRun) -> StudyResult:
     return identity.run(run.subjects, run.capped(BUDGET[run.budget]), run.spec, lesions=run.results.get("lesion"))
 
 
+TEXT_BUDGET = {"fast": 32, "full": 128}   # token windows
+
+
+def text_report(run: ReportRun) -> StudyResult:
+    from ..probes import lm_identity
+    return lm_identity.run_text(run.subjects, run.capped(TEXT_BUDGET[run.budget]), run.spec)
+
+
+def text_budget(name: str, n: int) -> str:
+    return f"identity and the logit lens on {used(TEXT_BUDGET[name], n)} token windows"
+
+
 def budget(name: str, n: int) -> str:
     return f"identity on {used(BUDGET[name], n)} images"
 
@@ -116,9 +128,10 @@ STUDY = register(Study(
                "order (band: 95% CI over images) and sorted, as in He et al. Fig. 7. ResNets' responses are expected "
                "to be smaller than their plain twins'."),
     ) + TEXT_FIGURES,
-    sections={"identity-near": ("identity_residual_ratio", "identity_branch_ratio"), "identity": ("response_std",),
+    sections={"identity-near": ("identity_residual_ratio", "identity_branch_ratio", "identity_lm_branch_ratio",
+                                "identity_lm_lens_positions", "identity_lm_lens"), "identity": ("response_std",),
               "refinement": ("identity_branch_ratio",)},
-    report=report, budget=budget, needs=("lesion",), tables=wide, files=_text_files, text=True,
+    report=report, budget=budget, text_report=text_report, text_budget=text_budget, needs=("lesion",), tables=wide, files=_text_files, text=True,
     command=Command("per-unit distance to the identity (He et al. Fig. 7, Jastrzebski et al.)", add_arguments,
                     execute, options=options),
 ))

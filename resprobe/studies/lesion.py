@@ -37,6 +37,44 @@ def report(run: ReportRun) -> StudyResult:
     return r
 
 
+# the language-model report: token windows, and the pruning rules' choices of n layers (random choices per n)
+TEXT_BUDGET = {"fast": (16, (1, 2), 3), "full": (64, (1, 2, 4, 8), 10)}
+
+
+def text_report(run: ReportRun) -> StudyResult:
+    """Language models: every single deletion (sublayers; each path of a parallel layer) with the verdicts,
+    then the pruning rules against the true single-deletion effects on the residual models (for the figure
+    of similarity against effect)."""
+    from ..probes.lm_lesion import TextDetail
+    from ..probes.lm_store import TextStore
+    windows, ns, samples = TEXT_BUDGET[run.budget]
+    data = run.capped(windows)
+    store = TextStore(run.out) if dist.is_main() else None
+    r = lesion.run(run.subjects, data, run.spec, [lesion.LesionPlan(lesion.LesionMode.SINGLE)], store)
+    residual = run.residual()
+    n = min((len(run.view(s).blocks) for s in residual), default=0)
+    ks = tuple(k for k in ns if k <= n - 2)
+    if residual and ks:
+        p = lesion.run(residual, data, run.spec, lesion.LesionPlan(lesion.LesionMode.PRUNE, ks=ks, samples=samples),
+                       store)
+        if dist.is_main():
+            d1, d2 = r.detail, p.detail
+            r = dataclasses.replace(r, table=pd.concat([r.table, p.table[p.table["mode"] != "baseline"]],
+                                                       ignore_index=True),
+                                    findings=r.findings + p.findings,
+                                    detail=TextDetail({k: {**d1.sums.get(k, {}), **d2.sums.get(k, {})}
+                                                       for k in {**d1.sums, **d2.sums}}, d1.docs,
+                                                      {k: d1.reused.get(k, 0) + d2.reused.get(k, 0)
+                                                       for k in {**d1.reused, **d2.reused}}, d2.tables))
+    return r
+
+
+def text_budget(name: str, n: int) -> str:
+    windows, ns, samples = TEXT_BUDGET[name]
+    return (f"single deletions on {used(windows, n)} token windows; pruning n = {', '.join(map(str, ns))} layers by "
+            f"each similarity rule against {samples} random choices and the oracle")
+
+
 def budget(name: str, n: int) -> str:
     images, randomk, samples = BUDGET[name]
     return (f"lesions on {used(images, n)} images; random deletions k = {', '.join(map(str, randomk))} "
@@ -201,9 +239,9 @@ STUDY = register(Study(
                "increase of deleting it alone (colour: position). A rule that predicts the damage puts the points "
                "on a rising curve; look at the middle layers, not only the first and last."),
     ),
-    sections={"lesion-single": ("lesion_single",), "lesion-contrast": ("lesion_single",),
-              "lesion-random-k": ("lesion_random_k",)},
-    report=report, budget=budget, merge=merge, json=lambda r: {"units": r.units}, files=_text_files,
+    sections={"lesion-single": ("lesion_single", "lesion_lm_single", "lesion_lm_similarity"),
+              "lesion-contrast": ("lesion_single", "lesion_lm_single"), "lesion-random-k": ("lesion_random_k",)},
+    report=report, budget=budget, text_report=text_report, text_budget=text_budget, merge=merge, json=lambda r: {"units": r.units}, files=_text_files,
     tables=_text_tables, text=True,
     command=Command("delete, sample or reorder residual units (Veit et al. 2016)", add_arguments, execute,
                     same_settings=False),

@@ -23,6 +23,19 @@ def report(run: ReportRun) -> StudyResult:
                      paths.PathsOptions(samples=samples))
 
 
+TEXT_BUDGET = {"fast": (4, 2), "full": (16, 5)}   # token windows, routings per path length
+
+
+def text_report(run: ReportRun) -> StudyResult:
+    windows, samples = TEXT_BUDGET[run.budget]
+    return paths.run(run.residual(), run.capped(windows), run.spec, paths.PathsOptions(samples=samples))
+
+
+def text_budget(name: str, n: int) -> str:
+    windows, samples = TEXT_BUDGET[name]
+    return f"paths on {used(windows, n)} token windows ({samples} routings per length)"
+
+
 def budget(name: str, n: int) -> str:
     images, samples = BUDGET[name]
     return f"paths on {used(images, n)} images ({samples} routings per length)"
@@ -64,6 +77,7 @@ STUDY = register(Study(
                     "length k (band: 95% CI over images and routings); (c) the total by length (band: 95% CI). Look "
                     "at where (c) peaks against where (a) does."),),
     sections={"paths": ("paths",)}, report=report, budget=budget, files=files, text=True,
+    text_report=text_report, text_budget=text_budget,
     command=Command("path lengths and the gradient per path length (Veit et al. 2016 Fig. 6)", add_arguments,
                     execute, batch_size=64),
 ))
