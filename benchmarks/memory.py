@@ -5,9 +5,16 @@
     python benchmarks/memory.py --quick          # 2,000 images, to see the shape of the table
     python benchmarks/memory.py --only paths amplify   # the commands whose names start with these words
 
+    python benchmarks/memory.py --lm             # every LM probe on SmolLM2-135M, 64 windows of 256 tokens
+
 Target (issue 13): every peak below 2 GB, whatever the number of images — probes keep per-image scalars,
 never activations of the whole data set. Sample counts are reduced where they only multiply time (paths:
 one routing per length; amplification: one ε, one power iteration), not memory per image.
+
+Target (issue 30, ``--lm``): every LM probe on SmolLM2-135M over 64 windows of 256 tokens below 4 GB. What
+only multiplies time is reduced: the lesion sweep runs one single deletion (memory holds one configuration's
+logits at a time, however many configurations a sweep has), paths three path lengths with one routing each,
+amplification one ε and one power iteration, shattering two lines of 16 points (the minimum).
 """
 from __future__ import annotations
 
@@ -35,7 +42,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", default=None, help="run only the commands whose names start with these")
+    ap.add_argument("--lm", action="store_true", help="the language-model probes on SmolLM2-135M instead")
     args = ap.parse_args()
+    if args.lm:
+        return main_lm(args)
     test = f"imagefolder:{SHARED / 'data/cifar10-jpeg-test.tar.gz'}"
     train = f"imagefolder:{SHARED / 'data/cifar10-jpeg-train.tar.gz'}"
     r56 = ["--model", "cifar_resnet56", "--weights", str(SHARED / "models/resnet56-4bfd9763.th"),
@@ -68,6 +78,33 @@ def main():
             worst = max(worst, mb)
             print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"))
         print(f"largest peak: {worst:.0f} MB (target < 2048 MB)")
+
+
+def main_lm(args):
+    rp = [sys.executable, "-m", "resprobe"]
+    lm = ["--model", "smollm2-135m", "--data", "text:pydoc", "--seq-len", "256", "--limit", "64", "--quiet"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [
+            ("eval", rp + ["eval", *lm, "--json"]),
+            ("lesion (one single deletion)", rp + ["lesion", *lm, "--mode", "set", "--units", "model.layers.15.mlp",
+                                                   "--out", f"{tmp}/l"]),
+            ("identity and logit lens", rp + ["identity", *lm, "--out", f"{tmp}/i"]),
+            ("amplify (one ε, 1 power iteration)", rp + ["amplify", *lm, "--eps", "1e-3", "--power-iters", "1",
+                                                         "--out", f"{tmp}/a"]),
+            ("paths (k = 0, 1, 2; 1 routing each)", rp + ["paths", *lm, "--k", "0:2", "--samples", "1",
+                                                          "--out", f"{tmp}/p"]),
+            ("gradcorr (2 lines of 16 points)", rp + ["gradcorr", *lm, "--lines", "2", "--points", "16",
+                                                      "--line", "between", "--out", f"{tmp}/g"]),
+        ]
+        print(f"SmolLM2-135M, 64 windows of 256 tokens\n{'command':50s} {'peak RSS':>10s} {'time':>8s}")
+        worst = 0.0
+        for name, argv in cases:
+            if args.only and not name.startswith(tuple(args.only)):
+                continue
+            mb, s, code = run(argv)
+            worst = max(worst, mb)
+            print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"), flush=True)
+        print(f"largest peak: {worst:.0f} MB (target < 4096 MB)")
 
 
 if __name__ == "__main__":

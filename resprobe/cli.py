@@ -48,11 +48,15 @@ def _access(args) -> api.Access:
                       device_map=getattr(args, "device_map", None), offload_folder=getattr(args, "offload_folder", None))
 
 
+def _load_text(args, specs, labels, weights):
+    from .lm import TextRequest, load_text_subjects
+    return load_text_subjects(specs, labels, weights, _access(args), TextRequest(args.data, args.seq_len or 128,
+                                                                                 args.limit))
+
+
 def _load(args):
     if is_text(args):
-        from .lm import TextRequest, load_text_subjects
-        return load_text_subjects(args.model, args.label, weights_lists(args), _access(args),
-                                  TextRequest(args.data, args.seq_len or 128, args.limit))
+        return _load_text(args, args.model, args.label, weights_lists(args))
     data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
     subjects = api.load_subjects(args.model, weights_lists(args), data, args.label, args.normalize, _access(args))
     return data, subjects
@@ -178,7 +182,8 @@ def cmd_train(args) -> int:
                     augment=not args.no_augment, seed=args.seed)
     dev = api.resolve_device(args.device)
     if is_text(args):
-        return _train_text(args, recipe, dev)
+        from .lm import train_text_command
+        return train_text_command(args, recipe, dev, _access(args))
     with claim(args.out):
         torch.manual_seed(args.seed)
         train_data = api.load_data(args.data, "train", args.data_root, args.download, args.limit)
@@ -200,47 +205,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_text(args, recipe, dev) -> int:
-    """``resprobe train --data text:...@train --test-data text:...@test``: a causal LM from its random
-    initialisation (seeded), next-token loss; the held-out documents must be other documents."""
-    import torch
-
-    from .lm import DEFAULT_SEQ_LEN, text_for
-    from .models.lm import is_lm_spec
-    from .training import TrainRun, train
-    if not is_lm_spec(args.model):
-        raise UsageError(f"--data {args.data} is text, but {args.model} is not a language model",
-                         "train hf-config:resprobe_twin(...) (or another hf-config: family) on text")
-    if not args.test_data or not args.test_data.startswith("text:"):
-        raise UsageError("training on text needs held-out documents: --test-data text:...",
-                         f"e.g. --data {args.data.split('@')[0]}@train --test-data {args.data.split('@')[0]}@test")
-    seq = args.seq_len or DEFAULT_SEQ_LEN
-    with claim(args.out):
-        torch.manual_seed(args.seed)
-        model, prov = api.load_model(args.model, args.weights, _access(args))
-        from .lm import subset_windows
-        train_data = subset_windows(text_for(model, prov, args.data, seq), args.limit, args.seed)
-        test_data = subset_windows(text_for(model, prov, args.test_data, seq), args.test_limit, args.seed)
-        shared = sorted(set(train_data.names) & set(test_data.names))
-        if shared:
-            raise UsageError(f"{len(shared)} documents are in both --data and --test-data ({', '.join(shared[:3])}"
-                             f"{', ...' if len(shared) > 3 else ''}): the test would not be held out",
-                             "split them: --data text:...@train --test-data text:...@test")
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit and seq > limit:
-            raise UsageError(f"--seq-len {seq} exceeds the model's {limit} positions", f"use --seq-len <= {limit}")
-        cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
-                   versions=api.versions(), device=str(dev), seq_len=seq)
-        df = train(model, train_data, test_data, recipe, args.out,
-                   TrainRun(device=dev, resume=args.resume, overwrite=args.overwrite, progress_bar=not args.quiet,
-                            config=cfg))
-    last = df.iloc[-1]
-    print(f"trained {args.model}: final train loss {last.train_loss:.4f} nats/token (top-1 error "
-          f"{last.train_error:.4f}), held-out loss {last.test_loss:.4f} (top-1 error {last.test_error:.4f}); "
-          f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
-    return 0
-
-
 def cmd_study(args) -> int:
     """Any declared study's subcommand: claim the folder, load on demand, run, write."""
     study = args.study
@@ -248,10 +212,9 @@ def cmd_study(args) -> int:
     t0 = time.time()
     spec = _spec(args)
     if is_text(args) and not study.text:
-        from .studies import studies
         on_text = ", ".join(s.name for s in studies() if s.text and s.command is not None)
-        raise UsageError(f"resprobe {study.name} does not run on language models yet",
-                         f"on --data text:... run resprobe {on_text}, report or eval")
+        raise UsageError(f"resprobe {study.name} does not run on language models yet", f"on --data text:... run "
+                         f"resprobe {on_text}, report or eval")
     options = cmd.options(args) if cmd.options else None
     same = cmd.same_settings
     with _output(args.out, args if same else None, study.stem if same else None) as out:
@@ -270,9 +233,7 @@ def cmd_report(args) -> int:
             weights.append(args.plain_weights.split(",") if args.plain_weights else None)
             labels.append(args.plain_label)
         if text:
-            from .lm import DEFAULT_SEQ_LEN, TextRequest, load_text_subjects
-            data, subjects = load_text_subjects(specs, labels, weights, _access(args),
-                                                TextRequest(args.data, args.seq_len or DEFAULT_SEQ_LEN, args.limit))
+            data, subjects = _load_text(args, specs, labels, weights)
         else:
             data = api.load_data(args.data, args.split, args.data_root, args.download, args.limit, args.seed)
             subjects = api.load_subjects(specs, weights, data, labels, args.normalize, _access(args))
@@ -287,30 +248,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import torch
-
-    from .training import Recipe, TrainRun, train
-    out = Path(args.out)
-    with claim(out):
-        train_data = api.load_data("synthetic(n=2000)", "train")
-        test_data = api.load_data("synthetic(n=500)", "test")
-        subjects = []
-        for spec_name in (args.model, args.plain):
-            torch.manual_seed(args.seed)
-            model, prov = api.load_model(spec_name, num_classes=train_data.num_classes)
-            note(f"training {spec_name} on {train_data.spec} for {args.epochs} epochs ...")
-            folder = out / "models" / spec_name
-            train(model, train_data, test_data, Recipe(args.epochs, lr=0.05, schedule="cosine", seed=args.seed),
-                  folder, TrainRun(overwrite=True, progress_bar=not args.quiet,
-                                   config=dict(model=spec_name, command="resprobe demo")))
-            weights = folder / "model.pt"
-            subjects += api.load_subjects([spec_name], [[str(weights)]], test_data, [spec_name], "none")
-        sections = api.full_report(subjects, test_data, api.RunSpec(seed=args.seed, progress=not args.quiet),
-                                   "fast", out)
-    for k, v in sections.items():
-        print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
-    print(f"report: {(out / 'report.html').resolve()}")
-    return 0
+    from .report.demo import demo_command
+    return demo_command(args)
 
 
 # --- the parser ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .progress import progress
 
 DEFAULT_SEQ_LEN = 128
 
-__all__ = ["TextRequest", "DEFAULT_SEQ_LEN", "tokenizer_for", "text_for", "evaluate_text", "eval_text_command", "load_text_subjects", "subset_windows"]
+__all__ = ["TextRequest", "DEFAULT_SEQ_LEN", "tokenizer_for", "text_for", "evaluate_text", "eval_text_command", "load_text_subjects", "subset_windows", "train_text_command"]
 
 
 def tokenizer_for(prov: dict):
@@ -120,7 +120,7 @@ def load_text_subjects(specs, labels, weights, access, text: TextRequest):
     seeds of one network, labelled ``GROUP/sSEED`` with the seed and recipe ``resprobe train`` recorded
     beside each, exactly as for images."""
     data_spec, seq_len, limit = text
-    from .loading import _label_for, load_model, recipe_key, recorded
+    from .loading import label_for, load_model, recipe_key, recorded
     from .io.checkpoint import check_file
     from .metrics.stats import stable_seed
     from .study import Subject
@@ -154,7 +154,7 @@ def load_text_subjects(specs, labels, weights, access, text: TextRequest):
             elif ids.ids.shape != data.ids.shape or not torch.equal(ids.ids, data.ids):
                 raise UsageError(f"{spec} tokenizes {data_spec} differently from {first}: their windows cannot be "
                                  "compared", "probe models with different tokenizers in separate runs")
-            lab = f"{group}/s{seed}" if len(ws) > 1 else label or (_label_for(spec, w) if w else short)
+            lab = f"{group}/s{seed}" if len(ws) > 1 else label or (label_for(spec, w) if w else short)
             subjects.append(Subject(lab, model.eval(), "none", prov, group=group or lab,
                                     seed=int(seed) if seed is not None else None,
                                     recipe=recipe_key(w, spec) if w else None))
@@ -187,3 +187,43 @@ def eval_text_command(args, spec: RunSpec, access) -> int:
     return 0
 
 
+def train_text_command(args, recipe, dev, access) -> int:
+    """``resprobe train --data text:...@train --test-data text:...@test``: a causal LM from its random
+    initialisation (seeded), next-token loss; the held-out documents must be other documents."""
+    import sys
+
+    from .loading import load_model
+    from .outputs import claim
+    from .study import versions
+    from .models.lm import is_lm_spec
+    from .training import TrainRun, train
+    if not is_lm_spec(args.model):
+        raise UsageError(f"--data {args.data} is text, but {args.model} is not a language model",
+                         "train hf-config:resprobe_twin(...) (or another hf-config: family) on text")
+    if not args.test_data or not args.test_data.startswith("text:"):
+        raise UsageError("training on text needs held-out documents: --test-data text:...",
+                         f"e.g. --data {args.data.split('@')[0]}@train --test-data {args.data.split('@')[0]}@test")
+    seq = args.seq_len or DEFAULT_SEQ_LEN
+    with claim(args.out):
+        torch.manual_seed(args.seed)
+        model, prov = load_model(args.model, args.weights, access)
+        train_data = subset_windows(text_for(model, prov, args.data, seq), args.limit, args.seed)
+        test_data = subset_windows(text_for(model, prov, args.test_data, seq), args.test_limit, args.seed)
+        shared = sorted(set(train_data.names) & set(test_data.names))
+        if shared:
+            raise UsageError(f"{len(shared)} documents are in both --data and --test-data ({', '.join(shared[:3])}"
+                             f"{', ...' if len(shared) > 3 else ''}): the test would not be held out",
+                             "split them: --data text:...@train --test-data text:...@test")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and seq > limit:
+            raise UsageError(f"--seq-len {seq} exceeds the model's {limit} positions", f"use --seq-len <= {limit}")
+        cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
+                   versions=versions(), device=str(dev), seq_len=seq)
+        df = train(model, train_data, test_data, recipe, args.out,
+                   TrainRun(device=dev, resume=args.resume, overwrite=args.overwrite, progress_bar=not args.quiet,
+                            config=cfg))
+    last = df.iloc[-1]
+    print(f"trained {args.model}: final train loss {last.train_loss:.4f} nats/token (top-1 error "
+          f"{last.train_error:.4f}), held-out loss {last.test_loss:.4f} (top-1 error {last.test_error:.4f}); "
+          f"weights in {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
+    return 0

@@ -192,7 +192,7 @@ def load_data(spec: str, split: str = "test", root=None, download: bool = False,
     return load_dataset(spec, split=split, root=root, download=download).subset(limit, subset_seed)
 
 
-def _label_for(spec: str, weights: Optional[str]) -> str:
+def label_for(spec: str, weights: Optional[str]) -> str:
     if not weights:
         return spec
     p = Path(weights)
@@ -238,7 +238,7 @@ def load_subjects(specs: Sequence[str], weights: Sequence[Optional[Sequence[str]
             if len(ws) > 1:
                 lab = f"{group}/s{seed}"
             else:
-                lab = label or (entry.name.replace(":", "_") if entry and not entry.local else _label_for(spec, x))
+                lab = label or (entry.name.replace(":", "_") if entry and not entry.local else label_for(spec, x))
             from .metrics.stats import stable_seed
             init_seed = stable_seed(seed, "init", spec, len(out), *([access.seed] if access.seed else []))
             with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was

@@ -117,10 +117,9 @@ def _gains(scale, n=200, units=("u0", "u1", "u2"), seed=0, kappa=None):
 
 def test_amplifier_verdict_on_the_gain_not_the_arithmetic():
     roles = {"res": role("res", None, True), "plain": role("plain", None, False)}
-    t = pd.DataFrame(columns=A.COLUMNS)
 
     def one(res, plain, r=roles, n_boot=200):
-        vs = A.amplifier_verdicts(t, r, {"res": res, "plain": plain}, 1e-3, n_boot)
+        vs = A.amplifier_verdicts(r, {"res": res, "plain": plain}, 1e-3, n_boot)
         assert len(vs) == 1
         return vs[0]
     v = one(_gains(2.0), _gains(1.0))
@@ -137,7 +136,7 @@ def test_amplifier_verdict_on_the_gain_not_the_arithmetic():
     ev = v.evidence["res vs plain"]
     assert v.verdict == "not supported" and ev["log_kappa_ratio"] > 0 and ev["log_gain_ratio"] < -0.3
     assert ev["arithmetic_part"] == pytest.approx(np.log(4), abs=1e-6)
-    v = A.amplifier_verdicts(t, {"res": roles["res"]}, {"res": _gains(2.0)}, 1e-3)[0]
+    v = A.amplifier_verdicts({"res": roles["res"]}, {"res": _gains(2.0)}, 1e-3)[0]
     assert v.verdict == "not applicable" and "--plain" in v.reason
     v = one(_gains(2.0), _gains(1.0), r={"res": role("res", None, True, error=0.896), "plain": roles["plain"]}, n_boot=20)
     assert v.verdict == "not applicable"

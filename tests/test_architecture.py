@@ -100,6 +100,7 @@ KNOWN = {
     "params models/cifar.py:__init__": "model-spec keywords",
     "params models/mlp.py:mlp": "model-spec keywords",
     "params models/mlp.py:__init__": "model-spec keywords",
+    "params models/twin_lm.py:__init__": "model-spec keywords (hf-config:resprobe_twin(...): the config's fields)",
 }
 
 

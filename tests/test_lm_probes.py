@@ -244,12 +244,12 @@ def test_lm_lesion_verdicts_on_both_sides(res_inc, plain_inc, single, contrast):
             lab = f"{kind}/s{seed}"
             sums[lab], configs[lab] = _sums(inc, 6, docs, seed)
             roles[lab] = _role(kind, seed, kind == "res")
-    out = {v.key: v for v in single_loss_verdicts(sums, configs, docs, roles, 300, 0)}
+    out = {v.key: v for v in single_loss_verdicts(sums, configs, docs, roles, RunSpec(n_boot=300))}
     assert out["lesion-single"].verdict == single
     assert out["lesion-contrast"].verdict == contrast
     # a network at chance is never judged
     roles = {k: _role(r.group, r.seed, r.residual, error=0.79) for k, r in roles.items()}
-    assert all(v.verdict == "not applicable" for v in single_loss_verdicts(sums, configs, docs, roles, 300, 0))
+    assert all(v.verdict == "not applicable" for v in single_loss_verdicts(sums, configs, docs, roles, RunSpec(n_boot=300)))
 
 
 @pytest.mark.parametrize("ratio,outcome", [(2.0, "supported"), (1.0, "not supported")])
@@ -269,7 +269,7 @@ def test_lm_amplifier_verdict_resamples_documents(ratio, outcome):
     for d in per.values():
         for j in range(4):
             d[(f"u{j}", "kappa", 1e-4)] = d[(f"u{j}", "random_gain_branch", 1e-4)]
-    v = amplifier_verdicts(None, roles, per, 1e-4, 300, 0, clusters=docs)[0]
+    v = amplifier_verdicts(roles, per, 1e-4, 300, 0, clusters=docs)[0]
     assert v.verdict == outcome and "over documents" in v.criterion
 
 

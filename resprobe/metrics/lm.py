@@ -21,7 +21,10 @@ __all__ = ["LOGITS_BUDGET", "windows_per_batch", "Reference", "reference", "toke
 WINDOW_COLUMNS = ("nll", "tokens", "agree", "kl")
 
 
-LOGITS_BUDGET = 512 * 2 ** 20   # bytes of float32 logits per batch of windows
+# bytes of float32 logits per batch of windows. A sweep holds about four such tensors at once (the intact logits,
+# their probabilities, a configuration's logits and its log-sum-exp temporary): 256 MiB keeps every LM probe on
+# SmolLM2-135M (64 windows of 256 tokens) under 4 GB (benchmarks/memory.py --lm; 512 MiB peaked at 4.4 GB).
+LOGITS_BUDGET = 256 * 2 ** 20
 
 
 def windows_per_batch(seq_len: int, vocabulary: int, budget: int = LOGITS_BUDGET) -> int:

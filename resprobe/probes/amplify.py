@@ -201,7 +201,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         .sort_values(["model", "metric", "eps", "_u"], kind="stable", key=lambda c: c if c.name != "model" else
                      c.map({lab: i for i, lab in enumerate(order)})).drop(columns="_u").reset_index(drop=True)
     roles = common.roles(subjects, views, data, spec)
-    verdicts = amplifier_verdicts(table, roles, per_image, min(options.eps), spec.n_boot, spec.seed)
+    verdicts = amplifier_verdicts(roles, per_image, min(options.eps), spec.n_boot, spec.seed)
     return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=verdicts,
                        findings=findings(table, roles), provenance=common.provenance(subjects, data, spec),
                        settings=options.describe(), roles=roles,

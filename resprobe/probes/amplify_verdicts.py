@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 from ..metrics.stats import stable_seed
 from ..verdict import Claim, Margin, Role, Verdict, contrasts, pair_names, seed_interval, unpaired_reason
@@ -79,7 +78,7 @@ def _claim(res: str, plain: str, text: bool = False) -> Claim:
                  AMPLIFIER_LOG_RATIO, "above")
 
 
-def amplifier_verdicts(table: pd.DataFrame, roles: dict[str, Role], per_image: dict, eps: float,
+def amplifier_verdicts(roles: dict[str, Role], per_image: dict, eps: float,
                        n_boot: int = 1000, seed: int = 0, clusters=None) -> list[Verdict]:
     """Per equal-recipe twin pair: a residual unit's branch amplifies small input perturbations more than the
     matching plain unit does. ``clusters``: the document of each token window (the CI then resamples

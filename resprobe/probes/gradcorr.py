@@ -177,7 +177,7 @@ def trained_profile(subject: Subject, data: Dataset, spec: RunSpec, options: Lin
     return {k: got[f"{k[0]}|{k[1]}"] for k in keys}, trace, view
 
 
-def _trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) -> list[dict]:
+def trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) -> list[dict]:
     rows = []
     for layer in layers:
         for metric in ("lag1", "spectral_slope"):
@@ -210,7 +210,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(),
             continue
         values[s.label] = v
         traces[s.label] = trace
-        rows += _trained_rows(s.label, v, ["input"] + view.names, spec)
+        rows += trained_rows(s.label, v, ["input"] + view.names, spec)
     common.assess(subjects, data, spec)  # every rank together, before the main rank's verdicts
     if not dist.is_main():
         return StudyResult("gradcorr", pd.DataFrame(columns=TRAINED_COLUMNS))

@@ -26,7 +26,7 @@ LESION_CONTRAST_MARGIN = Margin(0.25, (
 CLIFF_THRESHOLD = Margin(0.2, (
     "Veit et al. 2016 Fig. 5a: ResNet-110's steepest rise between sampled k was 6.6 points per deleted block "
     "(25% at k = 10, 58% at k = 15), 0.08 of the 84-point gap to chance; 0.2 is 2.5 times that"))
-_Z = 1.959963984540054
+Z95 = 1.959963984540054
 
 
 def core_units(units: list[dict]) -> set[str]:
@@ -149,8 +149,8 @@ def _pair_ci(stat, r: str, p: str) -> tuple[float, tuple[float, float]]:
     """The plain − residual difference of one pair with a CI from both networks' image-level CIs."""
     (mr, lr, hr, _), (mp, lp, hp, _) = stat(r), stat(p)
     d = mp - mr
-    se = math.sqrt(((hr - lr) / (2 * _Z)) ** 2 + ((hp - lp) / (2 * _Z)) ** 2)
-    return d, (d - _Z * se, d + _Z * se)
+    se = math.sqrt(((hr - lr) / (2 * Z95)) ** 2 + ((hp - lp) / (2 * Z95)) ** 2)
+    return d, (d - Z95 * se, d + Z95 * se)
 
 
 def _contrast(pairs, roles, stat) -> Verdict:

@@ -144,7 +144,7 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec,
     table = table.assign(_u=[order[m].get(u, 10 ** 6) for m, u in zip(table["model"], table["unit"])]) \
         .sort_values(["model", "metric", "eps", "_u"], kind="stable", key=lambda c: c if c.name != "model" else
                      c.map({lab: i for i, lab in enumerate(order)})).drop(columns="_u").reset_index(drop=True)
-    verdicts = amplifier_verdicts(table, roles, per_window, min(options.eps), spec.n_boot, spec.seed, clusters=docs)
+    verdicts = amplifier_verdicts(roles, per_window, min(options.eps), spec.n_boot, spec.seed, clusters=docs)
     prov = dict(common.provenance(subjects, data, spec), ci="95% percentile bootstrap over documents; n_images "
                 "counts token windows")
     return StudyResult("amplify", table, summary=summarize(table, roles), verdicts=verdicts,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .. import distributed as dist
@@ -38,8 +37,7 @@ def _chance(data: TextData) -> float:
 
 
 def _sample(data: TextData, seed: int) -> TextData:
-    from ..lm import subset_windows
-    return subset_windows(data, COMPETENCE_WINDOWS, seed)
+    return data.subset(COMPETENCE_WINDOWS, seed)
 
 
 @torch.no_grad()
@@ -95,5 +93,3 @@ def chance_note(c: Competence) -> str:
     return (f"top-1 next-token error {c.error:.4f} [{c.ci_low:.4f}, {c.ci_high:.4f}] over {c.n_images} tokens, "
             f"chance {c.chance:.4f} (the most frequent token everywhere)")
 
-
-_ = np

@@ -33,9 +33,10 @@ from ..metrics.signal import lag1_vectors, spectral_slope_vectors
 from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
-from .gradcorr import TRAINED_COLUMNS, LineOptions, LinesDetail, _trained_rows, trained_findings
+from .gradcorr import TRAINED_COLUMNS, LineOptions, LinesDetail, trained_rows, trained_findings
 from .gradcorr_verdicts import shattering_verdicts
 from .lm_common import text_roles
+from .lm_lesion import text_spec
 
 __all__ = ["text_lines", "embedding_line_gradients", "run_text"]
 
@@ -126,14 +127,14 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options
     common.check_labels(subjects)
     rows, values, traces, views, units = [], {}, {}, {}, {}
     for s in subjects:
-        v, trace, view = trained_profile_text(s, data, spec, options)
+        v, trace, view = trained_profile_text(s, data, text_spec(spec, data, s.model), options)
         views[s.label] = view
         units[s.label] = view.table()
         if v is None:
             continue
         values[s.label] = v
         traces[s.label] = trace
-        rows += _trained_rows(s.label, v, ["input"] + view.names, spec)
+        rows += trained_rows(s.label, v, ["input"] + view.names, spec)
     roles = text_roles(subjects, views, data, spec)
     if not dist.is_main():
         return StudyResult("gradcorr", pd.DataFrame(columns=TRAINED_COLUMNS))

@@ -261,7 +261,7 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec = RunSpe
         roles = text_roles(subjects, views, data, spec)
         if dist.is_main():
             grain = "layer" if any(p.mode is LesionMode.SINGLE and p.granularity == "block" for p in plans) else "unit"
-            verdicts = single_loss_verdicts(all_sums, singles, docs, roles, spec.n_boot, spec.seed, grain)
+            verdicts = single_loss_verdicts(all_sums, singles, docs, roles, spec, grain)
     table = order_text(typed(pd.DataFrame(rows, columns=COLUMNS)), [s.label for s in subjects])
     from .lm_findings import findings, summarize
     prov = dict(models=[s.describe() for s in subjects], data=data.describe(), run=spec.describe())

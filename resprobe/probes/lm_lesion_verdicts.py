@@ -22,7 +22,7 @@ from ..metrics.lm import per_document
 from ..metrics.stats import stable_seed
 from ..verdict import Claim, Margin, Role, Verdict, contrasts, pair_names, residual_groups, seed_interval, unpaired_reason
 from .lesion_plans import LesionConfig
-from .lesion_verdicts import _Z
+from .lesion_verdicts import Z95
 
 __all__ = ["single_loss_verdicts", "LM_RELATIVE_INCREASE", "LM_CONTRAST_MARGIN", "median_relative_increase"]
 
@@ -71,10 +71,11 @@ def median_relative_increase(sums: dict, configs, docs: np.ndarray, n_boot: int,
     return med(np.ones(d)), float(lo), float(hi), len(docs)
 
 
-def single_loss_verdicts(sums: dict, configs: dict, docs: np.ndarray, roles: dict[str, Role], n_boot: int = 1000,
-                         seed: int = 0, what: str = "unit") -> list[Verdict]:
-    """The two claims of the module docstring (``sums``/``configs``: per label; ``what``: ``unit`` or
-    ``layer``)."""
+def single_loss_verdicts(sums: dict, configs: dict, docs: np.ndarray, roles: dict[str, Role], spec,
+                         what: str = "unit") -> list[Verdict]:
+    """The two claims of the module docstring (``sums``/``configs``: per label; ``spec``: its ``n_boot`` and
+    ``seed`` make the bootstrap; ``what``: ``unit`` or ``layer``)."""
+    n_boot, seed = spec.n_boot, spec.seed
     cache: dict = {}
 
     def stat(lab):
@@ -111,8 +112,8 @@ def single_loss_verdicts(sums: dict, configs: dict, docs: np.ndarray, roles: dic
         diffs = {}
         for r, p, _ in pairs:
             (mr, lr, hr, _), (mp, lp, hp, _) = stat(r), stat(p)
-            se = np.sqrt(((hr - lr) / (2 * _Z)) ** 2 + ((hp - lp) / (2 * _Z)) ** 2)
-            diffs[f"{p} − {r}"] = (mp - mr, (mp - mr - _Z * se, mp - mr + _Z * se))
+            se = np.sqrt(((hr - lr) / (2 * Z95)) ** 2 + ((hp - lp) / (2 * Z95)) ** 2)
+            diffs[f"{p} − {r}"] = (mp - mr, (mp - mr - Z95 * se, mp - mr + Z95 * se))
         iv = seed_interval([d for d, _ in diffs.values()], [ci for _, ci in diffs.values()])
         out.append(claim.judge(iv, scope, n_images=max(stat(x)[3] for x in labs), n_seeds=len(pairs),
                                gates=gates + [f"twins: one recorded recipe ({roles[r0].recipe}) and one architecture"],

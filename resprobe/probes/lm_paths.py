@@ -35,8 +35,8 @@ from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
 from .lm_common import text_roles
-from .lm_lesion import windows_in_batches
-from .paths import (COLUMNS, PathsDetail, PathsOptions, _table, path_length_distribution, short_paths_verdicts,
+from .lm_lesion import text_spec, windows_in_batches
+from .paths import (COLUMNS, PathsDetail, PathsOptions, path_table, path_length_distribution, short_paths_verdicts,
                     summarize, unraveled_graph)
 from .paths_findings import findings
 
@@ -171,13 +171,13 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options
     frames, boots, graphs, views, n_units = [], {}, {}, {}, {}
     docs = data.docs.numpy()
     for s in residual:
-        view, routes, got = profile_text(s, data, spec, options)
+        view, routes, got = profile_text(s, data, text_spec(spec, data, s.model), options)
         views[s.label] = view
         graphs[s.label] = unraveled_graph(view)
         n_units[s.label] = len(path_length_distribution(graphs[s.label])) - 1 - sum(u.kind == "plain" for u in view)
         if got is None:
             continue
-        df, ex = _table(s.label, view, routes, got, spec, False, clusters=docs)
+        df, ex = path_table(s.label, view, routes, got, spec, clusters=docs)
         frames.append(df)
         boots[s.label] = ex["boot_totals"]
     roles = text_roles(residual, views, data, spec)

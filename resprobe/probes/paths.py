@@ -35,9 +35,9 @@ from ..errors import UsageError
 from ..io.data import Dataset
 from ..metrics.stats import stable_seed
 from ..study import StudyResult, Subject
-from ..verdict import Claim, Margin, Verdict, residual_groups, seed_interval
 from . import common
 from .paths_findings import findings
+from .paths_verdicts import SHORT_PATHS, short_paths_verdicts
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -48,10 +48,7 @@ __all__ = ['PathsDetail', "PathsOptions", "unraveled_graph", "path_length_distri
 COLUMNS = ["model", "k", "n_paths", "grad_per_path", "ci_low", "ci_high", "total_grad", "total_ci_low",
            "total_ci_high", "samples", "grad_per_path_image", "total_grad_image"]
 SHARES = (0.8, 0.9, 0.95)
-SHORT_PATHS = Margin(0.75, (
-    "Veit et al. 2016: in ResNet-110 (54 blocks, typical path 27) almost all gradient comes from paths of 5-17 "
-    "blocks, a gradient-weighted length of about 11, 0.4 of the typical; 0.75 leaves room for shallower nets, whose "
-    "path-length distribution is narrower"))
+
 
 
 @dataclass(frozen=True)
@@ -259,8 +256,9 @@ def profile(subject: Subject, data: Dataset, spec: RunSpec, options: PathsOption
     return view, routes, got
 
 
-def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool, clusters=None) -> tuple[pd.DataFrame, dict]:
-    """``clusters``: the document of each token window (the bootstrap then resamples documents)."""
+def path_table(label: str, view, routes, got, spec: RunSpec, clusters=None) -> tuple[pd.DataFrame, dict]:
+    """Rows per path length k from the gradient norms ``got`` (``g{k}``, and ``i{k}`` at the image when
+    measured); ``clusters``: the document of each token window (the bootstrap then resamples documents)."""
     dist_ = path_length_distribution(unraveled_graph(view))
     n_plain = sum(1 for u in view if u.kind == "plain")
     ks = sorted(routes)
@@ -285,7 +283,7 @@ def _table(label: str, view, routes, got, spec: RunSpec, to_image: bool, cluster
         g = got[f"g{k}"]
         n_paths = dist_[k + n_plain] if k + n_plain < len(dist_) else 0
         lo, hi = np.quantile(boots[k], [0.025, 0.975])
-        gi = float(got[f"i{k}"].mean()) if to_image and f"i{k}" in got else float("nan")
+        gi = float(got[f"i{k}"].mean()) if f"i{k}" in got else float("nan")
         rows.append(dict(model=label, k=k, n_paths=n_paths, grad_per_path=float(g.mean()), ci_low=float(lo),
                          ci_high=float(hi), total_grad=float(g.mean()) * n_paths, total_ci_low=float(lo) * n_paths,
                          total_ci_high=float(hi) * n_paths, samples=g.shape[1], grad_per_path_image=gi,
@@ -337,43 +335,6 @@ def summarize(df: pd.DataFrame, boots: dict[str, np.ndarray], share: float = 0.9
     return out
 
 
-_CRIT = (f"statistic: the gradient-weighted mean path length Σk·T(k)/ΣT(k) divided by the typical path length "
-         f"(the mean of the distribution of path lengths: n/2 for n sequential units, the binomial mean), per network "
-         f"with a bootstrap CI over images "
-         f"and routings; seeds pooled by a t-interval on the log scale. Supported when the CI lies below the margin "
-         f"{SHORT_PATHS.value}, not supported when above, inconclusive otherwise. Gate: competent networks")
-
-
-def short_paths_verdicts(summary: dict, roles: dict, n_images: int, over: str = "images") -> list[Verdict]:
-    """Veit et al. Fig. 6, per residual group: the gradient comes from paths much shorter than the typical
-    path. ``over``: what the CI resamples (``documents`` for language models)."""
-    out = []
-    crit = _CRIT.replace("CI over images", f"CI over {over}")
-    for labs in residual_groups(roles):
-        claim = Claim("paths", f"{roles[labs[0]].group}'s gradient comes from relatively short paths: gradient-weighted "
-                      f"mean path length below {SHORT_PATHS.value} of the typical length (Veit et al. 2016, Fig. 6)",
-                      crit, "weighted length / typical length", SHORT_PATHS, "below")
-        missing = [f"{lab}: {summary.get(lab, {}).get('note', 'no paths result')}" for lab in labs
-                   if "weighted_length" not in summary.get(lab, {})]
-        na, gates, scope = claim.gate(roles, labs, len(labs), missing)
-        if na:
-            out.append(na)
-            continue
-        per = {}
-        for lab in labs:
-            s = summary[lab]
-            w, half = s["weighted_length"], s["typical_length"]
-            ci = tuple(np.nan if w[k] is None else w[k] / half for k in ("ci_low", "ci_high"))
-            per[lab] = (w["value"] / half, ci)
-        iv = seed_interval([v for v, _ in per.values()], [ci for _, ci in per.values()], scale="log")
-        out.append(claim.judge(iv, scope, n_images=n_images,
-                         n_seeds=len(labs), gates=gates, per_seed={lab: v for lab, (v, _) in per.items()},
-                         evidence={lab: dict(weighted_length=summary[lab]["weighted_length"],
-                                             typical_length=summary[lab]["typical_length"],
-                                             peak_k=summary[lab]["peak_k"]) for lab in labs}))
-    return out
-
-
 def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batch_size=64),
         options: PathsOptions = PathsOptions()) -> StudyResult:
     """Path-length distribution and gradient per path length of every residual subject (token windows:
@@ -398,7 +359,7 @@ def run(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunSpec(batc
         n_units[s.label] = len(path_length_distribution(graphs[s.label])) - 1 - sum(u.kind == "plain" for u in view)
         if got is None:
             continue
-        df, ex = _table(s.label, view, routes, got, spec, options.to_image)
+        df, ex = path_table(s.label, view, routes, got, spec)
         frames.append(df)
         boots[s.label] = ex["boot_totals"]
     common.assess(residual, data, spec)  # every rank together, before the main rank's verdicts
