@@ -115,7 +115,8 @@ def gather_rows(idx: np.ndarray, arrays: dict[str, np.ndarray]) -> Optional[dict
 
 
 def reduce_sum(values: Any) -> Any:
-    """Sum of a number, array or nested dict/list of them over ranks (on rank 0; others get None)."""
+    """Sum of a number, array or nested dict/list of them over ranks (on rank 0; others get None); a dict key
+    that some ranks lack is summed over the ranks that have it."""
     parts = _gather(values)
     if parts is None:
         return None
@@ -132,8 +133,9 @@ def gather_lists(values: dict) -> Optional[dict]:
 
 def _sum(parts: list) -> Any:
     first = parts[0]
-    if isinstance(first, dict):
-        return {k: _sum([p[k] for p in parts]) for k in first}
+    if isinstance(first, dict):   # a key missing on a rank (it had nothing to add: no batch) counts zero
+        keys = list(dict.fromkeys(k for p in parts for k in p))
+        return {k: _sum([p[k] for p in parts if k in p]) for k in keys}
     if isinstance(first, (list, tuple)):
         return type(first)(_sum([p[i] for p in parts]) for i in range(len(first)))
     if isinstance(first, np.ndarray):

@@ -104,6 +104,17 @@ def _short(spec: str) -> str:
     return spec
 
 
+def _named(spec: str, w: Optional[str]) -> Optional[str]:
+    """The file of a named checkpoint (``zoo:lm_twin_res``), which must have been trained as ``spec``."""
+    from .io import published
+    if not published.is_name(w):
+        return w
+    path, entry = published.resolve(w)
+    if entry.model != spec:
+        raise UsageError(f"{w} is a {entry.model} checkpoint, but --model says {spec}", f"pass --model \"{entry.model}\"")
+    return str(path)
+
+
 def _seed_group(ws) -> Optional[str]:
     """The common name of seed folders ``NAME``, ``NAME_seed1``, ... (None when they differ)."""
     import re
@@ -132,6 +143,7 @@ def load_text_subjects(specs, labels, weights, access, text: TextRequest):
         raise UsageError(f"give one --weights per --model ({len(specs)} models, {len(weights)} weights)")
     weights = [[None] if w is None else [w] if isinstance(w, str) else [x or None for x in w] or [None]
                for w in weights]
+    weights = [[_named(spec, x) for x in ws] for spec, ws in zip(specs, weights)]
     for spec, ws in zip(specs, weights):
         _check_weights(spec, ws, access)
         for x in ws:

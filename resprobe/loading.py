@@ -166,7 +166,10 @@ def _published(spec: str, name: str) -> tuple[str, "published.Published"]:
     """The local file of a named checkpoint; its model must be the spec's."""
     from .models import parse_spec
     path, entry = published.resolve(name)
-    if parse_spec(spec)[0] != entry.model:
+    from .models.lm import is_lm_spec
+    same = ("".join(spec.split()) == "".join(entry.model.split())) if is_lm_spec(spec) else \
+        parse_spec(spec)[0] == entry.model   # a language model's keywords are its architecture (residual=False)
+    if not same:
         raise UsageError(f"{name} is a {entry.model} checkpoint, but --model says {spec}",
                          f"pass --model {entry.model}")
     return str(path), entry

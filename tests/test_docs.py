@@ -1,6 +1,7 @@
 """Docs that run: every command in the code blocks of README.md and experiments/README.md is executed as
 written, with small overrides where it names real data or long work (``--limit``, ``--fast``, one epoch, few
-samples; on text: 4 windows of 32 tokens and the first ``--k``) and ``--out`` sent to a temporary folder; it must exit 0. Optional arguments are written in prose,
+samples; on text: 4 windows of 32 tokens (12 for a report), the first ``--k``, two lines of 16 points, and
+training on 32 windows) and ``--out`` sent to a temporary folder; it must exit 0. Optional arguments are written in prose,
 never in brackets inside a code block."""
 from __future__ import annotations
 
@@ -86,8 +87,15 @@ def adapt(cmd: str, tmp: Path) -> list[str]:
         _set(argv, "--power-iters", "2")
     if command == "lesion" and "--samples" in argv:
         _set(argv, "--samples", "2")
-    if any(a.startswith("text:") for a in argv) and command in ("lesion", "eval", "identity"):
-        _set(argv, "--limit", "4")
+    text = any(a.startswith("text:") for a in argv)
+    if text and command == "train":
+        _set(argv, "--limit", "32")
+        _set(argv, "--test-limit", "16")
+    if text and command == "gradcorr":
+        _set(argv, "--lines", "2")
+        _set(argv, "--points", "16")
+    if text and command in ("lesion", "eval", "identity", "amplify", "paths", "gradcorr", "report", "train"):
+        _set(argv, "--limit", "12" if command == "report" else "4") if command != "train" else None
         _set(argv, "--seq-len", "32")
         if "--k" in argv and "prune-by-similarity" in argv:
             _set(argv, "--k", "1")

@@ -289,3 +289,10 @@ def test_random_language_models_are_never_supported(data):
 
 
 
+
+
+def test_sums_over_ranks_count_a_missing_key_as_zero():
+    """A rank without a batch (more ranks than batches) adds nothing, instead of failing on a missing key."""
+    from resprobe.distributed import _sum
+    got = _sum([{"a": np.ones(2)}, {}, {"a": np.ones(2), "b": 1.0}])
+    assert np.array_equal(got["a"], [2, 2]) and got["b"] == 1.0

@@ -111,3 +111,15 @@ def test_the_language_model_report(tmp_path):
     for f in ("lesion/lesion_lm_single.png", "identity/identity_lm_lens_positions.png", "paths/paths.png",
               "amplify/amplify_gains.png", "lesion/lesion_lm_similarity.png", "identity/identity_lm_branch_ratio.png"):
         assert (tmp_path / f).is_file(), f
+
+
+def test_zoo_twins_load_by_name_and_only_as_what_they_were_trained(capsys):
+    """``--weights zoo:lm_twin_res``: the zoo's twin decoder, refused in one line for its plain twin's spec."""
+    assert main(["eval", "--model", "hf-config:resprobe_twin", "--weights", "zoo:lm_twin_res", "--data",
+                 "text:pydoc@test", "--limit", "8", "--json", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["loss"] < 2.0 and res["n_windows"] == 8        # trained: far below the 3.25 nats of unigram guessing
+    assert main(["eval", "--model", "hf-config:resprobe_twin(residual=False)", "--weights", "zoo:lm_twin_res",
+                 "--data", "text:pydoc@test", "--limit", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a hf-config:resprobe_twin checkpoint" in err[0]
