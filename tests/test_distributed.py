@@ -117,3 +117,18 @@ def test_text_windows_shard_like_images(tmp_path, mode):
     _same_table(one / "lesion.csv", two / "lesion.csv", ("n_windows", "n_tokens", "n_documents", "deleted"))
     if "prune-by-similarity" in mode:
         _same_table(one / "lesion.correlations.csv", two / "lesion.correlations.csv", ())
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("probe,extra", [("lesion", []), ("identity", []), ("amplify", ["--power-iters", "3"]),
+                                         ("paths", ["--samples", "2"]), ("gradcorr", ["--lines", "2", "--points", "16"])])
+def test_every_lm_study_shards_like_images(tmp_path, probe, extra):
+    """The LM studies with their verdicts under torchrun (2 gloo ranks, 3 batches: one rank gets one): the table
+    and the verdicts equal the single process's."""
+    args = [probe, "--model", "hf-config:resprobe_twin(hidden_size=32, num_hidden_layers=2)", "--random-init",
+            "--data", "text:pydoc@test", "--seq-len", "16", "--limit", "9", "--batch-size", "4", "--quiet", *extra]
+    one, two = _both(tmp_path, args)
+    _same_table(one / f"{probe}.csv", two / f"{probe}.csv", ())
+    va, vb = (json.loads((d / f"{probe}.json").read_text())["verdicts"] for d in (one, two))
+    assert [v["verdict"] for v in va] == [v["verdict"] for v in vb] and va and [v["reason"] for v in va] == \
+        [v["reason"] for v in vb]

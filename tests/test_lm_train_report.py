@@ -109,7 +109,7 @@ def test_the_language_model_report(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "language model" in html and html.count("<img") >= 6
     for f in ("lesion/lesion_lm_single.png", "identity/identity_lm_lens_positions.png", "paths/paths.png",
-              "amplify/amplify_gains.png", "lesion/lesion_lm_similarity.png", "identity/identity_lm_branch_ratio.png"):
+              "amplify/amplify_gains.png", "identity/identity_lm_branch_ratio.png"):
         assert (tmp_path / f).is_file(), f
 
 
@@ -123,3 +123,14 @@ def test_zoo_twins_load_by_name_and_only_as_what_they_were_trained(capsys):
                  "--data", "text:pydoc@test", "--limit", "8", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a hf-config:resprobe_twin checkpoint" in err[0]
+
+
+def test_the_full_budget_adds_the_pruning_rules(tmp_path):
+    """``--budget full``: the lesion section also judges the pruning rules against the true single-deletion effects
+    (the figure of similarity against effect)."""
+    spec = "hf-config:resprobe_twin(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)"
+    assert main(["report", "--model", spec, "--random-init", "--data", "text:pydoc@test", "--seq-len", "16",
+                 "--limit", "16", "--budget", "full", "--quiet", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "lesion" / "lesion_lm_similarity.png").is_file()
+    sim = pd.read_csv(tmp_path / "lesion" / "lesion.similarity.csv")
+    assert len(sim) > 0

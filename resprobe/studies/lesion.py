@@ -38,7 +38,7 @@ def report(run: ReportRun) -> StudyResult:
 
 
 # the language-model report: token windows, and the pruning rules' choices of n layers (random choices per n)
-TEXT_BUDGET = {"fast": (16, (1, 2), 3), "full": (64, (1, 2, 4, 8), 10)}
+TEXT_BUDGET = {"fast": (16, (), 0), "full": (64, (1, 2, 4, 8), 10)}   # fast: single deletions only
 
 
 def text_report(run: ReportRun) -> StudyResult:
@@ -71,8 +71,9 @@ def text_report(run: ReportRun) -> StudyResult:
 
 def text_budget(name: str, n: int) -> str:
     windows, ns, samples = TEXT_BUDGET[name]
-    return (f"single deletions on {used(windows, n)} token windows; pruning n = {', '.join(map(str, ns))} layers by "
-            f"each similarity rule against {samples} random choices and the oracle")
+    return f"single deletions on {used(windows, n)} token windows" + (
+        f"; pruning n = {', '.join(map(str, ns))} layers by each similarity rule against {samples} random choices "
+        "and the oracle" if ns else "")
 
 
 def budget(name: str, n: int) -> str:
