@@ -159,6 +159,13 @@ def profile_text(subject: Subject, data: TextData, spec: RunSpec, options: Paths
     return view, routes, store.gather()
 
 
+def _paths_spec(spec: RunSpec, data: TextData, model) -> RunSpec:
+    """Half the windows per batch of the logits budget: a routed backward keeps every unit's graph and the
+    logits' gradient beside the logits (SmolLM2-135M, 64 windows of 256 tokens: 4.0 GB at the full budget)."""
+    sp = text_spec(spec, data, model)
+    return sp.replace(batch_size=max(1, sp.batch_size // 2))
+
+
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options: PathsOptions) -> StudyResult:
     """The path study on token windows (see the module docstring)."""
     common.check_labels(subjects)
@@ -171,7 +178,7 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options
     frames, boots, graphs, views, n_units = [], {}, {}, {}, {}
     docs = data.docs.numpy()
     for s in residual:
-        view, routes, got = profile_text(s, data, text_spec(spec, data, s.model), options)
+        view, routes, got = profile_text(s, data, _paths_spec(spec, data, s.model), options)
         views[s.label] = view
         graphs[s.label] = unraveled_graph(view)
         n_units[s.label] = len(path_length_distribution(graphs[s.label])) - 1 - sum(u.kind == "plain" for u in view)
