@@ -330,7 +330,8 @@ def _add_report(sub, common) -> None:
     g.add_argument("--plain-label", help="display name of the plain twin")
     q.add_argument("--budget", default="fast", choices=list(BUDGETS),
                    help="fast: 500 images for lesions and identity, 64 for amplification and paths, small sweeps "
-                        "(minutes on a CPU); full: every image and the papers' sample counts")
+                        "(minutes on a CPU; on text: 4-32 windows, single deletions); full: every image and the "
+                        "papers' sample counts (on text: 16-128 windows, and the pruning rules)")
     q.set_defaults(func=cmd_report)
     q = _sub(sub, "demo", "offline: train a small ResNet and its plain twin on procedural images, then the report",
              [common, out_flags()])
