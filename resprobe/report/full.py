@@ -86,9 +86,6 @@ def full_report(subjects: Sequence[Subject], data: Dataset, spec: RunSpec = RunS
     failures: dict = {}
     views: dict = {}
     text = _is_text(data)
-    if text:   # competence once, on up to 256 windows of the whole data: the studies' capped windows reuse it
-        from ..probes.lm_common import assess_text
-        assess_text(subjects, data, spec)
     for study in reported(text):
         ctx = ReportRun(subjects, data, spec, budget, out / study.name, results, views)
         r = _run_one(study, ctx, sections, failures)

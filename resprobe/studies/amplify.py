@@ -6,7 +6,7 @@ from ..flags import float_list, positive_int
 from ..probes import amplify
 from ..study import Command, Figure, Invocation, ReportRun, Study, StudyResult
 from . import register
-from ._common import has, used
+from ._common import has, used, competent_on_all
 
 BUDGET = {"fast": (64, 5), "full": (512, 10)}   # images, power iterations
 
@@ -21,6 +21,7 @@ TEXT_BUDGET = {"fast": (8, 5), "full": (32, 10)}   # token windows, power iterat
 
 
 def text_report(run: ReportRun) -> StudyResult:
+    competent_on_all(run)
     windows, iters = TEXT_BUDGET[run.budget]
     return amplify.run(run.subjects, run.capped(windows), run.spec, amplify.AmplifyOptions(power_iters=iters))
 

@@ -11,6 +11,7 @@ from ..metrics.signal import correlation_matrix
 from ..probes import gradcorr
 from ..study import Command, Figure, Invocation, Study, StudyResult
 from . import register
+from ._common import competent_on_all
 
 # the full report's budgets: lines and points per line on trained networks; the synthetic sweep
 LINES = {"fast": (4, 128), "full": (16, 256)}
@@ -62,6 +63,7 @@ TEXT_LINES = {"fast": (4, 64), "full": (8, 128)}   # lines between windows' embe
 
 
 def text_report(run) -> StudyResult:
+    competent_on_all(run)
     lines, points = TEXT_LINES[run.budget]
     return gradcorr.run(run.subjects, run.data, run.spec, gradcorr.LineOptions(lines=lines, points=points,
                                                                               mode="between"))

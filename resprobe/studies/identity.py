@@ -8,7 +8,7 @@ from ..flags import int_or_all, positive_int, str_list, typed
 from ..probes import identity
 from ..study import Command, Figure, Invocation, ReportRun, Study, StudyResult
 from . import register
-from ._common import has, used
+from ._common import has, used, competent_on_all
 
 BUDGET = {"fast": 500, "full": None}   # images
 
@@ -21,6 +21,7 @@ TEXT_BUDGET = {"fast": 32, "full": 128}   # token windows
 
 
 def text_report(run: ReportRun) -> StudyResult:
+    competent_on_all(run)
     from ..probes import lm_identity
     return lm_identity.run_text(run.subjects, run.capped(TEXT_BUDGET[run.budget]), run.spec)
 

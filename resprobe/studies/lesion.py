@@ -16,7 +16,7 @@ from ..probes.lesion_store import LesionStore
 from ..progress import note
 from ..study import Command, Figure, Invocation, ReportRun, Study, StudyResult
 from . import register
-from ._common import has, used
+from ._common import has, used, competent_on_all
 
 # the full report's budgets: images (None: all), random deletions k and subsets per k
 BUDGET = {"fast": (500, (1, 2, 4, 8), 5), "full": (None, tuple(range(1, 21)), 20)}
@@ -47,6 +47,7 @@ def text_report(run: ReportRun) -> StudyResult:
     of similarity against effect)."""
     from ..probes.lm_lesion import TextDetail
     from ..probes.lm_store import TextStore
+    competent_on_all(run)
     windows, ns, samples = TEXT_BUDGET[run.budget]
     data = run.capped(windows)
     store = TextStore(run.out) if dist.is_main() else None

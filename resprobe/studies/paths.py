@@ -12,7 +12,7 @@ from ..io.atomic import write_text
 from ..probes import paths
 from ..study import Command, Figure, Invocation, ReportRun, Study, StudyResult
 from . import register
-from ._common import used
+from ._common import used, competent_on_all
 
 BUDGET = {"fast": (64, 5), "full": (512, 20)}   # images, routings per path length
 
@@ -27,6 +27,7 @@ TEXT_BUDGET = {"fast": (4, 2), "full": (16, 5)}   # token windows, routings per 
 
 
 def text_report(run: ReportRun) -> StudyResult:
+    competent_on_all(run)
     windows, samples = TEXT_BUDGET[run.budget]
     return paths.run(run.residual(), run.capped(windows), run.spec, paths.PathsOptions(samples=samples))
 
