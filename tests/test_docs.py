@@ -1,6 +1,6 @@
 """Docs that run: every command in the code blocks of README.md and experiments/README.md is executed as
 written, with small overrides where it names real data or long work (``--limit``, ``--fast``, one epoch, few
-samples; on text: 4 windows of 32 tokens (12 for a report), the first ``--k``, two lines of 16 points, and
+samples, no warm-up; on text: 4 windows of 32 tokens (12 for a report), the first ``--k``, two lines of 16 points, and
 training on 32 windows) and ``--out`` sent to a temporary folder; it must exit 0. Optional arguments are written in prose,
 never in brackets inside a code block."""
 from __future__ import annotations
@@ -78,6 +78,7 @@ def adapt(cmd: str, tmp: Path) -> list[str]:
         _set(argv, "--limit", "64")
     if command == "train":
         _set(argv, "--epochs", "1")
+        _set(argv, "--warmup-epochs", "0") if "--warmup-epochs" in argv else None
         _set(argv, "--limit", "256") if real else None
         if real:
             _set(argv, "--test-limit", "128")
