@@ -38,6 +38,19 @@ def run(argv: list[str]) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024, time.time() - t0, os.waitstatus_to_exitcode(status)
 
 
+def table(cases: list, only, target_mb: int) -> None:
+    """Run each ``(name, argv)`` (those whose names start with ``only``, if given) and print its peak and time."""
+    print(f"{'command':50s} {'peak RSS':>10s} {'time':>8s}")
+    worst = 0.0
+    for name, argv in cases:
+        if only and not name.startswith(tuple(only)):
+            continue
+        mb, s, code = run(argv)
+        worst = max(worst, mb)
+        print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"), flush=True)
+    print(f"largest peak: {worst:.0f} MB (target < {target_mb} MB)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -69,15 +82,7 @@ def main():
                                                                     *(["--limit", "5000"] if args.quick else []),
                                                                     "--out", f"{tmp}/lt"]),
         ]
-        print(f"{'command':50s} {'peak RSS':>10s} {'time':>8s}")
-        worst = 0.0
-        for name, argv in cases:
-            if args.only and not name.startswith(tuple(args.only)):
-                continue
-            mb, s, code = run(argv)
-            worst = max(worst, mb)
-            print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"))
-        print(f"largest peak: {worst:.0f} MB (target < 2048 MB)")
+        table(cases, args.only, 2048)
 
 
 def main_lm(args):
@@ -96,15 +101,8 @@ def main_lm(args):
             ("gradcorr (2 lines of 16 points)", rp + ["gradcorr", *lm, "--lines", "2", "--points", "16",
                                                       "--line", "between", "--out", f"{tmp}/g"]),
         ]
-        print(f"SmolLM2-135M, 64 windows of 256 tokens\n{'command':50s} {'peak RSS':>10s} {'time':>8s}")
-        worst = 0.0
-        for name, argv in cases:
-            if args.only and not name.startswith(tuple(args.only)):
-                continue
-            mb, s, code = run(argv)
-            worst = max(worst, mb)
-            print(f"{name:50s} {mb:8.0f} MB {s:7.0f} s" + ("" if code == 0 else f"  (exit {code})"), flush=True)
-        print(f"largest peak: {worst:.0f} MB (target < 4096 MB)")
+        print("SmolLM2-135M, 64 windows of 256 tokens")
+        table(cases, args.only, 4096)
 
 
 if __name__ == "__main__":

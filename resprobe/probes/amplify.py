@@ -138,22 +138,30 @@ def _random_rows(view: ResidualView, clean: tuple, eps, gen, add) -> None:
         other = lp.scatter(1, pred[:, None], float("-inf")).max(1).values
         add("network", "margin_change", e, ((tp - other) - margin).abs() / margin.clamp_min(1e-12))
         for i, u in enumerate(view):
-            h = hs[i]
-            nh = per_image_norm(h)
-            dh = u_in[i] * e * nh.to(h.dtype).view(-1, *[1] * (h.dim() - 1))
-            ndh = per_image_norm(dh)
-            f1 = u.branch(h + dh)
-            y0, y1 = hs[i + 1], view.run_unit(i, h + dh)
-            dy, df = per_image_norm(y1 - y0), per_image_norm(f1 - f0[i])
-            add(u.name, "random_gain_unit", e, dy / ndh)
-            add(u.name, "random_gain_branch", e, df / ndh)
-            add(u.name, "kappa", e, (df / nf0[i].clamp_min(1e-12)) / e)  # ‖δ‖/‖x‖ = ε exactly
-            if u.residual:
-                add(u.name, "random_gain_shortcut", e, per_image_norm(u.shortcut(h + dh) - u.shortcut(h)) / ndh)
-                rel_y = dy / per_image_norm(y0).clamp_min(1e-12)
-                add(u.name, "amplifier_ratio", e, (df / nf0[i].clamp_min(1e-12)) / rel_y.clamp_min(1e-30))
+            y1, ndh = unit_random_gains(view, i, (hs[i], hs[i + 1], f0[i], nf0[i]), u_in[i], e, add)
             out_p = view.run(y1, i + 1)  # to the logits, from the perturbed output of unit i
             add(u.name, "gain_to_logits", e, per_image_norm(out_p - logits) / ndh)
+
+
+def unit_random_gains(view: ResidualView, i: int, clean: tuple, direction, e: float, add):
+    """The random-direction measures of unit ``i`` at relative size ``e``: ``clean`` = (input h, output y, branch
+    F(h), ‖F(h)‖ per item), ``direction`` a unit vector per item (images or token windows). Returns the perturbed
+    output and ‖δ‖."""
+    u = view[i]
+    h, y0, f0, nf0 = clean
+    dh = direction * e * per_image_norm(h).to(h.dtype).view(-1, *[1] * (h.dim() - 1))
+    ndh = per_image_norm(dh)
+    f1 = u.branch(h + dh)
+    y1 = view.run_unit(i, h + dh)
+    dy, df = per_image_norm(y1 - y0), per_image_norm(f1 - f0)
+    add(u.name, "random_gain_unit", e, dy / ndh)
+    add(u.name, "random_gain_branch", e, df / ndh)
+    add(u.name, "kappa", e, (df / nf0.clamp_min(1e-12)) / e)  # ‖δ‖/‖x‖ = ε exactly
+    if u.residual:
+        add(u.name, "random_gain_shortcut", e, per_image_norm(u.shortcut(h + dh) - u.shortcut(h)) / ndh)
+        rel_y = dy / per_image_norm(y0).clamp_min(1e-12)
+        add(u.name, "amplifier_ratio", e, (df / nf0.clamp_min(1e-12)) / rel_y.clamp_min(1e-30))
+    return y1, ndh
 
 
 def _worst_rows(view: ResidualView, hs, iters: int, gen, add) -> None:

@@ -34,7 +34,7 @@ from ..metrics.stats import stable_seed
 from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
-from .amplify import COLUMNS, AmplifyDetail, AmplifyOptions, findings, summarize
+from .amplify import COLUMNS, AmplifyDetail, AmplifyOptions, findings, summarize, unit_random_gains
 from .amplify_jacobian import random_unit, unit_spectral_norms
 from .amplify_verdicts import amplifier_verdicts
 from .lm_common import text_roles
@@ -94,20 +94,8 @@ def _random(view, hs, eps, gen, add) -> None:
         if u.residual:
             add(u.name, "output_branch_ratio", None, per_image_norm(hs[i + 1]) / nf0[i].clamp_min(1e-12))
     for e in eps:
-        for i, u in enumerate(view):
-            h = hs[i]
-            dh = dirs[i] * e * per_image_norm(h).to(h.dtype).view(-1, 1, 1)
-            ndh = per_image_norm(dh)
-            f1 = u.branch(h + dh)
-            y0, y1 = hs[i + 1], view.run_unit(i, h + dh)
-            dy, df = per_image_norm(y1 - y0), per_image_norm(f1 - f0[i])
-            add(u.name, "random_gain_unit", e, dy / ndh)
-            add(u.name, "random_gain_branch", e, df / ndh)
-            add(u.name, "kappa", e, (df / nf0[i].clamp_min(1e-12)) / e)   # ‖δ‖/‖x‖ = ε exactly
-            if u.residual:
-                add(u.name, "random_gain_shortcut", e, per_image_norm(u.shortcut(h + dh) - u.shortcut(h)) / ndh)
-                rel_y = dy / per_image_norm(y0).clamp_min(1e-12)
-                add(u.name, "amplifier_ratio", e, (df / nf0[i].clamp_min(1e-12)) / rel_y.clamp_min(1e-30))
+        for i in range(len(view)):
+            unit_random_gains(view, i, (hs[i], hs[i + 1], f0[i], nf0[i]), dirs[i], e, add)
 
 
 def _rows(label: str, values: dict, docs: np.ndarray, spec: RunSpec) -> list[dict]:
