@@ -36,7 +36,10 @@ def tokenizer_for(prov: dict):
 
 def text_for(model: nn.Module, prov: dict, spec: str, seq_len: int) -> TextData:
     """The windows of ``spec`` in the model's tokens (its tokenizer, else UTF-8 bytes), checked against its
-    embedding."""
+    embedding and its positions."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and seq_len > limit:
+        raise UsageError(f"--seq-len {seq_len} exceeds the model's {limit} positions", f"use --seq-len <= {limit}")
     tok = tokenizer_for(prov)
     vocab = model.get_input_embeddings().num_embeddings
     if tok is None:
@@ -226,9 +229,6 @@ def train_text_command(args, recipe, dev, access) -> int:
             raise UsageError(f"{len(shared)} documents are in both --data and --test-data ({', '.join(shared[:3])}"
                              f"{', ...' if len(shared) > 3 else ''}): the test would not be held out",
                              "split them: --data text:...@train --test-data text:...@test")
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit and seq > limit:
-            raise UsageError(f"--seq-len {seq} exceeds the model's {limit} positions", f"use --seq-len <= {limit}")
         cfg = dict(model=args.model, init_weights=prov["weights"], command=" ".join(["resprobe"] + sys.argv[1:]),
                    versions=versions(), device=str(dev), seq_len=seq)
         df = train(model, train_data, test_data, recipe, args.out,

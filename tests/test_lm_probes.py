@@ -191,21 +191,35 @@ def test_line_gradients_equal_autograd_from_inputs_embeds(mode, data):
 
 # --- competence and verdicts -------------------------------------------------------------------------------
 
-def test_competence_is_the_top1_error_with_the_constant_predictor_as_chance(data):
+def test_competence_is_the_loss_against_the_unigram_entropy_with_the_top1_error_beside(data):
     m = _model(LLAMA, dtype=torch.float32)
     c = lm_common.text_competence(Subject("m", m), data, RUN)
     x, y = data.inputs_and_targets(slice(0, len(data)))
     with torch.no_grad():
-        pred = m(input_ids=x).logits.argmax(-1)
-    wrong = sum(int(pred[i, t] != y[i, t]) for i in range(len(y)) for t in range(y.shape[1]))
-    assert c.error == pytest.approx(wrong / y.numel()) and c.n_images == y.numel()
+        logits = m(input_ids=x).logits.double()
+    nll = [float(-torch.log_softmax(logits[i, t], -1)[y[i, t]]) for i in range(len(y)) for t in range(y.shape[1])]
+    assert c.error == pytest.approx(sum(nll) / len(nll), rel=1e-6) and c.n_images == y.numel()
     counts = np.bincount(y.flatten().numpy())
-    assert c.chance == pytest.approx(1 - counts.max() / y.numel())
-    assert c.ci_low <= c.error <= c.ci_high and not c.competent
+    p = counts[counts > 0] / y.numel()
+    assert c.chance == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12) and c.measure == "loss"
+    wrong = sum(int(logits[i, t].argmax() != y[i, t]) for i in range(len(y)) for t in range(y.shape[1]))
+    assert f"top-1 error {wrong / y.numel():.4f}" in c.note
+    assert c.ci_low <= c.error <= c.ci_high and not c.competent      # a random model is far above the unigram
+    assert c.error > c.chance
+
+
+@pytest.mark.parametrize("high, competent", [(0.7499, True), (0.75, False), (0.7501, False)])
+def test_the_language_model_gate_is_three_quarters_of_the_unigram_entropy(high, competent):
+    """Both sides of the bar: the loss CI's upper end must lie below 3/4 of the unigram entropy (2.0 here)."""
+    c = Competence(1.0, 0.9, high * 2.0, 2.0, 1000, "text:x", "loss")
+    assert c.bar == pytest.approx(1.5) and c.competent is competent
+    img = Competence(0.2, 0.1, high * 0.9, 0.9, 1000, "cifar10")   # images keep their own rule: half of chance
+    assert img.bar == pytest.approx(0.45) and img.competent is False
 
 
 def _role(group, seed, residual, recipe="r", error=0.2):
-    return Role(group, seed, residual, recipe, Competence(error, error - 0.01, error + 0.01, 0.8, 1000, "text:x"),
+    return Role(group, seed, residual, recipe, Competence(error, error - 0.01, error + 0.01, 0.8, 1000, "text:x",
+                                                         "loss"),
                 ((4,), 100))
 
 

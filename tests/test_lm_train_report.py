@@ -96,6 +96,16 @@ def test_bad_training_requests_are_one_line(tmp_path, capsys, argv, words):
     assert len(err) == 1 and words in err[0], err
 
 
+@pytest.mark.parametrize("cmd", ["identity", "lesion", "eval", "report"])
+def test_windows_longer_than_the_models_positions_are_refused_before_any_work(tmp_path, capsys, cmd):
+    out = [] if cmd == "eval" else ["--out", str(tmp_path / "o")]
+    assert main([cmd, "--model", TINY.format(", max_position_embeddings=16"), "--random-init", "--data",
+                 "text:pydoc", "--seq-len", "17", *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seq-len 17 exceeds the model's 16 positions" in err[0] and "image" not in err[0], err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.csv"))
+
+
 def test_the_language_model_report(tmp_path):
     spec = "hf-config:resprobe_twin(hidden_size=32, num_hidden_layers=4{})"
     assert main(["report", "--model", spec.format(""), "--plain", spec.format(", residual=False"), "--random-init",

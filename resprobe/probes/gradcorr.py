@@ -185,9 +185,10 @@ def trained_rows(label: str, values: dict, layers: list[str], spec: RunSpec) -> 
             for s, val in enumerate(v):
                 rows.append(dict(model=label, layer=layer, seed=str(s), metric=metric, value=float(val),
                                  ci_low=np.nan, ci_high=np.nan))
-            lo, hi = bootstrap_mean_ci(v[~np.isnan(v)], n_boot=spec.n_boot,
-                                       seed=stable_seed(spec.seed, label, layer, metric))
-            rows.append(dict(model=label, layer=layer, seed="all", metric=metric, value=float(np.nanmean(v)),
+            ok = v[~np.isnan(v)]      # NaN: a line whose gradient is zero (an output that ignores its input)
+            lo, hi = bootstrap_mean_ci(ok, n_boot=spec.n_boot, seed=stable_seed(spec.seed, label, layer, metric))
+            rows.append(dict(model=label, layer=layer, seed="all", metric=metric,
+                             value=float(ok.mean()) if len(ok) else float("nan"),
                              ci_low=lo, ci_high=hi))
     return rows
 

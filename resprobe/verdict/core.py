@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = ["Verdict", "Role", "Margin", "Claim", "Competence", "Interval", "decide", "decide_within",
            "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "NOT_APPLICABLE", "OUTCOMES", "COMPETENCE_GAP",
+           "LM_COMPETENCE_GAP",
            "seed_ci", "seed_interval", "bootstrap_ci", "scope_of", "inconclusive", "competence_gate"]
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_APPLICABLE = "supported", "not supported", "inconclusive", "not applicable"
@@ -40,6 +41,20 @@ OUTCOMES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_APPLICABLE)
 # 60%; random init and the adversarial subjects of the falsification suite (branches scaled to chance, a
 # plain twin's weights in a ResNet, zeroed shortcuts) 0-4%. Half separates the two with room on both sides.
 COMPETENCE_GAP = 0.5
+
+# A competent language model closes more than a quarter of the gap between the best context-free predictor and
+# zero loss: the upper end of the 95% CI of its next-token loss lies below 3/4 of the unigram entropy of the
+# target tokens measured (the loss no context-free predictor can beat on them, by Gibbs' inequality). Shannon
+# (1951, "Prediction and entropy of printed English", Table I) gives English F1 = 4.03 bits/letter (unigram), F2
+# = 3.32 (bigram), F3 = 3.1 (trigram) and about 1 bit with long contexts: a model of the last two letters closes
+# 23% of that gap, English itself allows about 75%. Above a quarter, a model uses more context than a trigram.
+# Measured (pydoc, 256 windows of 128 tokens): the zoo's residual twins 59% (loss 1.34, CI upper ends 1.60-1.62
+# nats against a unigram 3.23), SmolLM2-135M 51% (3.09 [2.99, 3.17] against 6.28); random init -73%, the
+# collapsed plain twins -0.3% (they are the unigram predictor), the falsification adversaries below 0. The image
+# rule (top-1 error below half of chance) does not carry over: SmolLM2's top-1 error 0.587 closes 38% of its gap
+# (chance 0.946, with 49,152 tokens), and prose leaves most next tokens uncertain whatever the model. (This LM
+# rule was set after that result was seen.)
+LM_COMPETENCE_GAP = 0.25
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,9 @@ class Margin:
 @dataclass(frozen=True)
 class Competence:
     """A network's test error with its exact (Clopper-Pearson) 95% CI, and the chance error of the data it
-    was measured on (1 − the largest class's share)."""
+    was measured on (1 − the largest class's share). For a language model (``measure="loss"``) the error is the
+    next-token loss in nats with a CI over documents, chance the unigram entropy of the target tokens, and the
+    gap to close :data:`LM_COMPETENCE_GAP`; ``note`` says more (its top-1 error)."""
 
     error: float
     ci_low: float
@@ -61,17 +78,28 @@ class Competence:
     chance: float
     n_images: int
     data: str = ""
+    measure: str = "error"
+    note: str = ""
+
+    @property
+    def gap(self) -> float:
+        return LM_COMPETENCE_GAP if self.measure == "loss" else COMPETENCE_GAP
 
     @property
     def bar(self) -> float:
-        """The error the CI must stay below."""
-        return self.chance * (1 - COMPETENCE_GAP)
+        """The error (or loss) the CI must stay below."""
+        return self.chance * (1 - self.gap)
 
     @property
     def competent(self) -> bool:
         return math.isfinite(self.ci_high) and self.ci_high < self.bar
 
     def describe(self) -> str:
+        if self.measure == "loss":
+            return (f"next-token loss {self.error:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}] nats on {self.n_images}"
+                    f" tokens{' of ' + self.data if self.data else ''}, unigram entropy {self.chance:.4f} (the best "
+                    f"context-free predictor); competent needs the CI below {self.bar:.4f} (more than a quarter of the"
+                    f" gap to zero loss closed){'; ' + self.note if self.note else ''}")
         unit = "tokens" if self.data.startswith("text:") else "images"
         return (f"error {self.error:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}] on {self.n_images} {unit}"
                 f"{' of ' + self.data if self.data else ''}, chance "
