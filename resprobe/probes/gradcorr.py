@@ -43,7 +43,7 @@ from .gradcorr_verdicts import NOT_SHATTERED, shattering_verdicts, synthetic_ver
 from .gradcorr_synthetic import (COLUMNS, KINDS, SyntheticDetail, SyntheticOptions, fits, grid, input_gradients,
                                  make_net, run_synthetic, synthetic_sweep)
 
-__all__ = ["SyntheticDetail", "LinesDetail", "KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "synthetic_sweep",
+__all__ = ["SyntheticDetail", "LinesDetail", "KINDS", "make_net", "grid", "input_gradients", "SyntheticOptions", "LineOptions", "line_profiles", "synthetic_sweep",
            "fits", "run_synthetic", "run", "make_lines", "line_gradients", "trained_profile", "COLUMNS",
            "TRAINED_COLUMNS", "shattering_verdicts", "synthetic_verdicts", "NOT_SHATTERED"]
 
@@ -152,23 +152,34 @@ def trained_profile(subject: Subject, data: Dataset, spec: RunSpec, options: Lin
                    f"--lines {options.lines} × --points {options.points} (lines of {'×'.join(map(str, data.input_shape))} "
                    f"inputs, gradients at {len(layers)} layers)", "lower --points or --lines")
     lines = make_lines(data, options, spec.seed, subject.normalize)
-    mine = list(dist.shard(len(lines)))
+    subject.model.to(spec.torch_device)
+    dev = spec.torch_device
+
+    def grads_of(j):
+        xs, y = lines[j]
+        return line_gradients(view, xs.to(dev), y.to(dev), options.target, chunk=spec.batch_size)  # memory: batch
+    return line_profiles(subject, view, len(lines), grads_of, spec, "input")
+
+
+def line_profiles(subject: Subject, view, n_lines: int, grads_of, spec: RunSpec, where: str):
+    """Per line ``j`` of ``n_lines`` (this rank's share): ``grads_of(j)`` gives the gradients along the line at
+    the input, then at each unit's input; their lag-1 autocorrelation and spectral slope per layer. Returns
+    (``{(layer, metric): array over lines}`` on rank 0, the first line's busiest input coordinate, ``view``)."""
+    layers = ["input"] + view.names
+    mine = list(dist.shard(n_lines))
     vals = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
     trace = None
-    subject.model.to(spec.torch_device)
     with frozen_eval(subject.model), progress(len(mine), f"gradcorr {subject.label}", "lines",
                                               enabled=spec.progress) as bar:
         for j in mine:
-            xs, y = lines[j]
-            grads = line_gradients(view, xs.to(spec.torch_device), y.to(spec.torch_device), options.target,
-                                   chunk=spec.batch_size)  # memory follows the batch size
-            check_finite(grads[0], f"the input gradients of {subject.label}", spec)
+            grads = grads_of(j)
+            check_finite(grads[0], f"the {where} gradients of {subject.label}", spec)
             for layer, g in zip(layers, grads):
                 g = g.flatten(1).double().cpu().numpy()
                 vals[(layer, "lag1")].append(lag1_vectors(g))
                 vals[(layer, "spectral_slope")].append(spectral_slope_vectors(g))
                 if j == 0 and layer == "input":
-                    trace = g[:, int(np.argmax(np.abs(g).sum(0)))]  # the busiest pixel
+                    trace = g[:, int(np.argmax(np.abs(g).sum(0)))]  # the busiest input coordinate
             bar.update(1)
     keys = sorted(vals)
     got = dist.gather_rows(np.asarray(mine), {f"{a}|{b}": np.asarray(vals[(a, b)]) for a, b in keys})

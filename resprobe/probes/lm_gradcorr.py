@@ -19,21 +19,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from .. import distributed as dist
-from ..anatomy import anatomy, frozen_eval
-from ..engine import RunSpec, check_finite
+from ..anatomy import anatomy
+from ..engine import RunSpec
 from ..errors import UsageError
 from ..io.text import TextData
-from ..metrics.signal import lag1_vectors, spectral_slope_vectors
-from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
-from .gradcorr import TRAINED_COLUMNS, LineOptions, LinesDetail, trained_rows, trained_findings
+from .gradcorr import TRAINED_COLUMNS, LineOptions, LinesDetail, line_profiles, trained_rows, trained_findings
 from .gradcorr_verdicts import shattering_verdicts
 from .lm_common import text_roles
 from .lm_lesion import text_spec
@@ -97,29 +94,12 @@ def embedding_line_gradients(view, a: torch.Tensor, b: torch.Tensor, options: Li
 
 def trained_profile_text(subject: Subject, data: TextData, spec: RunSpec, options: LineOptions):
     view = anatomy(subject.model, (data.seq_len,))
-    layers = ["input"] + view.names
     lines = text_lines(data, options, spec.seed)
-    mine = list(dist.shard(len(lines)))
-    vals = {(layer, m): [] for layer in layers for m in ("lag1", "spectral_slope")}
-    trace = None
-    with frozen_eval(subject.model), progress(len(mine), f"gradcorr {subject.label}", "lines",
-                                              enabled=spec.progress) as bar:
-        for j in mine:
-            a, b = lines[j]
-            grads = embedding_line_gradients(view, a, b, options, spec.seed * 1000 + j, spec.batch_size)
-            check_finite(grads[0], f"the embedding gradients of {subject.label}", spec)
-            for layer, g in zip(layers, grads):
-                g = g.flatten(1).double().cpu().numpy()
-                vals[(layer, "lag1")].append(lag1_vectors(g))
-                vals[(layer, "spectral_slope")].append(spectral_slope_vectors(g))
-                if j == 0 and layer == "input":
-                    trace = g[:, int(np.argmax(np.abs(g).sum(0)))]   # the busiest coordinate
-            bar.update(1)
-    keys = sorted(vals)
-    got = dist.gather_rows(np.asarray(mine), {f"{a}|{b}": np.asarray(vals[(a, b)]) for a, b in keys})
-    if got is None:
-        return None, None, view
-    return {k: got[f"{k[0]}|{k[1]}"] for k in keys}, trace, view
+
+    def grads_of(j):
+        a, b = lines[j]
+        return embedding_line_gradients(view, a, b, options, spec.seed * 1000 + j, spec.batch_size)
+    return line_profiles(subject, view, len(lines), grads_of, spec, "embedding")
 
 
 def _chunk_spec(spec: RunSpec, data: TextData, model) -> RunSpec:
