@@ -36,6 +36,7 @@ from ..study import StudyResult, Subject
 from . import common
 from .lm_common import text_roles
 from .lm_lesion import text_spec, windows_in_batches
+from .routing import RoutedBackward
 from .paths import (COLUMNS, PathsDetail, PathsOptions, path_table, path_length_distribution, short_paths_verdicts,
                     summarize, unraveled_graph)
 from .paths_findings import findings
@@ -48,7 +49,7 @@ def _choices(u) -> list:
     return [fn for _, fn in u.parts.paths] if u.residual and u.parts.paths else [u.branch]
 
 
-class TextRoutedBackward:
+class TextRoutedBackward(RoutedBackward):
     """One forward pass over a batch of windows, then any number of routed backward passes.
 
     ``grad(route)``: ``route`` maps a unit's index to the path (index into its paths; 0 for a unit with one
@@ -58,43 +59,17 @@ class TextRoutedBackward:
     def __init__(self, view: ResidualView, x: torch.Tensor, y: torch.Tensor):
         self.view = view
         with torch.enable_grad():
-            h = view.stem(x).detach().requires_grad_(True)
-            self.h0 = h
-            self.steps = []
-            for u in view:
-                fs = [fn(h) for fn in _choices(u)]
-                f = fs[0] if len(fs) == 1 else sum(fs[1:], fs[0])
-                s = u.shortcut(h) if u.residual else None
-                pre = f if s is None else s + f
-                out = u.post(pre)
-                self.steps.append((h, s, fs, pre, out))
-                h = out.detach().requires_grad_(True)
-            self.logits = view.head(h)
-            loss = F.cross_entropy(self.logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-            (self.g_top,) = torch.autograd.grad(loss, h)
+            self.h0 = view.stem(x).detach().requires_grad_(True)
+            self._forward(self.h0, y)
+
+    def branches(self, u) -> list:
+        return _choices(u)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
 
     def grad(self, route: dict) -> torch.Tensor:
-        g = self.g_top
-        for i in range(len(self.steps) - 1, -1, -1):
-            x, s, fs, pre, y = self.steps[i]
-            (g_pre,) = torch.autograd.grad(y, pre, g, retain_graph=True)
-            if s is None:
-                g = sum(torch.autograd.grad(fs, x, [g_pre] * len(fs), retain_graph=True))
-            elif i in route:
-                (g,) = torch.autograd.grad(fs[route[i]], x, g_pre, retain_graph=True)
-            elif self.view[i].shortcut_kind == "identity":
-                g = g_pre
-            else:
-                (g,) = torch.autograd.grad(s, x, g_pre, retain_graph=True)
-        return g
-
-    def true_grad(self) -> torch.Tensor:
-        """The ordinary gradient at the first unit's input."""
-        g = self.g_top
-        for i in range(len(self.steps) - 1, -1, -1):
-            x, _, _, _, y = self.steps[i]
-            (g,) = torch.autograd.grad(y, x, g, retain_graph=True)
-        return g
+        return self.routed(route)
 
 
 def _count(c: Sequence[int], k: int) -> int:

@@ -25,7 +25,6 @@ from typing import Optional, Sequence, TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .. import distributed as dist
 from ..anatomy import ResidualView, anatomy, frozen_eval
@@ -37,6 +36,7 @@ from ..metrics.stats import stable_seed
 from ..study import StudyResult, Subject
 from . import common
 from .paths_findings import findings
+from .routing import RoutedBackward
 from .paths_verdicts import SHORT_PATHS, short_paths_verdicts
 
 if TYPE_CHECKING:
@@ -150,57 +150,6 @@ def weighted_length(total: Sequence[float]) -> float:
     """Σ k·T(k) / Σ T(k): the mean path length weighted by the gradient that paths of each length carry."""
     t = np.nan_to_num(np.asarray(total, dtype=np.float64))
     return float((np.arange(len(t)) * t).sum() / t.sum()) if t.sum() > 0 else float("nan")
-
-
-class RoutedBackward:
-    """One forward pass over a batch, then any number of routed backward passes.
-
-    ``grad(route)``: ``route[i]`` True sends the gradient through unit i's residual branch, False through
-    its shortcut (units without a shortcut always pass through their branch). Returns the gradient at the
-    input of the first unit (and at the image if ``to_image``)."""
-
-    def __init__(self, view: ResidualView, x: torch.Tensor, y: torch.Tensor, to_image: bool = False):
-        self.view = view
-        self.to_image = to_image
-        self.image = x.detach().requires_grad_(to_image)
-        with torch.enable_grad():
-            self.h0 = view.stem(self.image)
-            h = self.h0.detach().requires_grad_(True)
-            self.steps = []
-            for u in view:
-                f = u.branch(h)
-                s = u.shortcut(h) if u.residual else None
-                pre = f if s is None else s + f
-                out = u.post(pre)
-                self.steps.append((h, s, f, pre, out))
-                h = out.detach().requires_grad_(True)
-            self.logits = view.head(h)
-            loss = F.cross_entropy(self.logits, y, reduction="sum")
-            (self.g_top,) = torch.autograd.grad(loss, h)
-
-    def grad(self, route: Sequence[bool]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        g = self.g_top
-        for i in range(len(self.steps) - 1, -1, -1):
-            x, s, f, pre, y = self.steps[i]
-            (g_pre,) = torch.autograd.grad(y, pre, g, retain_graph=True)
-            if s is None or route[i]:
-                (g,) = torch.autograd.grad(f, x, g_pre, retain_graph=True)
-            elif self.view[i].shortcut_kind == "identity":
-                g = g_pre
-            else:
-                (g,) = torch.autograd.grad(s, x, g_pre, retain_graph=True)
-        g_img = None
-        if self.to_image:
-            (g_img,) = torch.autograd.grad(self.h0, self.image, g, retain_graph=True)
-        return g, g_img
-
-    def true_grad(self) -> torch.Tensor:
-        """The ordinary gradient at the first unit's input (all branches and shortcuts)."""
-        g = self.g_top
-        for i in range(len(self.steps) - 1, -1, -1):
-            x, _, _, _, y = self.steps[i]
-            (g,) = torch.autograd.grad(y, x, g, retain_graph=True)
-        return g
 
 
 def _norms(g: torch.Tensor) -> np.ndarray:
