@@ -240,11 +240,15 @@ def cmd_report(args) -> int:
         note(f"budget {args.budget}: {budget_details(args.budget, len(data), text)}"
              + (" (--budget full uses every image)" if args.budget != "full" and not text else ""))
         sections = api.full_report(subjects, data, spec, args.budget, out, command=_settings(args))
+    failed = sorted({v["study"] for v in sections.values() if v["verdict"] == "failed"})
     if dist.is_main():
         for k, v in sections.items():
             print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
         print(f"report: {Path(args.out) / 'report.html'}")
-    return 0
+        if failed:
+            print(f"resprobe: {len(failed)} {'study' if len(failed) == 1 else 'studies'} failed ({', '.join(failed)}): the report holds the others and "
+                  "each failure's traceback (report.json 'failures')", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_demo(args) -> int:

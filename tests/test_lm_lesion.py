@@ -389,3 +389,21 @@ def test_device_map_errors_are_one_line(tmp_path, capsys, argv, words):
     assert main(["lesion", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["target", "other"])
+def test_window_sums_are_non_finite_whenever_a_logit_is(bad, where):
+    """The sweep checks the finiteness of the per-window sums instead of the logits: that needs every
+    non-finite logit, at the target token or any other, to make the loss or KL sum non-finite (against a finite
+    intact reference)."""
+    from resprobe.metrics.lm import reference, window_sums
+    g = torch.Generator().manual_seed(0)
+    intact = torch.randn(2, 3, 7, generator=g)
+    y = torch.randint(0, 7, (2, 3), generator=g)
+    logits = torch.randn(2, 3, 7, generator=g)
+    assert torch.isfinite(window_sums(logits, y, reference(intact))).all()
+    v = int(y[1, 2]) if where == "target" else (int(y[1, 2]) + 1) % 7
+    logits[1, 2, v] = bad
+    s = window_sums(logits, y, reference(intact))
+    assert torch.isfinite(s[0]).all() and not torch.isfinite(s[1, [0, 3]]).all()

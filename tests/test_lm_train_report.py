@@ -4,6 +4,7 @@ text:...``): its sections, and one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -118,9 +119,28 @@ def test_the_language_model_report(tmp_path):
     assert not rep["failures"] and rep["provenance"]["data"]["n_windows"] == 24
     html = (tmp_path / "report.html").read_text()
     assert "language model" in html and html.count("<img") >= 6
+    assert "token windows" in html and not re.search(r"\b\d+ images\b", html)   # what the scope counts
     for f in ("lesion/lesion_lm_single.png", "identity/identity_lm_lens_positions.png", "paths/paths.png",
               "amplify/amplify_gains.png", "identity/identity_lm_branch_ratio.png"):
         assert (tmp_path / f).is_file(), f
+
+
+def test_a_report_with_a_failed_study_says_so_and_exits_1(tmp_path, capsys, monkeypatch):
+    """The other studies are written, the failure is one line on stderr and the exit status is not 0."""
+    import resprobe.probes.amplify as A
+
+    def broken(*a, **k):
+        raise RuntimeError("amplify exploded")
+
+    monkeypatch.setattr(A, "run", broken)
+    spec = "hf-config:resprobe_twin(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)"
+    assert main(["report", "--model", spec, "--random-init", "--data", "text:pydoc@test", "--seq-len", "16",
+                 "--limit", "8", "--quiet", "--out", str(tmp_path)]) == 1
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("resprobe:")]
+    assert len(err) == 1 and "1 study failed (amplify)" in err[0], err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert "amplify exploded" in rep["failures"]["amplify"]["error"] and (tmp_path / "report.html").is_file()
+    assert rep["sections"]["lesion-single"]["verdict"] == "not applicable"
 
 
 def test_zoo_twins_load_by_name_and_only_as_what_they_were_trained(capsys):

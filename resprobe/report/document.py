@@ -38,19 +38,21 @@ def _per_seed(v: Verdict) -> str:
     return "; ".join(f"{k}: {fmt.num(x, 3)}" for k, x in v.per_seed.items()) if len(v.per_seed) > 1 else ""
 
 
-def verdict_rows(verdicts: Sequence[Verdict]) -> pd.DataFrame:
-    """The summary table: the claim (headline), verdict, statistic with CI and margin, per-seed values, scope,
-    and why (the reason a gate failed, or the criterion)."""
+def verdict_rows(verdicts: Sequence[Verdict], counted: str = "images") -> pd.DataFrame:
+    """The summary table: the claim (headline), verdict, statistic with CI and margin, per-seed values, scope
+    (with the number of ``counted`` things measured: images, or token windows), and why (the reason a gate failed,
+    or the criterion)."""
     return pd.DataFrame([dict(claim=v.conjecture, verdict=v.verdict, statistic=_statistic(v), per_seed=_per_seed(v),
-                              scope=v.scope + (f", {v.n_images} images" if v.n_images else ""),
+                              scope=v.scope + (f", {v.n_images} {counted}" if v.n_images else ""),
                               why=v.reason if v.verdict == "not applicable" else v.criterion
                               + (f" — {v.reason}" if v.reason else ""))
                          for v in verdicts], columns=["claim", "verdict", "statistic", "per_seed", "scope", "why"])
 
 
 class Document:
-    def __init__(self, title: str):
+    def __init__(self, title: str, counted: str = "images"):
         self.title = title
+        self.counted = counted      # what a verdict's n_images counts: images, or token windows
         self.parts: list[tuple] = []
         self._figures = 0
 
@@ -77,12 +79,12 @@ class Document:
 
     def verdicts(self, verdicts: Sequence[Verdict]) -> "Document":
         if verdicts:
-            self.table(verdict_rows(verdicts), text_columns=("claim", "verdict", "statistic", "per_seed", "scope", "why"))
+            self.table(verdict_rows(verdicts, self.counted), text_columns=("claim", "verdict", "statistic", "per_seed", "scope", "why"))
         return self
 
     def verdict(self, v: Verdict) -> "Document":
         self.paragraph(f"**Verdict: {v.verdict}** — {_statistic(v)}; scope: {v.scope}"
-                       + (f", {v.n_images} images" if v.n_images else "") + ".")
+                       + (f", {v.n_images} {self.counted}" if v.n_images else "") + ".")
         if v.verdict == "not applicable":
             self.paragraph(f"Not applicable: {v.reason}.")
         self.paragraph(f"Criterion: {v.criterion}." + (f" Note: {v.reason}." if v.reason and

@@ -137,7 +137,8 @@ def _header(subjects, data, budget: str, spec: RunSpec, total: float) -> list[st
 
 def _document(results: dict, sections: dict, failures: dict, header: list[str], out: Path,
               text: bool = False) -> Document:
-    doc = Document("resprobe report: why does this residual " + ("language model" if text else "network") + " work?")
+    doc = Document("resprobe report: why does this residual " + ("language model" if text else "network") + " work?",
+                   "token windows" if text else "images")
     for line in header:
         doc.paragraph(line)
     verdicts = [Verdict(**{k: v for k, v in s.items() if k not in ("study", "seconds")})

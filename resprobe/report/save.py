@@ -32,8 +32,8 @@ def figures_for(result: StudyResult, out: Path) -> list[tuple[Path, str, list[Pa
 
 def study_document(result: StudyResult, images, title: Optional[str] = None, level: int = 2) -> Document:
     study = get(result.study)
-    doc = Document(title or study.title)
     prov = result.provenance
+    doc = Document(title or study.title, "token windows" if "n_windows" in prov.get("data", {}) else "images")
     models = prov.get("models", [])
     if models:
         data = prov.get("data", {})

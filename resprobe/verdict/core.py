@@ -302,7 +302,7 @@ def seed_interval(values: Sequence[float], within: Optional[Sequence[tuple]] = N
     se_in = (tw[:, 1] - tw[:, 0]) / (2 * z)
     if n == 1:
         lo, hi = (float(x) for x in w[0])
-        return Interval(float(v[0]), lo, hi, "one network: its CI over images")
+        return Interval(float(v[0]), lo, hi, "one network: its own CI (over images; over documents on token windows)")
     m = float(tv.mean())
     se = float(tv.std(ddof=1)) / math.sqrt(n)
     how = f"t over {n} seeds (df {n - 1}) on the {scale} scale"
