@@ -120,6 +120,7 @@ def test_the_language_model_report(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "language model" in html and html.count("<img") >= 6
     assert "token windows" in html and not re.search(r"\b\d+ images\b", html)   # what the scope counts
+    assert "over images" not in html and "over documents" in html
     for f in ("lesion/lesion_lm_single.png", "identity/identity_lm_lens_positions.png", "paths/paths.png",
               "amplify/amplify_gains.png", "identity/identity_lm_branch_ratio.png"):
         assert (tmp_path / f).is_file(), f

@@ -97,6 +97,8 @@ class Document:
 
     def image(self, path, caption: str = "") -> "Document":
         self._figures += 1
+        if self.counted != "images":   # the studies' captions speak of images; on token windows CIs resample documents
+            caption = caption.replace("over images", "over documents")
         self.parts.append(("img", Path(path), f"Figure {self._figures}. {caption}"))
         return self
 
