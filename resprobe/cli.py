@@ -246,8 +246,8 @@ def cmd_report(args) -> int:
             print(f"{k:>20}: {v['verdict']} ({v['seconds']:.1f} s)")
         print(f"report: {Path(args.out) / 'report.html'}")
         if failed:
-            print(f"resprobe: {len(failed)} {'study' if len(failed) == 1 else 'studies'} failed ({', '.join(failed)}): the report holds the others and "
-                  "each failure's traceback (report.json 'failures')", file=sys.stderr)
+            print(f"resprobe: {len(failed)} {'study' if len(failed) == 1 else 'studies'} failed ({', '.join(failed)}): "
+                  "the report holds the others and each failure's traceback (report.json 'failures')", file=sys.stderr)
     return 1 if failed else 0
 
 

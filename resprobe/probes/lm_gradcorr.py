@@ -33,7 +33,7 @@ from . import common
 from .gradcorr import TRAINED_COLUMNS, LineOptions, LinesDetail, line_profiles, trained_rows, trained_findings
 from .gradcorr_verdicts import shattering_verdicts
 from .lm_common import text_roles
-from .lm_lesion import text_spec
+from .lm_lesion import backward_spec
 
 __all__ = ["text_lines", "embedding_line_gradients", "run_text"]
 
@@ -102,20 +102,12 @@ def trained_profile_text(subject: Subject, data: TextData, spec: RunSpec, option
     return line_profiles(subject, view, len(lines), grads_of, spec, "embedding")
 
 
-def _chunk_spec(spec: RunSpec, data: TextData, model) -> RunSpec:
-    """Points per backward pass: half the windows of the logits budget, since the backward keeps every unit's
-    graph beside the logits (SmolLM2-135M at 256 tokens: 5.5 GB at the full budget; the chunking changes no
-    number)."""
-    sp = text_spec(spec, data, model)
-    return sp.replace(batch_size=max(1, sp.batch_size // 2))
-
-
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options: LineOptions) -> StudyResult:
     """The shattering study on language models (see the module docstring)."""
     common.check_labels(subjects)
     rows, values, traces, views, units = [], {}, {}, {}, {}
     for s in subjects:
-        v, trace, view = trained_profile_text(s, data, _chunk_spec(spec, data, s.model), options)
+        v, trace, view = trained_profile_text(s, data, backward_spec(spec, data, s.model), options)
         views[s.label] = view
         units[s.label] = view.table()
         if v is None:

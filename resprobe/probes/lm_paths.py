@@ -35,7 +35,7 @@ from ..progress import progress
 from ..study import StudyResult, Subject
 from . import common
 from .lm_common import text_roles
-from .lm_lesion import text_spec, windows_in_batches
+from .lm_lesion import backward_spec, windows_in_batches
 from .routing import RoutedBackward
 from .paths import (COLUMNS, PathsDetail, PathsOptions, path_table, path_length_distribution, short_paths_verdicts,
                     summarize, unraveled_graph)
@@ -134,13 +134,6 @@ def profile_text(subject: Subject, data: TextData, spec: RunSpec, options: Paths
     return view, routes, store.gather()
 
 
-def _paths_spec(spec: RunSpec, data: TextData, model) -> RunSpec:
-    """Half the windows per batch of the logits budget: a routed backward keeps every unit's graph and the
-    logits' gradient beside the logits (SmolLM2-135M, 64 windows of 256 tokens: 4.0 GB at the full budget)."""
-    sp = text_spec(spec, data, model)
-    return sp.replace(batch_size=max(1, sp.batch_size // 2))
-
-
 def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options: PathsOptions) -> StudyResult:
     """The path study on token windows (see the module docstring)."""
     common.check_labels(subjects)
@@ -153,7 +146,7 @@ def run_text(subjects: Sequence[Subject], data: TextData, spec: RunSpec, options
     frames, boots, graphs, views, n_units = [], {}, {}, {}, {}
     docs = data.docs.numpy()
     for s in residual:
-        view, routes, got = profile_text(s, data, _paths_spec(spec, data, s.model), options)
+        view, routes, got = profile_text(s, data, backward_spec(spec, data, s.model), options)
         views[s.label] = view
         graphs[s.label] = unraveled_graph(view)
         n_units[s.label] = len(path_length_distribution(graphs[s.label])) - 1 - sum(u.kind == "plain" for u in view)
